@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import logging
+
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from byok_site.celery import live_workers
+from byok_site.redis import get_redis
+
+logger = logging.getLogger(__name__)
+
+
+@require_GET
+def home(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        return render(request, "home.html")
+    return render(request, "landing.html")
+
+
+def _check_database() -> bool:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            return cursor.fetchone() == (1,)
+    except Exception:
+        logger.warning("healthz: database check failed", exc_info=True)
+        return False
+
+
+def _check_redis() -> bool:
+    try:
+        return bool(get_redis().ping())
+    except Exception:
+        logger.warning("healthz: redis check failed", exc_info=True)
+        return False
+
+
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Database, Redis and worker status: 200 when all are up, 503 naming what is down."""
+    database = _check_database()
+    redis_ok = _check_redis()
+    workers: list[str] = []
+    if redis_ok:
+        try:
+            workers = live_workers()
+        except Exception:
+            redis_ok = False
+    checks = {
+        "database": "ok" if database else "down",
+        "redis": "ok" if redis_ok else "down",
+        "worker": "ok" if workers else "down",
+    }
+    down = [name for name, state in checks.items() if state != "ok"]
+    body: dict[str, object] = {
+        "status": "ok" if not down else "down",
+        "checks": checks,
+        "workers": len(workers),
+    }
+    if down:
+        body["down"] = down
+    return JsonResponse(body, status=200 if not down else 503)
