@@ -1,0 +1,247 @@
+"""What the wire-protocol adapters share: endpoint checks, auth hygiene, HTTP and SSE plumbing.
+
+Each adapter supplies its auth headers and its vendor's error classification; everything
+about sending, deadlines, reading bounded bodies and decoding event streams lives here once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Generator, Mapping
+from typing import Any
+
+import httpx
+
+from providers.connections import ConnectionConfig, Deadline, shared_client
+from providers.connections import translated_transport_errors as _translated
+from providers.errors import ProviderError, ProviderErrorKind, parse_retry_after
+from providers.netguard import canonical_base_url, check_endpoint
+from providers.sse import ServerSentEvent, SSEDecoder, SSEProtocolError
+
+# Error bodies are a few hundred bytes; model lists a few hundred kilobytes. Anything far
+# larger is not what we asked for, and reading it whole would let an endpoint exhaust memory.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
+MAX_API_KEY_LENGTH = 1024
+
+JSONObject = dict[str, Any]
+
+
+def check_api_key_format(api_key: str) -> None:
+    """Refuse a key that cannot be a header value, before it gets anywhere near the wire.
+
+    An empty key is allowed (no auth header is sent: local servers need none). The message
+    never includes the key.
+    """
+    if not isinstance(api_key, str):
+        raise ProviderError(ProviderErrorKind.INVALID_KEY, "The API key is missing.")
+    if len(api_key) > MAX_API_KEY_LENGTH or any(not 0x21 <= ord(ch) <= 0x7E for ch in api_key):
+        raise ProviderError(
+            ProviderErrorKind.INVALID_KEY,
+            "The API key contains spaces, line breaks or unusual characters; paste it again.",
+        )
+
+
+def json_object(text: str | bytes) -> JSONObject:
+    """Parse a JSON object, or raise a `bad_response` ProviderError (never a crash)."""
+    try:
+        value = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise ProviderError(
+            ProviderErrorKind.BAD_RESPONSE,
+            "The provider sent data that could not be read (malformed JSON).",
+        ) from None
+    if not isinstance(value, dict):
+        raise ProviderError(
+            ProviderErrorKind.BAD_RESPONSE, "The provider sent data of an unexpected shape."
+        )
+    return value
+
+
+def as_int(value: object) -> int:
+    """A token count from a JSON value; anything that is not a non-negative int counts 0."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return 0
+    return value
+
+
+def as_dict(value: object) -> JSONObject:
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def retry_after_from_headers(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait, from `retry-after-ms` (OpenAI) or the standard `retry-after`."""
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds:
+        try:
+            return max(0.0, float(milliseconds) / 1000)
+        except ValueError:
+            pass
+    return parse_retry_after(headers.get("retry-after"))
+
+
+class HttpAdapter(ABC):
+    """Base of the protocol adapters: one canonical base URL, one connection config."""
+
+    def __init__(self, *, base_url: str, config: ConnectionConfig) -> None:
+        self.base_url = canonical_base_url(base_url)
+        self.config = config
+
+    # -- what each protocol defines ----------------------------------------------------------
+
+    @abstractmethod
+    def _auth_headers(self, api_key: str) -> dict[str, str]:
+        """Headers that carry `api_key` (and any version header the protocol requires)."""
+
+    @abstractmethod
+    def _error_from_payload(
+        self,
+        *,
+        status: int | None,
+        payload: JSONObject | None,
+        retry_after: float | None,
+        api_key: str,
+    ) -> ProviderError:
+        """Classify an error: an HTTP error response, or (status None) an in-stream error."""
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _url(self, path: str) -> str:
+        # Checked on every call, not only when the key was saved: the policy may have changed
+        # since, and the guard's connect-time check covers what the URL itself cannot show.
+        check_endpoint(self.base_url, allow_private_endpoints=self.config.allow_private_endpoints)
+        return self.base_url + path
+
+    def _headers(self, api_key: str, *, streaming: bool) -> dict[str, str]:
+        check_api_key_format(api_key)
+        headers = self._auth_headers(api_key)
+        headers["accept"] = "text/event-stream" if streaming else "application/json"
+        return headers
+
+    def _get_json(
+        self, path: str, *, api_key: str, params: Mapping[str, str] | None = None
+    ) -> JSONObject:
+        """GET a JSON object, mapping every failure to a `ProviderError`."""
+        url = self._url(path)
+        headers = self._headers(api_key, streaming=False)
+        deadline = Deadline(self.config.call_deadline)
+        client = shared_client(self.config)
+        with _translated():
+            request = client.build_request(
+                "GET", url, params=params, headers=headers, timeout=deadline.timeout(self.config)
+            )
+            response = client.send(request, stream=True)
+            try:
+                if response.status_code != 200:
+                    raise self._error_from_response(response, deadline, api_key)
+                body = _read_limited(response, deadline, MAX_JSON_BODY_BYTES)
+            finally:
+                response.close()
+        return json_object(body)
+
+    def _stream_events(
+        self,
+        path: str,
+        *,
+        api_key: str,
+        body: JSONObject,
+        params: Mapping[str, str] | None = None,
+    ) -> Generator[ServerSentEvent, None, None]:
+        """POST `body` and yield the server-sent events of the reply as they arrive.
+
+        Non-200 answers become the adapter's `ProviderError`; a JSON body where a stream was
+        expected is classified the same way; the stream's own failures (drop, timeout,
+        garbage) become `network`, `timeout` or `bad_response` after the events that did
+        arrive have been yielded.
+        """
+        url = self._url(path)
+        headers = self._headers(api_key, streaming=True)
+        deadline = Deadline(self.config.call_deadline)
+        client = shared_client(self.config)
+        with _translated():
+            request = client.build_request(
+                "POST",
+                url,
+                params=params,
+                json=body,
+                headers=headers,
+                timeout=deadline.timeout(self.config),
+            )
+            response = client.send(request, stream=True)
+            try:
+                if response.status_code != 200:
+                    raise self._error_from_response(response, deadline, api_key)
+                content_type = response.headers.get("content-type", "").lower()
+                if content_type.startswith("application/json"):
+                    # Some OpenAI-compatible servers answer an error with 200 and a JSON body.
+                    payload = json_object(_read_limited(response, deadline, MAX_ERROR_BODY_BYTES))
+                    if "error" in payload:
+                        raise self._error_from_payload(
+                            status=None, payload=payload, retry_after=None, api_key=api_key
+                        )
+                    raise ProviderError(
+                        ProviderErrorKind.BAD_RESPONSE,
+                        "The provider answered without streaming the reply.",
+                    )
+                decoder = SSEDecoder()
+                for chunk in response.iter_bytes():
+                    try:
+                        events = decoder.feed(chunk)
+                    except SSEProtocolError:
+                        raise ProviderError(ProviderErrorKind.BAD_RESPONSE) from None
+                    yield from events
+                    deadline.check()
+            finally:
+                response.close()
+
+    def _error_from_response(
+        self, response: httpx.Response, deadline: Deadline, api_key: str
+    ) -> ProviderError:
+        try:
+            raw = _read_limited(response, deadline, MAX_ERROR_BODY_BYTES)
+        except (ProviderError, httpx.HTTPError):
+            # The status alone still classifies the error; an unreadable body must not turn
+            # a 429 into a network error.
+            raw = b""
+        payload: JSONObject | None
+        try:
+            payload = json_object(raw) if raw else None
+        except ProviderError:
+            payload = None
+        return self._error_from_payload(
+            status=response.status_code,
+            payload=payload,
+            retry_after=retry_after_from_headers(response.headers),
+            api_key=api_key,
+        )
+
+
+def drain_finished_stream(events: Generator[ServerSentEvent, None, None]) -> None:
+    """Read what is left of a stream whose reply is complete, then close it.
+
+    Reading to the end lets the connection go back to the pool for the next call (closing a
+    half-read response would discard it). The reply is already delivered, so a failure here
+    no longer matters.
+    """
+    with contextlib.suppress(ProviderError):
+        for _ in events:
+            pass
+    events.close()
+
+
+def _read_limited(response: httpx.Response, deadline: Deadline, limit: int) -> bytes:
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) > limit:
+            raise ProviderError(
+                ProviderErrorKind.BAD_RESPONSE, "The provider's response was unexpectedly large."
+            )
+        deadline.check()
+    return bytes(body)

@@ -1,0 +1,67 @@
+"""Helpers for tests that call providers through the fake provider server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from providers import (
+    ChatAdapter,
+    ChatEvent,
+    ConnectionConfig,
+    Finish,
+    ProviderError,
+    TextDelta,
+    Usage,
+    build_adapter,
+    get_preset,
+)
+from tests.fakes.provider import FakeProvider
+
+# The fake listens on 127.0.0.1, so calls to it need private endpoints allowed. Short timeouts
+# keep failure tests fast.
+FAKE_CONFIG = ConnectionConfig(
+    allow_private_endpoints=True,
+    connect_timeout=2.0,
+    read_timeout=2.0,
+    write_timeout=2.0,
+    pool_timeout=2.0,
+    call_deadline=10.0,
+)
+
+
+def fake_adapter(
+    fake: FakeProvider, preset_slug: str, *, config: ConnectionConfig = FAKE_CONFIG
+) -> ChatAdapter:
+    """An adapter for a preset, pointed at the fake instead of the vendor."""
+    return build_adapter(
+        get_preset(preset_slug), config=config, base_url=fake.base_url(preset_slug)
+    )
+
+
+@dataclass
+class StreamResult:
+    deltas: list[str] = field(default_factory=list)
+    usage: Usage | None = None
+    finish: Finish | None = None
+    error: ProviderError | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.deltas)
+
+
+def collect(events: Iterable[ChatEvent]) -> StreamResult:
+    """Drain a stream; a `ProviderError` is caught and kept, with what arrived before it."""
+    result = StreamResult()
+    try:
+        for event in events:
+            if isinstance(event, TextDelta):
+                result.deltas.append(event.text)
+            elif isinstance(event, Usage):
+                result.usage = event
+            else:
+                result.finish = event
+    except ProviderError as error:
+        result.error = error
+    return result
