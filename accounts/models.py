@@ -71,3 +71,58 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     def get_full_name(self) -> str:
         return self.display_name or self.email
+
+
+class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
+    def for_owner(self, user: User) -> AuditEventQuerySet:
+        return self.filter(owner=user)
+
+
+class AuditEvent(models.Model):
+    """Something done to or with a user's account, for the user's security log.
+
+    `owner` is whose account it concerns; `actor` who did it (the owner, an operator, or
+    None for the system, such as a worker). `details` holds metadata only: never a secret,
+    never conversation text. Repeated uses (`key.used`) are counted per day in one row.
+    """
+
+    class Action(models.TextChoices):
+        KEY_CREATED = "key.created", "Key added"
+        KEY_REPLACED = "key.replaced", "Key secret replaced"
+        KEY_RENAMED = "key.renamed", "Key renamed"
+        KEY_REORDERED = "key.reordered", "Key order changed"
+        KEY_VERIFIED = "key.verified", "Key checked"
+        KEY_REVOKED = "key.revoked", "Key revoked"
+        KEY_DELETED = "key.deleted", "Key deleted"
+        KEY_EXPIRED = "key.expired", "Key expired"
+        KEY_USED = "key.used", "Key used"
+
+    owner = models.ForeignKey(User, on_delete=models.CASCADE, related_name="audit_events")
+    actor = models.ForeignKey(
+        User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    action = models.CharField(max_length=40, choices=Action.choices)
+    target_id = models.CharField(max_length=64, blank=True, db_index=True)
+    target_label = models.CharField(max_length=200, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    day = models.DateField(null=True, blank=True)
+    count = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["owner", "-created_at"])]
+        constraints = [
+            # One counting row per key and day for repeated uses.
+            models.UniqueConstraint(
+                fields=["owner", "action", "target_id", "day"],
+                condition=models.Q(day__isnull=False),
+                name="accounts_audit_one_counter_per_day",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_action_display()} · {self.target_label}"

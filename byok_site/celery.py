@@ -45,6 +45,10 @@ app.conf.update(
         "accounts.tasks.*": {"queue": "default"},
     },
     beat_schedule={
+        "recheck-provider-keys": {
+            "task": "keys.tasks.recheck_provider_keys",
+            "schedule": 60 * 60,
+        },
         "clear-expired-sessions": {
             "task": "accounts.tasks.clear_expired_sessions",
             "schedule": 60 * 60 * 6,

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from keys.vault import generate_master_key
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 SECRETS_FILE = VAR_DIR / "dev-secrets.env"
@@ -39,7 +41,10 @@ def ensure_dev_secrets() -> dict[str, str]:
     """Development secrets from var/dev-secrets.env, generated on first use (git-ignored)."""
     VAR_DIR.mkdir(exist_ok=True)
     values = read_env_file(SECRETS_FILE)
-    wanted = {"DJANGO_SECRET_KEY": lambda: secrets.token_urlsafe(50)}
+    wanted = {
+        "DJANGO_SECRET_KEY": lambda: secrets.token_urlsafe(50),
+        "BYOK_MASTER_KEYS": lambda: f"dev1:{generate_master_key()}",
+    }
     missing = {key: make() for key, make in wanted.items() if key not in values}
     if missing:
         values.update(missing)

@@ -60,9 +60,47 @@ elif not SECRET_KEY:
     SECRET_KEY = "dev-only-not-secret-" + "x" * 40
     ALLOWED_HOSTS = ALLOWED_HOSTS or ["localhost", "127.0.0.1", "[::1]"]
 
+# --- Key vault ---------------------------------------------------------------------------
+# Master keys (KEKs): "id:base64key,..." — the first encrypts, all decrypt. Independent of
+# SECRET_KEY. BYOK_MASTER_KEYS_FILE names a file holding the same text (for Docker secrets).
+_master_keys_file = env.str("BYOK_MASTER_KEYS_FILE", default="")
+if _master_keys_file:
+    try:
+        BYOK_MASTER_KEYS = Path(_master_keys_file).read_text().strip()
+    except OSError as _error:
+        raise ImproperlyConfigured(
+            f"BYOK_MASTER_KEYS_FILE={_master_keys_file} cannot be read: {_error.strerror}."
+        ) from None
+else:
+    BYOK_MASTER_KEYS = env.str("BYOK_MASTER_KEYS", default="")
+if BYOK_MASTER_KEYS:
+    from keys.vault import KeyringError, parse_keyring
+
+    try:
+        parse_keyring(BYOK_MASTER_KEYS)
+    except KeyringError as _error:
+        raise ImproperlyConfigured(f"BYOK_MASTER_KEYS is malformed: {_error}") from None
+elif not DEBUG:
+    raise ImproperlyConfigured(
+        "BYOK_MASTER_KEYS is not set: the key vault needs at least one master key. Generate "
+        "one with: python -c \"import base64, os; print('k1:' + "
+        'base64.b64encode(os.urandom(32)).decode())"'
+    )
+
+# --- Provider calls -----------------------------------------------------------------------
+# Let users point keys at private, loopback or link-local addresses (self-hosted models).
+# Off in production; `make run` turns it on.
+BYOK_ALLOW_PRIVATE_ENDPOINTS = env.bool("BYOK_ALLOW_PRIVATE_ENDPOINTS", default=False)
+BYOK_PROVIDER_CONNECT_TIMEOUT = env.float("BYOK_PROVIDER_CONNECT_TIMEOUT", default=10.0)
+BYOK_PROVIDER_READ_TIMEOUT = env.float("BYOK_PROVIDER_READ_TIMEOUT", default=120.0)
+BYOK_PROVIDER_CALL_DEADLINE = env.float("BYOK_PROVIDER_CALL_DEADLINE", default=300.0)
+# How often valid keys are re-checked against their provider, in hours.
+BYOK_KEY_RECHECK_HOURS = env.int("BYOK_KEY_RECHECK_HOURS", default=24)
+
 # --- Applications ------------------------------------------------------------------------
 INSTALLED_APPS = [
     "accounts",
+    "keys",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",

@@ -11,6 +11,14 @@ os.environ.setdefault("BYOK_TESTING", "1")
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-key-9f2c1e8b7a6d5c4b3a29181716151413121110ff")
 os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")
 os.environ.setdefault("DJANGO_HTTPS", "0")
+# Two fixed test master keys (never used anywhere else): "t2" encrypts, "t1" still decrypts.
+os.environ.setdefault(
+    "BYOK_MASTER_KEYS",
+    "t2:dGVzdC1tYXN0ZXIta2V5LXR3by0wMDAwMDAwMDAwMDA=,"
+    "t1:dGVzdC1tYXN0ZXIta2V5LW9uZS0wMDAwMDAwMDAwMDA=",
+)
+# The fake provider listens on 127.0.0.1.
+os.environ.setdefault("BYOK_ALLOW_PRIVATE_ENDPOINTS", "1")
 
 from byok_site.settings import *  # noqa: F403
 from byok_site.settings import DATABASES

@@ -20,6 +20,8 @@ from byok_site.embedded_redis import EmbeddedRedis
 from byok_site.redis import get_redis
 from byok_site.settings import celery_broker_url
 
+pytest_plugins = ["tests.fakes.fixtures"]  # fake_provider, fake_provider_server
+
 PASSWORD = "correct horse battery staple 42"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ PRODUCTION = {
     "DJANGO_ALLOWED_HOSTS": "byok.example.com",
     "REDIS_URL": "redis://127.0.0.1:6379/0",
     "DATABASE_URL": "sqlite:////tmp/byok-check-deploy.sqlite3",
+    "BYOK_MASTER_KEYS": "k1:" + base64.b64encode(b"m" * 32).decode(),
 }
 
 
@@ -48,6 +50,9 @@ def run_django(env_overrides: dict[str, str], *args: str) -> subprocess.Complete
         ({"DJANGO_SECRET_KEY": "django-insecure-" + STRONG_KEY}, "placeholder"),
         ({"DJANGO_ALLOWED_HOSTS": ""}, "DJANGO_ALLOWED_HOSTS is not set"),
         ({"REDIS_URL": ""}, "REDIS_URL is not set"),
+        ({"BYOK_MASTER_KEYS": ""}, "BYOK_MASTER_KEYS is not set"),
+        ({"BYOK_MASTER_KEYS": "k1:c2hvcnQ="}, "BYOK_MASTER_KEYS is malformed"),
+        ({"BYOK_MASTER_KEYS": "", "BYOK_MASTER_KEYS_FILE": "/nonexistent"}, "cannot be read"),
     ],
 )
 def test_production_refuses_to_start_with(overrides, message):
@@ -69,6 +74,19 @@ def test_check_deploy_reports_nothing_for_a_production_environment():
     result = run_django(PRODUCTION, "check", "--deploy", "--fail-level", "DEBUG")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues" in result.stdout
+
+
+def test_master_keys_can_come_from_a_file(tmp_path):
+    keyfile = tmp_path / "master-keys"
+    keyfile.write_text(PRODUCTION["BYOK_MASTER_KEYS"] + "\n")
+    result = run_django(
+        {**PRODUCTION, "BYOK_MASTER_KEYS": "", "BYOK_MASTER_KEYS_FILE": str(keyfile)},
+        "shell",
+        "-c",
+        "from django.conf import settings; print(settings.BYOK_MASTER_KEYS[:3])",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "k1:"
 
 
 def test_development_starts_without_any_secret():

@@ -1,0 +1,67 @@
+"""Operator views of the vault: metadata only.
+
+SECURITY: the sealed secret and the wrapped data key are never fields of these admins, and
+nothing here can open them. Operators cannot add or edit keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from keys.models import DataKey, ProviderKey
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(ProviderKey)
+class ProviderKeyAdmin(ReadOnlyAdmin):
+    list_display = (
+        "label",
+        "owner",
+        "preset",
+        "fingerprint",
+        "status",
+        "last_used_at",
+        "created_at",
+    )
+    list_filter = ("status", "preset")
+    search_fields = ("owner__email", "label", "fingerprint")
+    fields = (
+        "id",
+        "owner",
+        "preset",
+        "label",
+        "base_url",
+        "fingerprint",
+        "secret_version",
+        "status",
+        "status_reason",
+        "last_verified_at",
+        "last_used_at",
+        "expires_on",
+        "priority",
+        "created_at",
+        "updated_at",
+        "revoked_at",
+    )
+    readonly_fields = fields
+    list_select_related = ("owner",)
+
+
+@admin.register(DataKey)
+class DataKeyAdmin(ReadOnlyAdmin):
+    list_display = ("owner", "kek_id", "created_at", "rotated_at")
+    list_filter = ("kek_id",)
+    search_fields = ("owner__email",)
+    fields = ("owner", "kek_id", "created_at", "rotated_at")
+    readonly_fields = fields
+    list_select_related = ("owner",)

@@ -1,0 +1,182 @@
+"""Plant a canary provider key, use it, and search every store for it.
+
+It may appear in exactly one place: the request the fake provider received.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+
+import pytest
+from celery.signals import before_task_publish
+from django.core.management import call_command
+from django.db import connection
+from django.urls import reverse
+
+from accounts.models import User
+from byok_site.redis import get_redis
+from keys.models import ProviderKey
+from tests.conftest import PASSWORD
+from tests.keys_helpers import wait_for_status
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(
+            f"{record.name} {record.getMessage()} {record.args!r} {record.exc_text or ''}"
+        )
+        if record.exc_info:
+            self.lines.append(logging.Formatter().formatException(record.exc_info))
+
+
+@pytest.fixture
+def debug_logs():
+    handler = _Collect()
+    root = logging.getLogger()
+    names = ["", "httpx", "httpcore", "celery", "kombu", "django", "keys", "providers"]
+    previous = {name: logging.getLogger(name).level for name in names}
+    root.addHandler(handler)
+    for name in names:
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    yield handler
+    root.removeHandler(handler)
+    for name, level in previous.items():
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.fixture
+def task_messages():
+    bodies: list[str] = []
+
+    def record(sender=None, body=None, headers=None, **kwargs):
+        bodies.append(json.dumps([sender, body, headers], default=repr))
+
+    before_task_publish.connect(record, weak=False)
+    yield bodies
+    before_task_publish.disconnect(record)
+
+
+def _database_rows_containing(needle: str) -> list[str]:
+    hits = []
+    encoded = needle.encode()
+    with connection.cursor() as cursor:
+        for table in connection.introspection.table_names():
+            cursor.execute(f"SELECT * FROM {connection.ops.quote_name(table)}")  # noqa: S608
+            for row in cursor.fetchall():
+                for value in row:
+                    if isinstance(value, memoryview):
+                        value = value.tobytes()
+                    if (isinstance(value, bytes) and encoded in value) or (
+                        not isinstance(value, bytes) and needle in str(value)
+                    ):
+                        hits.append(f"{table}: {row!r}"[:200])
+    return hits
+
+
+def _redis_entries_containing(needle: str) -> list[str]:
+    client = get_redis()
+    hits = []
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key)
+        values: Sequence[object]
+        if kind == "string":
+            values = [client.get(key)]
+        elif kind == "list":
+            values = client.lrange(key, 0, -1)
+        elif kind == "hash":
+            values = [*client.hkeys(key), *client.hvals(key)]
+        elif kind == "set":
+            values = list(client.smembers(key))
+        elif kind == "zset":
+            values = client.zrange(key, 0, -1)
+        elif kind == "stream":
+            values = [json.dumps(entry) for entry in client.xrange(key) or []]
+        else:
+            values = []
+        if needle in key or any(needle in str(value) for value in values):
+            hits.append(key)
+    return hits
+
+
+def test_a_canary_key_is_found_only_in_the_request_the_provider_received(
+    client, fake_provider, celery_worker, debug_logs, task_messages, capsys
+):
+    canary = f"sk-canary-{uuid.uuid4().hex}"
+    fake_provider.accept_only_keys(canary)
+    user = User.objects.create_user(email="canary@example.com", password=PASSWORD)
+    operator = User.objects.create_superuser(email="op@example.com", password=PASSWORD)
+    client.force_login(user)
+    pages: list[str] = []
+
+    def visit(response):
+        pages.append(response.content.decode(errors="replace") + json.dumps(dict(response.headers)))
+        return response
+
+    visit(client.get(reverse("keys:add")))
+    response = visit(
+        client.post(
+            reverse("keys:add"),
+            {
+                "preset": "custom",
+                "label": "Canary",
+                "secret": canary,
+                "base_url": fake_provider.base_url("openai"),
+            },
+        )
+    )
+    assert response.status_code == 302
+    key = wait_for_status(ProviderKey.objects.get(owner=user))
+    assert key.status == "valid", key.status_reason
+
+    # Everything else that touches keys: a failed save that re-renders the form, a
+    # re-check, the pages, a replace with the same canary, the admin, the vault commands.
+    visit(
+        client.post(
+            reverse("keys:add"),
+            {"preset": "custom", "label": "Canary", "secret": canary, "base_url": "x"},
+        )
+    )
+    visit(client.post(reverse("keys:verify", args=[key.pk])))
+    wait_for_status(key)
+    for name in (
+        "keys:list",
+        "keys:detail",
+        "keys:status",
+        "keys:replace",
+        "keys:revoke",
+        "keys:delete",
+    ):
+        url = reverse(name) if name == "keys:list" else reverse(name, args=[key.pk])
+        visit(client.get(url))
+    visit(client.post(reverse("keys:replace", args=[key.pk]), {"secret": canary}))
+    wait_for_status(key)
+    client.force_login(operator)
+    for url in (
+        "/admin/",
+        "/admin/keys/providerkey/",
+        f"/admin/keys/providerkey/{key.pk}/change/",
+        "/admin/accounts/auditevent/",
+        "/admin/keys/datakey/",
+    ):
+        assert visit(client.get(url)).status_code == 200, url
+    call_command("vault_check")
+    call_command("rotate_master_key")
+    command_output = capsys.readouterr()
+
+    assert [request.api_key for request in fake_provider.requests] == [canary] * 3
+    assert _database_rows_containing(canary) == []
+    assert _redis_entries_containing(canary) == []
+    assert [line for line in debug_logs.lines if canary in line] == []
+    assert any("httpx" in line or "httpcore" in line for line in debug_logs.lines)  # logging was on
+    assert task_messages and [body for body in task_messages if canary in body] == []
+    assert [page[:200] for page in pages if canary in page] == []
+    assert canary not in command_output.out + command_output.err
