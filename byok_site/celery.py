@@ -45,6 +45,11 @@ app.conf.update(
         "accounts.tasks.*": {"queue": "default"},
     },
     beat_schedule={
+        "reap-stuck-turns": {"task": "chat.tasks.reap_stuck_turns", "schedule": 60},
+        "purge-temporary-conversations": {
+            "task": "chat.tasks.purge_temporary_conversations",
+            "schedule": 60 * 15,
+        },
         "recheck-provider-keys": {
             "task": "keys.tasks.recheck_provider_keys",
             "schedule": 60 * 60,

@@ -94,6 +94,19 @@ BYOK_ALLOW_PRIVATE_ENDPOINTS = env.bool("BYOK_ALLOW_PRIVATE_ENDPOINTS", default=
 BYOK_PROVIDER_CONNECT_TIMEOUT = env.float("BYOK_PROVIDER_CONNECT_TIMEOUT", default=10.0)
 BYOK_PROVIDER_READ_TIMEOUT = env.float("BYOK_PROVIDER_READ_TIMEOUT", default=120.0)
 BYOK_PROVIDER_CALL_DEADLINE = env.float("BYOK_PROVIDER_CALL_DEADLINE", default=300.0)
+# Chat turns.
+BYOK_MAX_MESSAGE_CHARS = env.int("BYOK_MAX_MESSAGE_CHARS", default=100_000)
+BYOK_MAX_CONCURRENT_TURNS = env.int("BYOK_MAX_CONCURRENT_TURNS", default=4)
+BYOK_CONTEXT_MAX_CHARS = env.int("BYOK_CONTEXT_MAX_CHARS", default=400_000)
+BYOK_MAX_OUTPUT_TOKENS = env.int("BYOK_MAX_OUTPUT_TOKENS", default=4096)
+BYOK_QUEUED_TURN_TIMEOUT = env.int("BYOK_QUEUED_TURN_TIMEOUT", default=120)
+BYOK_STREAM_BATCH_SECONDS = env.float("BYOK_STREAM_BATCH_SECONDS", default=0.025)
+BYOK_TURN_STREAM_MAXLEN = env.int("BYOK_TURN_STREAM_MAXLEN", default=50_000)
+BYOK_TURN_STREAM_TTL = env.int("BYOK_TURN_STREAM_TTL", default=3600)
+BYOK_SSE_HEARTBEAT_SECONDS = env.float("BYOK_SSE_HEARTBEAT_SECONDS", default=15.0)
+# A turn's Celery limits follow the provider deadline.
+BYOK_TURN_SOFT_LIMIT = int(BYOK_PROVIDER_CALL_DEADLINE) + 30
+BYOK_TURN_HARD_LIMIT = BYOK_TURN_SOFT_LIMIT + 30
 # How often valid keys are re-checked against their provider, in hours.
 BYOK_KEY_RECHECK_HOURS = env.int("BYOK_KEY_RECHECK_HOURS", default=24)
 
@@ -101,6 +114,7 @@ BYOK_KEY_RECHECK_HOURS = env.int("BYOK_KEY_RECHECK_HOURS", default=24)
 INSTALLED_APPS = [
     "accounts",
     "keys",
+    "chat",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -279,5 +293,7 @@ LOGGING = {
         "httpcore": {"level": "WARNING"},
     },
 }
+
+DEFAULT_EXCEPTION_REPORTER_FILTER = "byok_site.reporting.ByokExceptionReporterFilter"
 
 SITE_NAME = "BYOK"

@@ -12,5 +12,6 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("accounts/", include("accounts.urls")),
     path("keys/", include("keys.urls")),
+    path("chat/", include("chat.urls")),
     path("admin/", admin.site.urls),
 ]

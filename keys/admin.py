@@ -21,6 +21,11 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # SECURITY: deleting a DataKey crypto-shreds a user; deleting a key skips the
+        # user's audit log. Both go through the services, never the admin.
+        return False
+
 
 @admin.register(ProviderKey)
 class ProviderKeyAdmin(ReadOnlyAdmin):

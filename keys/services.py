@@ -8,6 +8,7 @@ call. Everything else sees the fingerprint.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -19,15 +20,18 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
+from redis import RedisError
 
 from accounts.models import AuditEvent, User
 from accounts.services import audit_count_use, audit_record
+from byok_site.redis import get_redis
 from keys import vault
 from keys.models import DataKey, ProviderKey
 from providers.catalog import Preset, build_adapter, get_preset, resolve_base_url
 from providers.connections import ConnectionConfig
 from providers.errors import InvalidEndpoint, ProviderError, ProviderErrorKind
 from providers.netguard import check_endpoint, system_resolver
+from providers.types import ChatAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +77,7 @@ def connection_config() -> ConnectionConfig:
 # --- data keys ---------------------------------------------------------------------------
 
 
+@sensitive_variables()  # hides every local, in this frame and in the vault frames it calls
 def data_key_get_or_create(*, user: User) -> bytes:
     """The user's DEK in plaintext, creating (and wrapping) it on first need.
 
@@ -115,6 +120,35 @@ def data_key_rotate(*, data_key_id: int) -> bool:
 
 
 # --- sealing -----------------------------------------------------------------------------
+
+
+class OwnerCipher:
+    """Seals and opens one user's values (message text, titles...) with their DEK.
+
+    Unwraps the DEK once, for the many values of one page or one turn. Values are bound to
+    `purpose` and `row_id`, so a ciphertext moved to another row or user fails to open.
+    """
+
+    def __init__(self, owner: User) -> None:
+        self.owner_id = str(owner.pk)
+        self._dek = data_key_get_or_create(user=owner)
+
+    def __repr__(self) -> str:
+        return f"OwnerCipher(owner_id={self.owner_id!r})"
+
+    def _context(self, purpose: str, row_id: object) -> vault.SealContext:
+        return vault.SealContext(purpose=purpose, user_id=self.owner_id, row_id=str(row_id))
+
+    def seal(self, purpose: str, row_id: object, text: str) -> bytes:
+        if not text:
+            return b""
+        return vault.seal(self._dek, text.encode("utf-8"), self._context(purpose, row_id))
+
+    def open(self, purpose: str, row_id: object, sealed: bytes | memoryview) -> str:
+        data = bytes(sealed)
+        if not data:
+            return ""
+        return vault.open_sealed(self._dek, data, self._context(purpose, row_id)).decode("utf-8")
 
 
 def secret_context(key: ProviderKey) -> vault.SealContext:
@@ -177,7 +211,14 @@ def clean_base_url(preset: Preset, base_url: str | None) -> str:
 
 @sensitive_variables("secret", "dek")
 def _seal_secret(key: ProviderKey, secret: str) -> None:
-    dek = data_key_get_or_create(user=key.owner)
+    try:
+        dek = data_key_get_or_create(user=key.owner)
+    except vault.VaultError:
+        logger.error("the data key of user %s could not be opened", key.owner_id)
+        raise KeyVaultError(
+            "Your key vault could not be opened, so nothing was saved. Please contact the "
+            "operator of this BYOK instance."
+        ) from None
     key.sealed_secret = vault.seal(dek, secret.encode("utf-8"), secret_context(key))
     key.fingerprint = fingerprint_of(secret)
 
@@ -202,7 +243,9 @@ def _enqueue_check(key: ProviderKey) -> None:
     from keys.tasks import verify_provider_key
 
     key_id = str(key.pk)
-    transaction.on_commit(lambda: verify_provider_key.delay(key_id))
+    # robust: a broker outage must not turn a saved key into a 500; the key stays
+    # "checking…" and the page offers "Check again".
+    transaction.on_commit(lambda: verify_provider_key.delay(key_id), robust=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +377,8 @@ def provider_key_replace_secret(*, key: ProviderKey, secret: str, info: RequestI
     old_fingerprint = key.fingerprint
     with transaction.atomic():
         locked = ProviderKey.objects.select_for_update().get(pk=key.pk)
+        if locked.status == Status.REVOKED:  # revoked in another tab meanwhile
+            raise KeyVaultError("A revoked key cannot be reused. Add a new key instead.")
         _seal_secret(locked, secret)
         locked.secret_version += 1
         locked.status = Status.CHECKING
@@ -374,11 +419,17 @@ def provider_key_request_check(*, key: ProviderKey, info: RequestInfo | None = N
     """Mark the key as being checked and queue the check."""
     if key.status == Status.REVOKED:
         raise KeyVaultError("A revoked key cannot be checked.")
-    key.status = Status.CHECKING
-    key.check_requested_at = timezone.now()
+    now = timezone.now()
     with transaction.atomic():
-        key.save(update_fields=["status", "check_requested_at", "updated_at"])
+        changed = (
+            ProviderKey.objects.filter(pk=key.pk)
+            .exclude(status=Status.REVOKED)
+            .update(status=Status.CHECKING, check_requested_at=now, updated_at=now)
+        )
+        if not changed:
+            raise KeyVaultError("A revoked key cannot be checked.")
         _enqueue_check(key)
+    key.refresh_from_db()
     return key
 
 
@@ -503,6 +554,7 @@ def provider_key_verify(*, key_id: str) -> ProviderKey | None:
             get_preset(key.preset), config=connection_config(), base_url=key.base_url
         )
         adapter.verify(secret)
+        _cache_models(key, adapter, secret)
     except ProviderError as error:
         status = _STATUS_FOR_ERROR.get(error.kind, Status.UNVERIFIED)
         reason = _reason_for(error)
@@ -532,8 +584,38 @@ def provider_key_verify(*, key_id: str) -> ProviderKey | None:
         target_label=key.label,
         details={"result": status},
     )
-    key.refresh_from_db()
-    return key
+    return ProviderKey.objects.filter(pk=key.pk).first()  # None if deleted meanwhile
+
+
+MODELS_CACHE_SECONDS = 24 * 60 * 60
+
+
+def _models_cache_key(key: ProviderKey) -> str:
+    return f"byok:models:{key.pk}"
+
+
+@sensitive_variables("secret")
+def _cache_models(key: ProviderKey, adapter: ChatAdapter, secret: str) -> None:
+    """Remember which models the key can use (ids only), for the model picker."""
+    try:
+        models = [model.id for model in adapter.list_models(secret)][:500]
+    except ProviderError:
+        return
+    try:
+        get_redis().set(_models_cache_key(key), json.dumps(models), ex=MODELS_CACHE_SECONDS)
+    except RedisError:
+        logger.warning("could not cache the model list of key %s", key.pk)
+
+
+def provider_key_cached_models(key: ProviderKey) -> list[str]:
+    """Model ids the key listed when it was last checked (empty if unknown)."""
+    try:
+        raw = get_redis().get(_models_cache_key(key))
+    except RedisError:
+        return []
+    if not raw:
+        return []
+    return [str(model) for model in json.loads(str(raw))]
 
 
 def provider_keys_expire() -> int:

@@ -15,7 +15,10 @@ urlpatterns = [
     path("<uuid:key_id>/expiry/", views.key_set_expiry, name="expiry"),
     path("<uuid:key_id>/replace/", views.key_replace, name="replace"),
     re_path(
-        r"^(?P<key_id>[0-9a-f-]{36})/move/(?P<direction>up|down)/$", views.key_move, name="move"
+        r"^(?P<key_id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+        r"/move/(?P<direction>up|down)/$",
+        views.key_move,
+        name="move",
     ),
     path("<uuid:key_id>/revoke/", views.key_revoke, name="revoke"),
     path("<uuid:key_id>/delete/", views.key_delete, name="delete"),

@@ -55,7 +55,7 @@ def key_list(request: AuthenticatedRequest) -> HttpResponse:
 
 
 @sensitive_post_parameters("secret")
-@sensitive_variables("form")
+@sensitive_variables("form", "data")
 @login_required
 @require_http_methods(["GET", "POST"])
 def key_add(request: AuthenticatedRequest) -> HttpResponse:

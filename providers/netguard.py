@@ -201,7 +201,14 @@ def _canonical_host(host: str) -> str:
         except ValueError:
             raise InvalidEndpoint("That IPv6 address is not valid.") from None
         return f"[{address.compressed}]"
-    last_label = host.rsplit(".", 1)[-1]
+    labels = host.split(".")
+    if len(host) > 253 or any(not 1 <= len(label) <= 63 for label in labels):
+        raise InvalidEndpoint("That host name is not valid.")
+    try:
+        host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise InvalidEndpoint("That host name is not valid.") from None
+    last_label = labels[-1]
     if _NUMERIC_LABEL.match(last_label):
         try:
             return str(ipaddress.IPv4Address(host))
@@ -238,7 +245,10 @@ def check_endpoint(
     parsed = httpx.URL(canonical)
     if parsed.scheme == "http" and not allow_private_endpoints:
         raise InvalidEndpoint("Use an https:// URL.")
-    host = parsed.host
+    try:
+        host = parsed.host
+    except UnicodeError:  # idna.IDNAError for labels such as "xn--"
+        raise InvalidEndpoint("That host name is not valid.") from None
     address = literal_address(host)
     if address is not None:
         reason = address_block_reason(address, allow_private_endpoints=allow_private_endpoints)
@@ -256,7 +266,7 @@ def check_endpoint(
             addresses = vetted_addresses(
                 host, port, allow_private_endpoints=allow_private_endpoints, resolver=resolver
             )
-        except OSError:
+        except (OSError, UnicodeError):
             raise InvalidEndpoint(f"Could not find the host {host}.") from None
         if parsed.scheme == "http" and any(is_public_address(a) for a in addresses):
             raise InvalidEndpoint("Use an https:// URL for a public host.")

@@ -128,3 +128,42 @@ def page(browser):
     page = context.new_page()
     yield page
     context.close()
+
+
+# --- A real ASGI server (uvicorn), for streaming responses -------------------------------------
+
+
+class AsgiServer:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+
+@pytest.fixture
+def asgi_server(transactional_db):
+    """The project's ASGI app under uvicorn in a thread, so SSE responses really stream
+    (the WSGI live server buffers async iterators)."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from byok_site.asgi import application
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(application, lifespan="off", log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    import time
+
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started, "uvicorn did not start"
+    yield AsgiServer(f"http://127.0.0.1:{port}")
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()

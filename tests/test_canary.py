@@ -172,7 +172,10 @@ def test_a_canary_key_is_found_only_in_the_request_the_provider_received(
     call_command("rotate_master_key")
     command_output = capsys.readouterr()
 
-    assert [request.api_key for request in fake_provider.requests] == [canary] * 3
+    # Three checks (save, re-check, replace), each a verify call and a model listing.
+    received = [request.api_key for request in fake_provider.requests]
+    assert len(received) >= 3
+    assert set(received) == {canary}
     assert _database_rows_containing(canary) == []
     assert _redis_entries_containing(canary) == []
     assert [line for line in debug_logs.lines if canary in line] == []

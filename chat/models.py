@@ -1,0 +1,120 @@
+"""Conversations and messages. All text is sealed with the owner's data key.
+
+SECURITY: titles, system prompts and message text are stored only as AES-GCM ciphertext
+bound to owner and row (keys.vault); nothing in the database or the admin shows them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, ClassVar
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+if TYPE_CHECKING:
+    from accounts.models import User
+
+
+class ConversationQuerySet(models.QuerySet["Conversation"]):
+    def for_owner(self, user: User) -> ConversationQuerySet:
+        return self.filter(owner=user)
+
+
+class Conversation(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
+    )
+    sealed_title = models.BinaryField(editable=False, default=b"")
+    sealed_system_prompt = models.BinaryField(editable=False, default=b"")
+    provider_key = models.ForeignKey(
+        "keys.ProviderKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    preset = models.CharField(max_length=32)
+    model = models.CharField(max_length=200)
+    temporary = models.BooleanField(
+        default=False, help_text="Deleted 24 hours after its last message."
+    )
+    archived = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_message_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects: ClassVar[ConversationQuerySet] = ConversationQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        ordering = ["-last_message_at"]
+        indexes = [models.Index(fields=["owner", "archived", "-last_message_at"])]
+
+    def __str__(self) -> str:
+        return f"conversation {self.pk}"
+
+
+class MessageQuerySet(models.QuerySet["Message"]):
+    def for_owner(self, user: User) -> MessageQuerySet:
+        return self.filter(owner=user)
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        USER = "user", "You"
+        ASSISTANT = "assistant", "Assistant"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Waiting for a worker"
+        RUNNING = "running", "Writing"
+        DONE = "done", "Done"
+        STOPPED = "stopped", "Stopped"
+        ERROR = "error", "Failed"
+
+    FINAL = frozenset({Status.DONE, Status.STOPPED, Status.ERROR})
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    # Denormalised so every lookup (the SSE stream included) scopes by owner directly.
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    sealed_content = models.BinaryField(editable=False, default=b"")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DONE)
+    error_kind = models.CharField(max_length=32, blank=True)
+    error_message = models.CharField(max_length=500, blank=True)
+    notice = models.CharField(max_length=500, blank=True)
+    provider_key = models.ForeignKey(
+        "keys.ProviderKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    model = models.CharField(max_length=200, blank=True)
+    input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cached_tokens = models.PositiveIntegerField(null=True, blank=True)
+    reasoning_tokens = models.PositiveIntegerField(null=True, blank=True)
+    ttft_ms = models.PositiveIntegerField("time to first token (ms)", null=True, blank=True)
+    latency_ms = models.PositiveIntegerField("total time (ms)", null=True, blank=True)
+    provider_calls = models.PositiveSmallIntegerField(default=0)
+    finish_reason = models.CharField(max_length=32, blank=True)
+    trimmed_messages = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects: ClassVar[MessageQuerySet] = MessageQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [
+            models.Index(fields=["conversation", "created_at"]),
+            models.Index(fields=["owner", "status"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role} message {self.pk}"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in self.FINAL
+
+    @property
+    def is_pending(self) -> bool:
+        return self.status in {self.Status.QUEUED, self.Status.RUNNING}

@@ -1,0 +1,67 @@
+"""Reads that open sealed text for display."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from accounts.models import User
+from chat.models import Conversation, Message
+from chat.rendering import render_markdown
+from chat.services import PURPOSE_MESSAGE, PURPOSE_SYSTEM, PURPOSE_TITLE
+from keys.services import OwnerCipher
+
+
+@dataclass(frozen=True)
+class ConversationItem:
+    conversation: Conversation
+    title: str
+
+
+@dataclass(frozen=True)
+class MessageView:
+    message: Message
+    text: str
+    html: str
+
+
+def conversation_list(
+    *, owner: User, query: str = "", archived: bool = False
+) -> list[ConversationItem]:
+    """The owner's conversations, newest first, titles opened; `query` filters by title.
+
+    Titles are sealed, so the search runs here rather than in SQL.
+    """
+    cipher = OwnerCipher(owner)
+    items = []
+    needle = query.strip().lower()
+    for conversation in Conversation.objects.for_owner(owner).filter(archived=archived):
+        title = cipher.open(PURPOSE_TITLE, conversation.pk, conversation.sealed_title) or "New chat"
+        if needle and needle not in title.lower():
+            continue
+        items.append(ConversationItem(conversation, title))
+    return items
+
+
+def conversation_title(conversation: Conversation, cipher: OwnerCipher | None = None) -> str:
+    cipher = cipher or OwnerCipher(conversation.owner)
+    return cipher.open(PURPOSE_TITLE, conversation.pk, conversation.sealed_title) or "New chat"
+
+
+def conversation_system_prompt(
+    conversation: Conversation, cipher: OwnerCipher | None = None
+) -> str:
+    cipher = cipher or OwnerCipher(conversation.owner)
+    return cipher.open(PURPOSE_SYSTEM, conversation.pk, conversation.sealed_system_prompt)
+
+
+def message_view(message: Message, cipher: OwnerCipher) -> MessageView:
+    text = cipher.open(PURPOSE_MESSAGE, message.pk, message.sealed_content)
+    html = render_markdown(text) if message.role == Message.Role.ASSISTANT else ""
+    return MessageView(message, text, html)
+
+
+def conversation_messages(
+    conversation: Conversation, cipher: OwnerCipher | None = None
+) -> list[MessageView]:
+    cipher = cipher or OwnerCipher(conversation.owner)
+    return [message_view(m, cipher) for m in conversation.messages.select_related("provider_key")]

@@ -1,0 +1,266 @@
+"""Conversation and turn writes (web side). The turn itself runs in chat.turns (worker)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import User
+from chat import streams
+from chat.models import Conversation, Message
+from keys.models import ProviderKey
+from keys.services import OwnerCipher
+
+logger = logging.getLogger(__name__)
+
+Status = Message.Status
+Role = Message.Role
+
+PURPOSE_TITLE = "conversation_title"
+PURPOSE_SYSTEM = "conversation_system_prompt"
+PURPOSE_MESSAGE = "message"
+TITLE_LENGTH = 60
+
+
+class ChatError(Exception):
+    """An expected failure with a message fit to show the user."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+def _enqueue_turn(message: Message) -> None:
+    from chat.tasks import generate_reply
+
+    message_id = str(message.pk)
+    # robust: with the broker down the reply stays queued and the reaper tells the user
+    # "no worker is available", instead of the send failing after the commit.
+    transaction.on_commit(lambda: generate_reply.delay(message_id), robust=True)
+
+
+def conversation_create(
+    *,
+    owner: User,
+    key: ProviderKey,
+    model: str,
+    system_prompt: str = "",
+    temporary: bool = False,
+) -> Conversation:
+    """Start a conversation with one of the owner's keys and a model."""
+    if key.owner_id != owner.pk:
+        raise ChatError("Pick one of your keys.", field="key")
+    if not key.is_usable:
+        raise ChatError(f"“{key.label}” is {key.get_status_display().lower()}.", field="key")
+    model = model.strip()
+    if not model or len(model) > 200 or any(c.isspace() for c in model):
+        raise ChatError("Choose a model, or type its id (no spaces).", field="model")
+    if len(system_prompt) > settings.BYOK_MAX_MESSAGE_CHARS:
+        raise ChatError("The system prompt is too long.", field="system_prompt")
+    conversation = Conversation(
+        owner=owner, provider_key=key, preset=key.preset, model=model, temporary=temporary
+    )
+    cipher = OwnerCipher(owner)
+    conversation.sealed_system_prompt = cipher.seal(
+        PURPOSE_SYSTEM, conversation.pk, system_prompt.strip()
+    )
+    conversation.save(force_insert=True)
+    return conversation
+
+
+def _title_from(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1].rstrip() + "…"
+
+
+def conversation_rename(*, conversation: Conversation, title: str) -> Conversation:
+    title = " ".join(title.split())
+    if not title:
+        raise ChatError("The title cannot be empty.", field="title")
+    if len(title) > 200:
+        raise ChatError("Keep the title under 200 characters.", field="title")
+    conversation.sealed_title = OwnerCipher(conversation.owner).seal(
+        PURPOSE_TITLE, conversation.pk, title
+    )
+    conversation.save(update_fields=["sealed_title"])
+    return conversation
+
+
+def conversation_set_flags(
+    *, conversation: Conversation, archived: bool | None = None, temporary: bool | None = None
+) -> Conversation:
+    fields = []
+    if archived is not None:
+        conversation.archived = archived
+        fields.append("archived")
+    if temporary is not None:
+        conversation.temporary = temporary
+        fields.append("temporary")
+    if fields:
+        conversation.save(update_fields=fields)
+    return conversation
+
+
+def conversation_delete(*, conversation: Conversation) -> None:
+    pending = list(
+        conversation.messages.filter(status__in=[Status.QUEUED, Status.RUNNING]).values_list(
+            "pk", flat=True
+        )
+    )
+    for message_id in pending:
+        streams.request_cancel(message_id)
+    conversation.delete()
+
+
+def message_send(*, conversation: Conversation, text: str) -> tuple[Message, Message]:
+    """Add the user's message and a queued reply, and queue the turn (on commit).
+
+    One transaction: either both messages exist and the task is queued, or nothing changed.
+    """
+    text = text.strip()
+    if not text:
+        raise ChatError("Type a message first.", field="text")
+    if len(text) > settings.BYOK_MAX_MESSAGE_CHARS:
+        raise ChatError(
+            f"That message is {len(text):,} characters; the limit is "
+            f"{settings.BYOK_MAX_MESSAGE_CHARS:,}. Shorten it or split it.",
+            field="text",
+        )
+    owner = conversation.owner
+    with transaction.atomic():
+        # Serialises two tabs sending into the same conversation at once.
+        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        if locked.messages.filter(status__in=[Status.QUEUED, Status.RUNNING]).exists():
+            raise ChatError(
+                "A reply is still being written. Wait for it, or stop it.", field="text"
+            )
+        running = (
+            Message.objects.for_owner(owner)
+            .filter(status__in=[Status.QUEUED, Status.RUNNING])
+            .count()
+        )
+        if running >= settings.BYOK_MAX_CONCURRENT_TURNS:
+            raise ChatError(
+                f"You have {running} replies being written at once, the most allowed. "
+                "Wait for one to finish.",
+                field="text",
+            )
+        cipher = OwnerCipher(owner)
+        now = timezone.now()
+        user_message = Message(
+            conversation=locked, owner=owner, role=Role.USER, status=Status.DONE, created_at=now
+        )
+        user_message.sealed_content = cipher.seal(PURPOSE_MESSAGE, user_message.pk, text)
+        user_message.save(force_insert=True)
+        reply = Message.objects.create(
+            conversation=locked,
+            owner=owner,
+            role=Role.ASSISTANT,
+            status=Status.QUEUED,
+            model=locked.model,
+            created_at=now + timedelta(microseconds=1),
+        )
+        update = ["last_message_at"]
+        locked.last_message_at = now
+        if not locked.sealed_title:
+            locked.sealed_title = cipher.seal(PURPOSE_TITLE, locked.pk, _title_from(text))
+            update.append("sealed_title")
+        locked.save(update_fields=update)
+        _enqueue_turn(reply)
+    return user_message, reply
+
+
+def turn_cancel(*, message: Message) -> Message:
+    """Stop a reply. A queued one stops at once; a running one within a second (worker side)."""
+    if message.role != Role.ASSISTANT or message.is_final:
+        return message
+    stopped_now = Message.objects.filter(pk=message.pk, status=Status.QUEUED).update(
+        status=Status.STOPPED, finished_at=timezone.now()
+    )
+    if stopped_now:
+        streams.TurnPublisher(message.pk).done(status=Status.STOPPED, html="")
+    else:
+        streams.request_cancel(message.pk)
+    message.refresh_from_db()
+    return message
+
+
+def turn_regenerate(*, message: Message) -> Message:
+    """Replace the conversation's last reply (failed, stopped or done) with a new one."""
+    if message.role != Role.ASSISTANT:
+        raise ChatError("Only a reply can be regenerated.")
+    with transaction.atomic():
+        conversation = Conversation.objects.select_for_update().get(pk=message.conversation_id)
+        last = conversation.messages.order_by("-created_at", "-id").first()
+        if last is None or last.pk != message.pk:
+            raise ChatError("Only the last reply can be retried or regenerated.")
+        if not message.is_final:
+            raise ChatError("This reply is still being written.")
+        running = (
+            Message.objects.for_owner(message.owner)
+            .filter(status__in=[Status.QUEUED, Status.RUNNING])
+            .count()
+        )
+        if running >= settings.BYOK_MAX_CONCURRENT_TURNS:
+            raise ChatError("Too many replies are being written at once. Wait for one to finish.")
+        created = message.created_at
+        message.delete()
+        reply = Message.objects.create(
+            conversation=conversation,
+            owner=conversation.owner,
+            role=Role.ASSISTANT,
+            status=Status.QUEUED,
+            model=conversation.model,
+            created_at=created,
+        )
+        conversation.last_message_at = timezone.now()
+        conversation.save(update_fields=["last_message_at"])
+        _enqueue_turn(reply)
+    return reply
+
+
+def turns_reap() -> int:
+    """Fail turns nobody will finish: running past the hard time limit (the worker died), or
+    queued for longer than BYOK_QUEUED_TURN_TIMEOUT (no worker took them)."""
+    now = timezone.now()
+    reaped = 0
+    running_cutoff = now - timedelta(seconds=settings.BYOK_TURN_HARD_LIMIT + 30)
+    queued_cutoff = now - timedelta(seconds=settings.BYOK_QUEUED_TURN_TIMEOUT)
+    rules = [
+        (
+            Status.RUNNING,
+            {"started_at__lt": running_cutoff},
+            "worker_lost",
+            "The worker writing this reply stopped before finishing. Retry to try again.",
+        ),
+        (
+            Status.QUEUED,
+            {"created_at__lt": queued_cutoff},
+            "no_worker",
+            "No worker is available right now — try again in a moment.",
+        ),
+    ]
+    for status, cutoff, kind, text in rules:
+        for message_id in Message.objects.filter(status=status, **cutoff).values_list(
+            "pk", flat=True
+        ):
+            if Message.objects.filter(pk=message_id, status=status).update(
+                status=Status.ERROR, error_kind=kind, error_message=text, finished_at=now
+            ):
+                streams.TurnPublisher(message_id).error(message=text, action="retry")
+                reaped += 1
+    return reaped
+
+
+def conversations_purge_temporary() -> int:
+    """Delete temporary conversations 24 hours after their last message."""
+    cutoff = timezone.now() - timedelta(hours=24)
+    stale = Conversation.objects.filter(temporary=True, last_message_at__lt=cutoff)
+    count = stale.count()
+    stale.delete()
+    return count

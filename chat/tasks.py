@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from celery import shared_task
+from django.conf import settings
+
+from chat import services, turns
+
+
+@shared_task(
+    ignore_result=True,
+    acks_late=True,
+    soft_time_limit=settings.BYOK_TURN_SOFT_LIMIT,
+    time_limit=settings.BYOK_TURN_HARD_LIMIT,
+)
+def generate_reply(message_id: str) -> None:
+    """Run one chat turn. Takes the reply's id only; safe to deliver twice."""
+    turns.run_turn(message_id)
+
+
+@shared_task(ignore_result=True)
+def reap_stuck_turns() -> None:
+    services.turns_reap()
+
+
+@shared_task(ignore_result=True)
+def purge_temporary_conversations() -> None:
+    services.conversations_purge_temporary()

@@ -1,0 +1,487 @@
+"""One chat turn, run by a worker: claim, call the provider with the owner's key, stream the
+reply into Redis, store the outcome once.
+
+Provider calls are at most once per delivery of a turn: the turn is claimed with a
+conditional UPDATE (queued → running), so a redelivered or duplicated task finds nothing to
+claim and returns. Within one run, a call that failed *before the first token* may be retried
+(rate limited or unavailable: at most two retries within twenty seconds, honouring
+retry-after) or moved to the owner's next key for the same provider; after the first token,
+never.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db.models import Case, IntegerField, Value, When
+from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
+
+from chat import streams
+from chat.models import Conversation, Message
+from chat.rendering import render_markdown
+from chat.selectors import conversation_system_prompt
+from chat.services import PURPOSE_MESSAGE
+from keys import vault
+from keys.models import ProviderKey
+from keys.services import (
+    OwnerCipher,
+    connection_config,
+    provider_key_mark_used,
+    provider_key_open,
+)
+from providers.catalog import build_adapter, get_preset
+from providers.errors import InvalidChatRequest, InvalidEndpoint, ProviderError, ProviderErrorKind
+from providers.types import ChatMessage, ChatRequest, Finish, Role, TextDelta, Usage
+
+logger = logging.getLogger(__name__)
+
+Status = Message.Status
+KeyStatus = ProviderKey.Status
+
+RETRYABLE_BEFORE_FIRST_TOKEN = {ProviderErrorKind.RATE_LIMITED, ProviderErrorKind.UNAVAILABLE}
+FALLBACK_KINDS = {
+    ProviderErrorKind.RATE_LIMITED,
+    ProviderErrorKind.UNAVAILABLE,
+    ProviderErrorKind.NO_CREDIT,
+    ProviderErrorKind.INVALID_KEY,
+}
+MAX_RETRIES = 2
+RETRY_BUDGET_SECONDS = 20.0
+CANCEL_POLL_SECONDS = 0.2
+
+_ACTIONS = {
+    ProviderErrorKind.INVALID_KEY: "Check the key on the Keys page, or replace it.",
+    ProviderErrorKind.NO_CREDIT: "Add credit to your provider account, then retry.",
+    ProviderErrorKind.RATE_LIMITED: "Wait a moment, then retry.",
+    ProviderErrorKind.UNAVAILABLE: "The provider is having trouble; retry in a moment.",
+    ProviderErrorKind.CONTEXT_TOO_LONG: (
+        "Start a new conversation, or use a model with a longer context."
+    ),
+    ProviderErrorKind.BAD_REQUEST: "Check the model name, or pick another model.",
+    ProviderErrorKind.TIMEOUT: "Retry; if it keeps happening, try a faster model.",
+    ProviderErrorKind.NETWORK: "Retry in a moment.",
+    ProviderErrorKind.BAD_RESPONSE: (
+        "Retry; if it keeps happening, the endpoint may not be compatible."
+    ),
+}
+
+
+@dataclass
+class TurnState:
+    """What one turn has produced so far."""
+
+    started: float = field(default_factory=time.monotonic)
+    parts: list[str] = field(default_factory=list)
+    first_token_at: float | None = None
+    usage: Usage | None = None
+    finish: Finish | None = None
+    cancelled: bool = False
+    provider_calls: int = 0
+    key: ProviderKey | None = None
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    @property
+    def got_tokens(self) -> bool:
+        return self.first_token_at is not None
+
+
+class DeltaBatcher:
+    """Sends the first token at once, then batches deltas within a short window, so one
+    Redis write serves many tokens at high token rates without adding visible lag."""
+
+    def __init__(self, publisher: streams.TurnPublisher, window: float) -> None:
+        self.publisher = publisher
+        self.window = window
+        self.pending: list[str] = []
+        self.last_flush = 0.0
+        self.sent_any = False
+
+    def add(self, text: str) -> None:
+        self.pending.append(text)
+        if not self.sent_any or time.monotonic() - self.last_flush >= self.window:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.publisher.delta("".join(self.pending))
+            self.pending.clear()
+            self.sent_any = True
+        self.last_flush = time.monotonic()
+
+    def seconds_to_next_flush(self) -> float:
+        if not self.pending:
+            return CANCEL_POLL_SECONDS
+        return max(0.0, self.window - (time.monotonic() - self.last_flush))
+
+
+def candidate_keys(conversation: Conversation) -> list[ProviderKey]:
+    """The conversation's key first, then the owner's other usable keys for the same provider."""
+    usable = (
+        ProviderKey.objects.for_owner(conversation.owner)
+        .filter(preset=conversation.preset)
+        .usable()
+        .exclude(status__in=[KeyStatus.INVALID, KeyStatus.NO_CREDIT])
+        .annotate(
+            chosen=Case(
+                When(pk=conversation.provider_key_id, then=Value(0)),
+                default=Value(1),
+                output_field=IntegerField(),
+            )
+        )
+        .order_by("chosen", "priority", "created_at")
+    )
+    return list(usable)
+
+
+def build_history(reply: Message, cipher: OwnerCipher) -> tuple[list[ChatMessage], int]:
+    """The conversation before `reply`, oldest turns dropped to fit BYOK_CONTEXT_MAX_CHARS.
+
+    Failed and empty replies are left out. Returns the messages and how many were dropped.
+    """
+    earlier = (
+        Message.objects.filter(
+            conversation_id=reply.conversation_id, created_at__lt=reply.created_at
+        )
+        .filter(status__in=[Status.DONE, Status.STOPPED])
+        .order_by("created_at", "id")
+    )
+    history: list[ChatMessage] = []
+    for message in earlier:
+        text = cipher.open(PURPOSE_MESSAGE, message.pk, message.sealed_content)
+        if text:
+            role = Role.USER if message.role == Message.Role.USER else Role.ASSISTANT
+            history.append(ChatMessage(role, text))
+    budget = settings.BYOK_CONTEXT_MAX_CHARS
+    dropped = 0
+    while len(history) > 1 and sum(len(m.content) for m in history) > budget:
+        history.pop(0)
+        dropped += 1
+    # Providers want the conversation to start with the user.
+    while len(history) > 1 and history[0].role != Role.USER:
+        history.pop(0)
+        dropped += 1
+    return history, dropped
+
+
+def run_turn(message_id: str) -> None:
+    """Claim and run one turn. Safe to call twice: only the first call does anything."""
+    now = timezone.now()
+    claimed = Message.objects.filter(pk=message_id, status=Status.QUEUED).update(
+        status=Status.RUNNING, started_at=now
+    )
+    if not claimed:
+        return  # already taken, finished, stopped or deleted: never call the provider twice
+    reply = Message.objects.select_related("conversation", "owner").get(pk=message_id)
+    publisher = streams.TurnPublisher(reply.pk)
+    state = TurnState()
+    try:
+        _run(reply, publisher, state)
+    except Exception:
+        logger.exception("turn %s crashed", reply.pk)
+        _finish_error(
+            reply,
+            publisher,
+            state,
+            kind="internal",
+            text="Something went wrong on our side while writing this reply. Retry.",
+            action="retry",
+        )
+
+
+def _run(reply: Message, publisher: streams.TurnPublisher, state: TurnState) -> None:
+    conversation = reply.conversation
+    cipher = OwnerCipher(reply.owner)
+    history, dropped = build_history(reply, cipher)
+    if dropped:
+        state.notices.append(
+            f"The {dropped} oldest message{'s' if dropped != 1 else ''} of this conversation "
+            "were left out to fit the model's context."
+        )
+    if not history:
+        _finish_error(
+            reply,
+            publisher,
+            state,
+            kind="bad_request",
+            text="There is no message to answer.",
+            action="",
+        )
+        return
+    system_prompt = conversation_system_prompt(conversation, cipher) or None
+    keys = candidate_keys(conversation)
+    if not keys:
+        _finish_error(
+            reply,
+            publisher,
+            state,
+            kind="no_key",
+            text="You have no usable key for this provider. Add or replace one on the Keys page.",
+            action="keys",
+        )
+        return
+    if conversation.provider_key_id and keys[0].pk != conversation.provider_key_id:
+        state.notices.append(f"Your chosen key is not usable; “{keys[0].label}” answered instead.")
+    batcher = DeltaBatcher(publisher, settings.BYOK_STREAM_BATCH_SECONDS)
+    last_error: ProviderError | None = None
+    for index, key in enumerate(keys):
+        state.key = key
+        last_error = _call_with_retries(reply, key, history, system_prompt, batcher, state)
+        if last_error is None or state.got_tokens or state.cancelled:
+            break
+        _note_key_failure(key, last_error)
+        has_next = index + 1 < len(keys)
+        if last_error.kind in FALLBACK_KINDS and has_next:
+            state.notices.append(
+                f"“{key.label}” failed ({last_error.user_message.rstrip('.')}); "
+                f"“{keys[index + 1].label}” answered instead."
+            )
+            continue
+        break
+    batcher.flush()
+    if last_error is not None and not state.cancelled:
+        _finish_provider_error(reply, publisher, state, last_error)
+    else:
+        _finish_success(reply, publisher, state)
+
+
+def _note_key_failure(key: ProviderKey, error: ProviderError) -> None:
+    """An invalid or empty key is marked so on the Keys page as well."""
+    status = {
+        ProviderErrorKind.INVALID_KEY: KeyStatus.INVALID,
+        ProviderErrorKind.NO_CREDIT: KeyStatus.NO_CREDIT,
+    }.get(error.kind)
+    if status is not None:
+        ProviderKey.objects.filter(pk=key.pk).exclude(status=KeyStatus.REVOKED).update(
+            status=status, status_reason=error.user_message, last_verified_at=timezone.now()
+        )
+
+
+def _call_with_retries(
+    reply: Message,
+    key: ProviderKey,
+    history: list[ChatMessage],
+    system_prompt: str | None,
+    batcher: DeltaBatcher,
+    state: TurnState,
+) -> ProviderError | None:
+    """Call the provider with `key`; retry before the first token when that can help."""
+    budget_ends = time.monotonic() + RETRY_BUDGET_SECONDS
+    for attempt in range(MAX_RETRIES + 1):
+        error = _call_once(reply, key, history, system_prompt, batcher, state)
+        if error is None or state.got_tokens or state.cancelled:
+            return error
+        if error.kind not in RETRYABLE_BEFORE_FIRST_TOKEN or attempt == MAX_RETRIES:
+            return error
+        wait = error.retry_after if error.retry_after is not None else float(2**attempt)
+        if time.monotonic() + wait > budget_ends:
+            return error
+        if _sleep_unless_cancelled(reply.pk, wait):
+            state.cancelled = True
+            return None
+    return None  # pragma: no cover - the loop always returns
+
+
+def _sleep_unless_cancelled(message_id: object, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if streams.cancel_requested(message_id):
+            return True
+        time.sleep(min(CANCEL_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+    return False
+
+
+@sensitive_variables("secret", "request")
+def _call_once(
+    reply: Message,
+    key: ProviderKey,
+    history: list[ChatMessage],
+    system_prompt: str | None,
+    batcher: DeltaBatcher,
+    state: TurnState,
+) -> ProviderError | None:
+    """One streaming call. Returns the error it ended with, or None."""
+    try:
+        secret = provider_key_open(key)
+        adapter = build_adapter(
+            get_preset(key.preset), config=connection_config(), base_url=key.base_url
+        )
+        request = ChatRequest(
+            model=reply.conversation.model,
+            messages=history,
+            api_key=secret,
+            system_prompt=system_prompt,
+            max_tokens=settings.BYOK_MAX_OUTPUT_TOKENS,
+        )
+    except vault.VaultError:
+        logger.error("key %s could not be opened for turn %s", key.pk, reply.pk)
+        return ProviderError(
+            ProviderErrorKind.INVALID_KEY, "This key could not be decrypted; replace its secret."
+        )
+    except InvalidChatRequest as error:
+        return ProviderError(ProviderErrorKind.BAD_REQUEST, error.user_message)
+    except InvalidEndpoint as error:
+        return ProviderError(ProviderErrorKind.NETWORK, error.user_message)
+    del secret
+    state.provider_calls += 1
+    events: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def pump() -> None:
+        stream = adapter.stream_chat(request)
+        try:
+            for event in stream:
+                events.put(("event", event))
+                if stop.is_set():
+                    break
+            events.put(("end", None))
+        except ProviderError as error:
+            events.put(("error", error))
+        except InvalidEndpoint as error:
+            events.put(("error", ProviderError(ProviderErrorKind.NETWORK, error.user_message)))
+        except Exception:
+            logger.exception("provider stream crashed for turn %s", reply.pk)
+            events.put(("error", ProviderError(ProviderErrorKind.BAD_RESPONSE)))
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=pump, name=f"turn-{reply.pk}", daemon=True)
+    worker.start()
+    next_cancel_check = time.monotonic() + CANCEL_POLL_SECONDS
+    try:
+        while True:
+            timeout = min(
+                batcher.seconds_to_next_flush(), max(0.0, next_cancel_check - time.monotonic())
+            )
+            try:
+                kind, payload = events.get(timeout=timeout)
+            except queue.Empty:
+                kind, payload = "idle", None
+            if kind == "event":
+                if isinstance(payload, TextDelta) and payload.text:
+                    if state.first_token_at is None:
+                        state.first_token_at = time.monotonic()
+                    state.parts.append(payload.text)
+                    batcher.add(payload.text)
+                elif isinstance(payload, Usage):
+                    state.usage = payload
+                elif isinstance(payload, Finish):
+                    state.finish = payload
+            elif kind == "end":
+                return None
+            elif kind == "error":
+                assert isinstance(payload, ProviderError)
+                return payload
+            if batcher.pending and batcher.seconds_to_next_flush() == 0:
+                batcher.flush()
+            if time.monotonic() >= next_cancel_check:
+                next_cancel_check = time.monotonic() + CANCEL_POLL_SECONDS
+                if streams.cancel_requested(reply.pk):
+                    state.cancelled = True
+                    return None
+    finally:
+        # The pump stops at its next event; a silent provider is cut off by the read
+        # timeout. The turn itself is already settled.
+        stop.set()
+
+
+def _timings(state: TurnState) -> dict[str, int | None]:
+    now = time.monotonic()
+    return {
+        "ttft_ms": round((state.first_token_at - state.started) * 1000)
+        if state.first_token_at
+        else None,
+        "latency_ms": round((now - state.started) * 1000),
+    }
+
+
+def _usage_fields(state: TurnState) -> dict[str, int | None]:
+    usage = state.usage
+    if usage is None:
+        return {}
+    return {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cached_tokens": usage.cached_input_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+    }
+
+
+def _store(reply: Message, state: TurnState, **fields: object) -> bool:
+    """Store the outcome once: only a turn still `running` can be finished."""
+    cipher = OwnerCipher(reply.owner)
+    values = {
+        "sealed_content": cipher.seal(PURPOSE_MESSAGE, reply.pk, state.text),
+        "finished_at": timezone.now(),
+        "provider_calls": state.provider_calls,
+        "provider_key": state.key,
+        "notice": " ".join(state.notices)[:500],
+        **_timings(state),
+        **_usage_fields(state),
+        **fields,
+    }
+    stored = bool(Message.objects.filter(pk=reply.pk, status=Status.RUNNING).update(**values))
+    if stored and state.key is not None and state.provider_calls:
+        provider_key_mark_used(key=state.key)
+    return stored
+
+
+def _finish_success(reply: Message, publisher: streams.TurnPublisher, state: TurnState) -> None:
+    status = Status.STOPPED if state.cancelled else Status.DONE
+    finish_reason = state.finish.reason.value if state.finish else ""
+    if status == Status.DONE and finish_reason == "length":
+        state.notices.append("The reply reached the length limit and was cut short.")
+    if _store(reply, state, status=status, finish_reason=finish_reason):
+        publisher.done(
+            status=status, html=render_markdown(state.text), notice=" ".join(state.notices)
+        )
+
+
+def _finish_provider_error(
+    reply: Message, publisher: streams.TurnPublisher, state: TurnState, error: ProviderError
+) -> None:
+    text = error.user_message
+    if error.provider_message and error.kind in {
+        ProviderErrorKind.BAD_REQUEST,
+        ProviderErrorKind.CONTEXT_TOO_LONG,
+    }:
+        text = f"{text} The provider said: {error.provider_message}"
+    if state.got_tokens:
+        text = f"The reply was cut off: {text[0].lower()}{text[1:]} What arrived is kept."
+    if error.kind == ProviderErrorKind.RATE_LIMITED and error.retry_after:
+        text += f" Try again in {max(1, round(error.retry_after))} seconds."
+    _finish_error(
+        reply,
+        publisher,
+        state,
+        kind=error.kind.value,
+        text=text,
+        action=_ACTIONS.get(error.kind, ""),
+    )
+
+
+def _finish_error(
+    reply: Message,
+    publisher: streams.TurnPublisher,
+    state: TurnState,
+    *,
+    kind: str,
+    text: str,
+    action: str,
+) -> None:
+    message = text if not action or action in {"retry", "keys"} else f"{text} {action}"
+    if _store(reply, state, status=Status.ERROR, error_kind=kind, error_message=message[:500]):
+        publisher.error(
+            message=message, action=action, html=render_markdown(state.text) if state.text else ""
+        )

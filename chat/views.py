@@ -1,0 +1,313 @@
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from accounts.http import AuthenticatedRequest
+from chat import selectors, services, streams
+from chat.forms import MessageForm, NewConversationForm, RenameForm
+from chat.models import Conversation, Message
+from chat.rendering import render_markdown
+from chat.services import ChatError
+from keys.models import ProviderKey
+from keys.services import OwnerCipher
+from providers.catalog import PRESETS
+
+
+def _conversation_for(request: AuthenticatedRequest, conversation_id: object) -> Conversation:
+    return get_object_or_404(Conversation.objects.for_owner(request.user), pk=conversation_id)
+
+
+def _reply_for(request: AuthenticatedRequest, message_id: object) -> Message:
+    return get_object_or_404(
+        Message.objects.for_owner(request.user).select_related("conversation"),
+        pk=message_id,
+        role=Message.Role.ASSISTANT,
+    )
+
+
+def _sidebar(request: AuthenticatedRequest) -> dict[str, object]:
+    query = request.GET.get("q", "")
+    archived = request.GET.get("archived") == "1"
+    return {
+        "conversations": selectors.conversation_list(
+            owner=request.user, query=query, archived=archived
+        ),
+        "query": query,
+        "show_archived": archived,
+    }
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def chat_home(request: AuthenticatedRequest) -> HttpResponse:
+    """The conversation list and the "new chat" form."""
+    form = NewConversationForm(request.POST or None, owner=request.user)
+    if request.method == "POST" and form.is_valid():
+        try:
+            conversation = services.conversation_create(
+                owner=request.user,
+                key=form.cleaned_data["key"],
+                model=form.cleaned_data["model"],
+                system_prompt=form.cleaned_data["system_prompt"],
+                temporary=form.cleaned_data["temporary"],
+            )
+        except ChatError as error:
+            form.add_error(error.field if error.field in form.fields else None, error.message)
+        else:
+            return redirect("chat:conversation", conversation_id=conversation.pk)
+    has_keys = ProviderKey.objects.for_owner(request.user).usable().exists()
+    context = {"form": form, "has_keys": has_keys, **_sidebar(request)}
+    return render(request, "chat/home.html", context)
+
+
+def _uuid_or_none(value: str | None) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value or "")
+    except ValueError:
+        return None
+
+
+@login_required
+@require_GET
+def model_options(request: AuthenticatedRequest) -> HttpResponse:
+    """htmx: model suggestions for the chosen key: the preset's popular models plus the
+    models the key listed the last time it was checked (cached, no key needed here)."""
+    key_id = _uuid_or_none(request.GET.get("key"))
+    key = ProviderKey.objects.for_owner(request.user).filter(pk=key_id).first() if key_id else None
+    models: list[str] = []
+    if key is not None:
+        preset = PRESETS.get(key.preset)
+        models = list(preset.popular_models) if preset else []
+        from keys.services import provider_key_cached_models
+
+        for model in provider_key_cached_models(key):
+            if model not in models:
+                models.append(model)
+    return render(request, "chat/_model_options.html", {"models": models})
+
+
+@login_required
+@require_GET
+def conversation_detail(request: AuthenticatedRequest, conversation_id: object) -> HttpResponse:
+    conversation = _conversation_for(request, conversation_id)
+    cipher = OwnerCipher(request.user)
+    context = {
+        "conversation": conversation,
+        "title": selectors.conversation_title(conversation, cipher),
+        "system_prompt": selectors.conversation_system_prompt(conversation, cipher),
+        "items": selectors.conversation_messages(conversation, cipher),
+        "form": MessageForm(),
+        "max_chars": settings.BYOK_MAX_MESSAGE_CHARS,
+        **_sidebar(request),
+    }
+    return render(request, "chat/conversation.html", context)
+
+
+@login_required
+@require_POST
+def message_send(request: AuthenticatedRequest, conversation_id: object) -> HttpResponse:
+    conversation = _conversation_for(request, conversation_id)
+    form = MessageForm(request.POST)
+    error = None
+    if form.is_valid():
+        try:
+            user_message, reply = services.message_send(
+                conversation=conversation, text=form.cleaned_data["text"]
+            )
+        except ChatError as failure:
+            error = failure.message
+        else:
+            if request.headers.get("HX-Request"):
+                cipher = OwnerCipher(request.user)
+                items = [
+                    selectors.message_view(user_message, cipher),
+                    selectors.message_view(reply, cipher),
+                ]
+                return render(
+                    request, "chat/_messages.html", {"items": items, "conversation": conversation}
+                )
+            return redirect("chat:conversation", conversation_id=conversation.pk)
+    else:
+        error = "Type a message first."
+    if request.headers.get("HX-Request"):
+        response = render(request, "chat/_send_error.html", {"error": error}, status=422)
+        response["HX-Retarget"] = "#composer-error"
+        response["HX-Reswap"] = "innerHTML"
+        return response
+    messages.error(request, error)
+    return redirect("chat:conversation", conversation_id=conversation.pk)
+
+
+@login_required
+@require_POST
+def turn_cancel(request: AuthenticatedRequest, message_id: object) -> HttpResponse:
+    reply = _reply_for(request, message_id)
+    services.turn_cancel(message=reply)
+    if request.headers.get("HX-Request"):
+        return HttpResponse(status=204)
+    return redirect("chat:conversation", conversation_id=reply.conversation_id)
+
+
+@login_required
+@require_POST
+def turn_regenerate(request: AuthenticatedRequest, message_id: object) -> HttpResponse:
+    reply = _reply_for(request, message_id)
+    try:
+        services.turn_regenerate(message=reply)
+    except ChatError as error:
+        messages.error(request, error.message)
+    return redirect("chat:conversation", conversation_id=reply.conversation_id)
+
+
+@login_required
+@require_POST
+def conversation_rename(request: AuthenticatedRequest, conversation_id: object) -> HttpResponse:
+    conversation = _conversation_for(request, conversation_id)
+    form = RenameForm(request.POST)
+    try:
+        if not form.is_valid():
+            raise ChatError("Give the conversation a title (up to 200 characters).")
+        services.conversation_rename(conversation=conversation, title=form.cleaned_data["title"])
+    except ChatError as error:
+        messages.error(request, error.message)
+    return redirect("chat:conversation", conversation_id=conversation.pk)
+
+
+@login_required
+@require_POST
+def conversation_archive(request: AuthenticatedRequest, conversation_id: object) -> HttpResponse:
+    conversation = _conversation_for(request, conversation_id)
+    services.conversation_set_flags(conversation=conversation, archived=not conversation.archived)
+    messages.success(
+        request, "Conversation archived." if conversation.archived else "Conversation restored."
+    )
+    return redirect("chat:conversation", conversation_id=conversation.pk)
+
+
+@login_required
+@require_POST
+def conversation_temporary(request: AuthenticatedRequest, conversation_id: object) -> HttpResponse:
+    conversation = _conversation_for(request, conversation_id)
+    services.conversation_set_flags(conversation=conversation, temporary=not conversation.temporary)
+    return redirect("chat:conversation", conversation_id=conversation.pk)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def conversation_delete(request: AuthenticatedRequest, conversation_id: object) -> HttpResponse:
+    conversation = _conversation_for(request, conversation_id)
+    if request.method == "POST":
+        services.conversation_delete(conversation=conversation)
+        messages.success(request, "Conversation deleted.")
+        return redirect("chat:home")
+    title = selectors.conversation_title(conversation)
+    return render(
+        request, "chat/confirm_delete.html", {"conversation": conversation, "title": title}
+    )
+
+
+# --- live stream (async) --------------------------------------------------------------------
+
+
+def _sse(event: str, data: dict[str, object], event_id: str | None = None) -> str:
+    lines = []
+    if event_id:
+        lines.append(f"id: {event_id}")
+    lines.append(f"event: {event}")
+    lines.append("data: " + json.dumps(data, separators=(",", ":")))
+    return "\n".join(lines) + "\n\n"
+
+
+def _stored_events(message: Message) -> str:
+    """A finished turn whose stream has expired: its stored outcome as final events."""
+    cipher = OwnerCipher(message.owner)
+    text = selectors.message_view(message, cipher).text
+    html = render_markdown(text)
+    if message.status == Message.Status.ERROR:
+        return _sse(
+            "error", {"message": message.error_message, "action": "", "html": html}, "stored"
+        )
+    return _sse(
+        "done", {"status": message.status, "html": html, "notice": message.notice}, "stored"
+    )
+
+
+async def _turn_events(message: Message, last_id: str) -> AsyncIterator[str]:
+    heartbeat_ms = int(settings.BYOK_SSE_HEARTBEAT_SECONDS * 1000)
+    yield "retry: 2000\n\n"
+    if last_id == "0-0" and message.is_final and not await streams.stream_exists(message.pk):
+        yield await _stored(message)
+        return
+    while True:
+        entries = await streams.read_after(message.pk, last_id, block_ms=heartbeat_ms)
+        if not entries:
+            if not await streams.stream_exists(message.pk):
+                fresh = await Message.objects.filter(pk=message.pk).afirst()
+                if fresh is None:
+                    return
+                if fresh.is_final:
+                    yield await _stored(fresh)
+                    return
+            yield ": keep-alive\n\n"
+            continue
+        for entry_id, fields in entries:
+            last_id = entry_id
+            kind = fields.pop("type", "delta")
+            yield _sse(kind, fields, entry_id)
+            if kind in streams.FINAL_EVENTS:
+                return
+
+
+async def _stored(message: Message) -> str:
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(_stored_events)(message)
+
+
+async def turn_stream(request: HttpRequest, message_id: object) -> StreamingHttpResponse:
+    """Server-sent events of one turn: replays from `Last-Event-ID`, then follows live."""
+    if request.method != "GET":
+        from django.http import HttpResponseNotAllowed
+
+        return HttpResponseNotAllowed(["GET"])  # type: ignore[return-value]
+    user = await request.auser()
+    if not user.is_authenticated:
+        from django.contrib.auth.views import redirect_to_login
+
+        return redirect_to_login(request.get_full_path())  # type: ignore[return-value]
+    message = (
+        await Message.objects.for_owner(user)  # type: ignore[misc]
+        .select_related("owner")
+        .filter(pk=message_id, role=Message.Role.ASSISTANT)
+        .afirst()
+    )
+    if message is None:
+        raise Http404("No such message.")
+    last_id = request.headers.get("Last-Event-ID") or request.GET.get("after") or "0-0"
+    if last_id != "0-0" and not _valid_stream_id(last_id):
+        last_id = "0-0"
+    response = StreamingHttpResponse(
+        _turn_events(message, last_id), content_type="text/event-stream"
+    )
+    response["Cache-Control"] = "no-cache, no-transform"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+def _valid_stream_id(value: str) -> bool:
+    first, _, second = value.partition("-")
+    return first.isdigit() and second.isdigit() and len(value) < 42
+
+
+def stream_url(message: Message) -> str:
+    return reverse("chat:stream", args=[message.pk])

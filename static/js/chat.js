@@ -1,0 +1,184 @@
+// BYOK chat: live replies over Server-Sent Events, the composer's keys, stop and regenerate.
+// The server sends deltas as plain text (inserted as text, never as HTML) and, at the end,
+// the reply rendered and sanitised on the server.
+(function () {
+  "use strict";
+
+  function csrfToken() {
+    try {
+      return JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"] || "";
+    } catch (e) {
+      return "";
+    }
+  }
+
+  function composer() { return document.getElementById("composer"); }
+
+  function anyPending() {
+    return document.querySelector("article.message[data-stream-url]") !== null;
+  }
+
+  function updateComposer() {
+    var form = composer();
+    if (!form) return;
+    var busy = anyPending();
+    form.querySelector("textarea").disabled = busy;
+    form.querySelector("button[type=submit]").disabled = busy;
+    form.classList.toggle("busy", busy);
+    if (!busy) form.querySelector("textarea").focus();
+  }
+
+  function regenerateForm(article, label) {
+    var form = document.createElement("form");
+    form.method = "post";
+    form.action = article.dataset.regenerateUrl;
+    form.className = "inline";
+    var token = document.createElement("input");
+    token.type = "hidden";
+    token.name = "csrfmiddlewaretoken";
+    token.value = csrfToken();
+    var button = document.createElement("button");
+    button.className = "button small secondary";
+    button.textContent = label;
+    form.appendChild(token);
+    form.appendChild(button);
+    return form;
+  }
+
+  function finish(article, source, state, label) {
+    source.close();
+    delete article.dataset.streamUrl;
+    article.classList.remove("status-queued", "status-running");
+    article.classList.add("status-" + state);
+    var stateEl = article.querySelector("[data-role=state]");
+    if (stateEl) stateEl.textContent = { done: "", stopped: "Stopped", error: "Failed" }[state] || "";
+    var actions = article.querySelector("[data-role=actions]");
+    if (actions) {
+      actions.textContent = "";
+      actions.appendChild(regenerateForm(article, label));
+    }
+    updateComposer();
+  }
+
+  function follow(article) {
+    if (article.dataset.following) return;
+    article.dataset.following = "1";
+    var body = article.querySelector("[data-role=body]");
+    var stateEl = article.querySelector("[data-role=state]");
+    var streamed = document.createElement("div");
+    streamed.className = "streaming";
+    body.textContent = "";
+    body.appendChild(streamed);
+    var source = new EventSource(article.dataset.streamUrl);
+
+    source.addEventListener("delta", function (event) {
+      var data = JSON.parse(event.data);
+      streamed.appendChild(document.createTextNode(data.text));
+      if (stateEl) stateEl.textContent = "Writing…";
+      article.classList.add("status-running");
+      keepScrolled();
+    });
+    source.addEventListener("done", function (event) {
+      var data = JSON.parse(event.data);
+      body.innerHTML = data.html;  // rendered and sanitised by the server (nh3)
+      var notice = article.querySelector("[data-role=notice]");
+      if (notice) notice.textContent = data.notice || "";
+      finish(article, source, data.status || "done", "Regenerate");
+      decorateCode(article);
+    });
+    source.addEventListener("error", function (event) {
+      if (!event.data) return;  // a dropped connection: EventSource reconnects by itself
+      var data = JSON.parse(event.data);
+      if (data.html) body.innerHTML = data.html;
+      var error = article.querySelector("[data-role=error]");
+      if (error) {
+        error.textContent = data.message;
+        if (data.action === "keys") {
+          var link = document.createElement("a");
+          link.href = "/keys/";
+          link.textContent = " Open your keys.";
+          error.appendChild(link);
+        }
+        error.hidden = false;
+      }
+      finish(article, source, "error", "Retry");
+    });
+
+    var stop = article.querySelector("[data-action=stop]");
+    if (stop) {
+      stop.addEventListener("click", function () {
+        stop.disabled = true;
+        stop.textContent = "Stopping…";
+        fetch(article.dataset.cancelUrl, {
+          method: "POST",
+          headers: { "X-CSRFToken": csrfToken(), "HX-Request": "true" },
+          credentials: "same-origin",
+        });
+      });
+    }
+  }
+
+  function keepScrolled() {
+    var list = document.getElementById("messages");
+    if (!list) return;
+    var nearBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 200;
+    if (nearBottom) window.scrollTo(0, document.body.scrollHeight);
+  }
+
+  function decorateCode(root) {
+    root.querySelectorAll("pre").forEach(function (pre) {
+      if (pre.querySelector(".copy")) return;
+      var button = document.createElement("button");
+      button.type = "button";
+      button.className = "copy";
+      button.textContent = "Copy";
+      button.addEventListener("click", function () {
+        var code = pre.querySelector("code") || pre;
+        navigator.clipboard.writeText(code.innerText).then(function () {
+          button.textContent = "Copied";
+          setTimeout(function () { button.textContent = "Copy"; }, 1500);
+        });
+      });
+      pre.appendChild(button);
+    });
+  }
+
+  function attach(root) {
+    root.querySelectorAll("article.message[data-stream-url]").forEach(follow);
+    decorateCode(root);
+    updateComposer();
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    attach(document);
+    var form = composer();
+    if (!form) return;
+    var textarea = form.querySelector("textarea");
+    textarea.addEventListener("keydown", function (event) {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        if (textarea.value.trim()) form.requestSubmit();
+      }
+    });
+    form.addEventListener("htmx:afterRequest", function (event) {
+      if (event.detail.successful) {
+        textarea.value = "";
+        document.getElementById("composer-error").textContent = "";
+        var empty = document.getElementById("empty-chat");
+        if (empty) empty.remove();
+        // Only the newest reply can be regenerated.
+        var replies = document.querySelectorAll("article.message.assistant");
+        replies.forEach(function (reply, index) {
+          if (index < replies.length - 1) {
+            var actions = reply.querySelector("[data-role=actions]");
+            if (actions) actions.textContent = "";
+          }
+        });
+      }
+    });
+    document.body.addEventListener("htmx:afterSwap", function (event) {
+      attach(event.detail.target);
+      keepScrolled();
+    });
+  });
+})();

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from accounts.models import User
+from chat.models import Message
+from chat.services import conversation_create
+from tests.conftest import PASSWORD
+from tests.keys_helpers import add_key
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def chat_page(page, asgi_server, fake_provider, celery_worker):
+    user = User.objects.create_user(email="chatter@example.com", password=PASSWORD)
+    key = add_key(user, fake_provider, label="Fake")
+    conversation = conversation_create(owner=user, key=key, model="gpt-test")
+    page.goto(asgi_server.url + "/accounts/login/")
+    page.get_by_label("Email").fill(user.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(re.compile(r"/$"))
+    page.goto(f"{asgi_server.url}/chat/c/{conversation.pk}/")
+    return page
+
+
+def test_text_arrives_in_pieces_survives_a_reload_and_finishes(chat_page, fake_provider):
+    page = chat_page
+    words = [f"piece{i}" for i in range(40)]
+    fake_provider.script(text=" ".join(words), tokens_per_second=25, path="/chat/completions")
+    page.get_by_label("Message").fill("Tell me something long")
+    page.get_by_label("Message").press("Enter")
+
+    reply = page.locator("article.message.assistant").last
+    expect(reply.locator(".streaming")).to_contain_text("piece3", timeout=10_000)
+    partial = reply.locator(".streaming").inner_text()
+    assert "piece39" not in partial  # arrived in pieces, before the end
+    expect(page.get_by_label("Message")).to_be_disabled()
+
+    page.reload()
+    reply = page.locator("article.message.assistant").last
+    expect(reply.locator("[data-role=body]")).to_contain_text("piece39", timeout=15_000)
+    expect(reply.get_by_role("button", name="Regenerate")).to_be_visible()
+    text = reply.locator("[data-role=body]").inner_text()
+    assert text.count("piece1 ") == 1  # nothing duplicated by the reload
+    expect(page.get_by_label("Message")).to_be_enabled()
+    assert Message.objects.filter(role="assistant", status="done").count() == 1
+
+
+def test_the_stop_button_ends_a_turn_and_keeps_what_arrived(chat_page, fake_provider):
+    page = chat_page
+    fake_provider.script(
+        text=" ".join(["slow"] * 300), tokens_per_second=15, path="/chat/completions"
+    )
+    page.get_by_label("Message").fill("Go slowly")
+    page.get_by_role("button", name="Send").click()
+    reply = page.locator("article.message.assistant").last
+    expect(reply.locator(".streaming")).to_contain_text("slow", timeout=10_000)
+    reply.get_by_role("button", name="Stop").click()
+    expect(reply.locator("[data-role=state]")).to_have_text("Stopped", timeout=5_000)
+    expect(reply.get_by_role("button", name="Regenerate")).to_be_visible()
+    message = Message.objects.get(role="assistant")
+    assert message.status == "stopped"
+
+
+def test_an_error_is_shown_in_words_with_a_retry(chat_page, fake_provider):
+    page = chat_page
+    fake_provider.script(error="invalid_key", path="/chat/completions")
+    page.get_by_label("Message").fill("Hello?")
+    page.get_by_label("Message").press("Enter")
+    reply = page.locator("article.message.assistant").last
+    expect(reply.locator("[data-role=error]")).to_contain_text("rejected", timeout=10_000)
+    expect(reply.get_by_role("button", name="Retry")).to_be_visible()

@@ -1,0 +1,355 @@
+"""Whole turns through a real Celery worker, real Redis, the ASGI server and the fake provider."""
+
+from __future__ import annotations
+
+import pytest
+
+from chat import services, streams, turns
+from chat.models import Message
+from chat.selectors import message_view
+from keys.models import ProviderKey
+from keys.services import OwnerCipher
+from tests.chat_helpers import read_stream, send, start_chat, wait_final
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def chat_calls(fake):
+    return [r for r in fake.requests if r.method == "POST"]
+
+
+def text_of(message):
+    return message_view(message, OwnerCipher(message.owner)).text
+
+
+@pytest.mark.parametrize(
+    ("preset", "base_path", "model"),
+    [
+        ("custom", "openai", "gpt-test"),
+        ("anthropic", "anthropic", "claude-test"),
+        ("gemini", "gemini", "gemini-test"),
+    ],
+)
+def test_a_turn_streams_deltas_then_done_for_each_protocol(
+    alice, fake_provider, celery_worker, asgi_server, preset, base_path, model, settings
+):
+    chat_path = {
+        "custom": "/chat/completions",
+        "anthropic": "/messages",
+        "gemini": "streamGenerateContent",
+    }[preset]
+    fake_provider.script(
+        text="Hello from the fake provider, token by token.", tokens_per_second=200, path=chat_path
+    )
+    conversation, key = (
+        start_chat(alice, fake_provider, model=model)
+        if preset == "custom"
+        else _vendor_chat(alice, fake_provider, preset, base_path, model)
+    )
+    _, reply = send(conversation)
+    events = read_stream(asgi_server, alice, reply)
+    kinds = [e.event for e in events]
+    assert kinds[-1] == "done", events[-1]
+    assert kinds.count("delta") >= 2, "the reply should arrive in pieces"
+    streamed = "".join(e.data["text"] for e in events if e.event == "delta")
+    assert streamed == "Hello from the fake provider, token by token."
+    assert "<p>Hello from the fake provider" in events[-1].data["html"]
+    reply = wait_final(reply)
+    assert reply.status == Message.Status.DONE
+    assert text_of(reply) == streamed
+    assert reply.output_tokens and reply.input_tokens
+    assert reply.ttft_ms is not None
+    assert reply.latency_ms is not None
+    assert reply.latency_ms >= reply.ttft_ms
+    assert reply.provider_key_id == key.pk
+    assert reply.provider_calls == 1
+    assert len(chat_calls(fake_provider)) == 1
+
+
+def _vendor_chat(owner, fake, preset, base_path, model):
+    from chat.services import conversation_create
+    from tests.keys_helpers import add_key
+
+    key = add_key(owner, fake, preset="custom", base_url=fake.base_url("openai"))
+    # The vault binds a key to its preset and base URL; re-seal it as a vendor key at the fake.
+    ProviderKey.objects.filter(pk=key.pk).update(preset=preset, base_url=fake.base_url(base_path))
+    key.refresh_from_db()
+    from keys.services import _seal_secret
+
+    _seal_secret(key, "sk-test-good-0123456789abcdefWXYZ")
+    key.save(update_fields=["sealed_secret", "fingerprint"])
+    return conversation_create(owner=owner, key=key, model=model), key
+
+
+def test_a_reconnect_with_last_event_id_resumes_without_gaps_or_duplicates(
+    alice, fake_provider, celery_worker, asgi_server
+):
+    reply_text = " ".join(f"word{i}" for i in range(60))
+    fake_provider.script(
+        text=reply_text, tokens_per_second=150, tokens_per_chunk=1, path="/chat/completions"
+    )
+    conversation, _ = start_chat(alice, fake_provider)
+    _, reply = send(conversation)
+    first = read_stream(asgi_server, alice, reply, stop_after=3)
+    assert [e.event for e in first] == ["delta"] * 3
+    rest = read_stream(asgi_server, alice, reply, last_event_id=first[-1].id)
+    joined = "".join(e.data.get("text", "") for e in first + rest if e.event == "delta")
+    assert joined == reply_text
+    assert rest[-1].event == "done"
+    # A page reload replays everything from the start.
+    again = read_stream(asgi_server, alice, reply)
+    assert "".join(e.data.get("text", "") for e in again if e.event == "delta") == reply_text
+
+
+def test_an_expired_stream_is_served_from_the_database(
+    alice, fake_provider, celery_worker, asgi_server
+):
+    conversation, _ = start_chat(alice, fake_provider)
+    fake_provider.script(text="Stored **answer**.", path="/chat/completions")
+    _, reply = send(conversation)
+    wait_final(reply)
+    from byok_site.redis import get_redis
+
+    get_redis().delete(streams.stream_key(reply.pk))
+    events = read_stream(asgi_server, alice, reply)
+    assert [e.event for e in events] == ["done"]
+    assert "<strong>answer</strong>" in events[0].data["html"]
+
+
+def test_stop_ends_the_turn_within_a_second_and_keeps_the_partial_text(
+    alice, fake_provider, celery_worker, asgi_server
+):
+    import time
+
+    fake_provider.script(
+        text=" ".join(["slow"] * 400), tokens_per_second=20, path="/chat/completions"
+    )
+    conversation, _ = start_chat(alice, fake_provider)
+    _, reply = send(conversation)
+    first = read_stream(asgi_server, alice, reply, stop_after=2)
+    assert first
+    stopped_at = time.monotonic()
+    services.turn_cancel(message=reply)
+    reply = wait_final(reply, timeout=5)
+    assert time.monotonic() - stopped_at < 1.5
+    assert reply.status == Message.Status.STOPPED
+    kept = text_of(reply)
+    assert kept.startswith("slow")
+    assert len(kept.split()) < 400
+    rest = read_stream(asgi_server, alice, reply, last_event_id=first[-1].id)
+    assert rest[-1].event == "done" and rest[-1].data["status"] == "stopped"
+
+
+def test_stopping_a_queued_turn_never_calls_the_provider(alice, fake_provider):
+    conversation, _ = start_chat(alice, fake_provider)
+    _, reply = send(conversation)  # no worker running: the turn waits in the queue
+    services.turn_cancel(message=reply)
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.STOPPED
+    turns.run_turn(str(reply.pk))  # a late delivery finds nothing to claim
+    assert chat_calls(fake_provider) == []
+
+
+def test_a_redelivered_task_never_calls_the_provider_twice(alice, fake_provider):
+    conversation, _ = start_chat(alice, fake_provider)
+    _, reply = send(conversation)
+    turns.run_turn(str(reply.pk))
+    turns.run_turn(str(reply.pk))
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.DONE
+    assert len(chat_calls(fake_provider)) == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "words"),
+    [
+        ("invalid_key", "invalid_key", "rejected"),
+        ("no_credit", "no_credit", "credit"),
+        ("context_too_long", "context_too_long", "too long"),
+        ("model_not_found", "bad_request", "rejected"),
+        ("bad_request", "bad_request", "rejected"),
+    ],
+)
+def test_each_error_class_ends_the_turn_with_a_message(alice, fake_provider, error, kind, words):
+    fake_provider.script(error=error, path="/chat/completions")
+    conversation, key = start_chat(alice, fake_provider)
+    _, reply = send(conversation)
+    turns.run_turn(str(reply.pk))
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.ERROR
+    assert reply.error_kind == kind
+    assert words in reply.error_message.lower()
+    assert "sk-test" not in reply.error_message
+    if kind in ("invalid_key", "no_credit"):
+        key.refresh_from_db()
+        assert key.status == {"invalid_key": "invalid", "no_credit": "no_credit"}[kind]
+
+
+def test_rate_limits_are_retried_before_the_first_token_honouring_retry_after(alice, fake_provider):
+    fake_provider.script(error="rate_limited", retry_after=0.2, path="/chat/completions")
+    fake_provider.script(status=503, path="/chat/completions")
+    fake_provider.script(text="Third time lucky.", path="/chat/completions")
+    conversation, _ = start_chat(alice, fake_provider)
+    _, reply = send(conversation)
+    turns.run_turn(str(reply.pk))
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.DONE, reply.error_message
+    assert text_of(reply) == "Third time lucky."
+    assert reply.provider_calls == 3
+
+
+def test_retries_stop_after_two(alice, fake_provider):
+    for _ in range(4):
+        fake_provider.script(status=503, path="/chat/completions")
+    conversation, _ = start_chat(alice, fake_provider)
+    _, reply = send(conversation)
+    turns.run_turn(str(reply.pk))
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.ERROR
+    assert reply.error_kind == "unavailable"
+    assert len(chat_calls(fake_provider)) == 3
+
+
+def test_a_retry_after_beyond_the_budget_is_not_waited_for(alice, fake_provider):
+    fake_provider.script(error="rate_limited", retry_after=60, path="/chat/completions")
+    conversation, _ = start_chat(alice, fake_provider)
+    _, reply = send(conversation)
+    turns.run_turn(str(reply.pk))
+    reply.refresh_from_db()
+    assert reply.error_kind == "rate_limited"
+    assert "60 seconds" in reply.error_message
+    assert len(chat_calls(fake_provider)) == 1
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"drop_after_tokens": 3},
+        {"malformed_after_tokens": 3},
+        {"stream_error": "overloaded", "stream_error_after_tokens": 3},
+    ],
+)
+def test_a_stream_that_breaks_after_the_first_token_is_never_retried_and_keeps_the_text(
+    alice, fake_provider, fault
+):
+    fake_provider.script(text="one two three four five six", path="/chat/completions", **fault)
+    fake_provider.script(text="must not be used", path="/chat/completions")
+    conversation, _ = start_chat(alice, fake_provider)
+    _, reply = send(conversation)
+    turns.run_turn(str(reply.pk))
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.ERROR
+    assert "cut off" in reply.error_message
+    assert text_of(reply).startswith("one")
+    assert len(chat_calls(fake_provider)) == 1
+
+
+def test_a_failing_key_falls_back_to_the_next_key_and_records_which_served(alice, fake_provider):
+    from tests.keys_helpers import add_key
+
+    fake_provider.accept_only_keys("sk-second-key-000000000000")
+    conversation, first = start_chat(alice, fake_provider, label="First")
+    second = add_key(alice, fake_provider, label="Second", secret="sk-second-key-000000000000")
+    _, reply = send(conversation)
+    turns.run_turn(str(reply.pk))
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.DONE, reply.error_message
+    assert reply.provider_key_id == second.pk
+    assert "“Second” answered instead" in reply.notice
+    first.refresh_from_db()
+    assert first.status == ProviderKey.Status.INVALID
+
+
+def test_no_usable_key_explains_and_points_to_the_keys_page(alice, fake_provider):
+    conversation, key = start_chat(alice, fake_provider)
+    _, reply = send(conversation)
+    ProviderKey.objects.filter(pk=key.pk).update(
+        status=ProviderKey.Status.REVOKED, sealed_secret=b""
+    )
+    turns.run_turn(str(reply.pk))
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.ERROR
+    assert reply.error_kind == "no_key"
+    assert "Keys page" in reply.error_message
+
+
+def test_a_worker_that_died_mid_turn_is_reaped_with_a_retry(alice, fake_provider, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    conversation, _ = start_chat(alice, fake_provider)
+    _, reply = send(conversation)
+    Message.objects.filter(pk=reply.pk).update(
+        status=Message.Status.RUNNING, started_at=timezone.now() - timedelta(hours=2)
+    )
+    assert services.turns_reap() == 1
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.ERROR
+    assert "stopped before finishing" in reply.error_message
+    turns.run_turn(str(reply.pk))  # the redelivered task does nothing
+    assert chat_calls(fake_provider) == []
+    new_reply = services.turn_regenerate(message=reply)
+    turns.run_turn(str(new_reply.pk))
+    new_reply.refresh_from_db()
+    assert new_reply.status == Message.Status.DONE
+
+
+def test_a_turn_no_worker_picks_up_fails_with_a_clear_message(alice, fake_provider, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    conversation, _ = start_chat(alice, fake_provider)
+    _, reply = send(conversation)
+    Message.objects.filter(pk=reply.pk).update(created_at=timezone.now() - timedelta(minutes=10))
+    services.turns_reap()
+    reply.refresh_from_db()
+    assert reply.error_kind == "no_worker"
+    assert "No worker is available" in reply.error_message
+
+
+def test_redis_going_away_mid_turn_still_stores_the_reply(alice, fake_provider, settings):
+    conversation, _ = start_chat(alice, fake_provider)
+    _, reply = send(conversation)
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    turns.run_turn(str(reply.pk))
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.DONE
+    assert text_of(reply)
+
+
+def test_the_history_is_sent_and_the_oldest_turns_are_trimmed_to_fit(
+    alice, fake_provider, settings
+):
+    conversation, _ = start_chat(alice, fake_provider)
+    for text in ("first question " * 20, "second question " * 20):
+        _, reply = send(conversation, text)
+        turns.run_turn(str(reply.pk))
+    settings.BYOK_CONTEXT_MAX_CHARS = 700
+    _, reply = send(conversation, "third question")
+    turns.run_turn(str(reply.pk))
+    reply.refresh_from_db()
+    body = chat_calls(fake_provider)[-1].body
+    sent = [m["content"] for m in body["messages"] if m["role"] != "system"]
+    assert sent[-1] == "third question"
+    assert not any("first question" in content for content in sent)
+    assert reply.trimmed_messages == 0 or "left out" in reply.notice
+    assert "left out to fit" in reply.notice
+
+
+def test_usage_is_stored_once(alice, fake_provider):
+    fake_provider.script(
+        text="Counted.",
+        usage={"input_tokens": 11, "output_tokens": 7, "cached_tokens": 3},
+        path="/chat/completions",
+    )
+    conversation, _ = start_chat(alice, fake_provider)
+    _, reply = send(conversation)
+    turns.run_turn(str(reply.pk))
+    turns.run_turn(str(reply.pk))
+    reply.refresh_from_db()
+    assert (reply.input_tokens, reply.output_tokens, reply.cached_tokens) == (11, 7, 3)
+    from accounts.models import AuditEvent
+
+    assert AuditEvent.objects.get(action="key.used").count == 1
