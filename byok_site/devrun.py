@@ -68,6 +68,7 @@ def build_environment() -> tuple[dict[str, str], bool]:
     env.setdefault("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
     env.setdefault("BYOK_ALLOW_PRIVATE_ENDPOINTS", "1")
     env.setdefault("BYOK_PORT", "8000")
+    env.setdefault("BYOK_DEMO_PROVIDER", "1")
     env["PYTHONUNBUFFERED"] = "1"
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     bundled_redis = not env.get("REDIS_URL")
@@ -89,6 +90,8 @@ def main() -> None:
     manage(env, "migrate", "--noinput", "--verbosity", "0")
     manage(env, "create_dev_operator")
     processes = ["web", "worker", "beat"]
+    if env.get("BYOK_DEMO_PROVIDER") == "1":
+        processes.append("demo")
     if bundled_redis:
         processes.insert(0, "redis")
         say(f"starting the bundled Redis on {VAR_DIR / 'redis.sock'}")
@@ -96,6 +99,8 @@ def main() -> None:
         say("using REDIS_URL from the environment")
     url = f"http://127.0.0.1:{env['BYOK_PORT']}/"
     say(f"BYOK is starting at {url}  (operator site: {url}admin/) — Ctrl-C stops everything")
+    if "demo" in processes:
+        say("no API key at hand? Keys → Add a key → “Demo (local, development only)”, then Chat")
     honcho = shutil.which("honcho", path=env["PATH"]) or "honcho"
     args = [honcho, "start", "-f", str(BASE_DIR / "Procfile.dev"), *processes]
     os.chdir(BASE_DIR)

@@ -25,9 +25,7 @@ class ByokExceptionReporterFilter(SafeExceptionReporterFilter):
         flags=re.IGNORECASE,
     )
 
-    def get_traceback_frame_variables(
-        self, request: HttpRequest | None, tb_frame: Any
-    ) -> Any:
+    def get_traceback_frame_variables(self, request: HttpRequest | None, tb_frame: Any) -> Any:
         variables = super().get_traceback_frame_variables(request, tb_frame)
         return [
             (name, self.cleansed_substitute if name in SECRET_LOCAL_NAMES else value)

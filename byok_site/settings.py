@@ -104,9 +104,13 @@ BYOK_STREAM_BATCH_SECONDS = env.float("BYOK_STREAM_BATCH_SECONDS", default=0.025
 BYOK_TURN_STREAM_MAXLEN = env.int("BYOK_TURN_STREAM_MAXLEN", default=50_000)
 BYOK_TURN_STREAM_TTL = env.int("BYOK_TURN_STREAM_TTL", default=3600)
 BYOK_SSE_HEARTBEAT_SECONDS = env.float("BYOK_SSE_HEARTBEAT_SECONDS", default=15.0)
+# Redis connections one web process uses for its SSE streams, besides the shared reader.
+BYOK_WEB_REDIS_CONNECTIONS = env.int("BYOK_WEB_REDIS_CONNECTIONS", default=10)
 # A turn's Celery limits follow the provider deadline.
 BYOK_TURN_SOFT_LIMIT = int(BYOK_PROVIDER_CALL_DEADLINE) + 30
 BYOK_TURN_HARD_LIMIT = BYOK_TURN_SOFT_LIMIT + 30
+# The local demo provider (`make run` starts it and turns this on). Development only.
+BYOK_DEMO_PROVIDER = DEBUG and env.bool("BYOK_DEMO_PROVIDER", default=False)
 # How often valid keys are re-checked against their provider, in hours.
 BYOK_KEY_RECHECK_HOURS = env.int("BYOK_KEY_RECHECK_HOURS", default=24)
 

@@ -8,6 +8,7 @@ expire, so Redis never holds a conversation for long; the database has the final
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from typing import Any
@@ -103,17 +104,23 @@ def get_async_redis() -> aioredis.Redis:
         with _async_lock:
             client = _async_clients.get(cache_key)
             if client is None:
-                client = aioredis.Redis.from_url(
-                    settings.REDIS_URL, decode_responses=True, socket_connect_timeout=2
+                # Bounded: many open streams share a few connections (plus the hub's one).
+                pool = aioredis.BlockingConnectionPool.from_url(
+                    settings.REDIS_URL,
+                    decode_responses=True,
+                    socket_connect_timeout=2,
+                    max_connections=settings.BYOK_WEB_REDIS_CONNECTIONS,
+                    timeout=10,
                 )
+                client = aioredis.Redis(connection_pool=pool)
                 _async_clients[cache_key] = client
     return client
 
 
 async def read_after(
-    message_id: object, last_id: str, *, block_ms: int
+    message_id: object, last_id: str, *, block_ms: int | None = None
 ) -> list[tuple[str, dict[str, Any]]]:
-    """Entries after `last_id`, waiting up to `block_ms` for the first one."""
+    """Entries after `last_id`; with `block_ms`, wait that long for the first one."""
     client = get_async_redis()
     result: Any = await client.xread({stream_key(message_id): last_id}, count=1000, block=block_ms)
     if not result:
@@ -123,3 +130,133 @@ async def read_after(
 
 async def stream_exists(message_id: object) -> bool:
     return bool(await get_async_redis().exists(stream_key(message_id)))
+
+
+def _id_tuple(entry_id: str) -> tuple[int, int]:
+    first, _, second = entry_id.partition("-")
+    return int(first), int(second or 0)
+
+
+class Subscription:
+    """One SSE client following one turn stream through the hub."""
+
+    def __init__(self, key: str, last_id: str) -> None:
+        self.key = key
+        self.last_id = last_id
+        self.queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+
+    async def next_batch(self, timeout: float) -> list[tuple[str, dict[str, Any]]]:
+        """Entries delivered since the last call, waiting up to `timeout` for the first."""
+        try:
+            first = await asyncio.wait_for(self.queue.get(), timeout)
+        except TimeoutError:
+            return []
+        batch = [first]
+        while not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+        return batch
+
+
+class StreamHub:
+    """One blocking reader per web process serves every open SSE stream.
+
+    A blocking XREAD per stream would hold one Redis connection per open browser tab; here
+    one connection blocks on all followed streams at once and fans entries out to the
+    subscribers. A new subscription wakes the reader with CLIENT UNBLOCK, so it adds no
+    latency to the first token.
+    """
+
+    BLOCK_MS = 5000
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.subscriptions: dict[str, set[Subscription]] = {}
+        self._reader: aioredis.Redis | None = None
+        self._reader_id: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._blocked = False
+
+    async def subscribe(self, key: str, last_id: str) -> Subscription:
+        subscription = Subscription(key, last_id)
+        self.subscriptions.setdefault(key, set()).add(subscription)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        await self._interrupt()
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        followers = self.subscriptions.get(subscription.key)
+        if followers is not None:
+            followers.discard(subscription)
+            if not followers:
+                del self.subscriptions[subscription.key]
+
+    async def _interrupt(self) -> None:
+        self._wake.set()
+        if self._blocked and self._reader_id is not None:
+            try:
+                await get_async_redis().client_unblock(self._reader_id)
+            except redis.RedisError:
+                logger.debug("stream hub: unblock failed", exc_info=True)
+
+    async def _connect(self) -> aioredis.Redis:
+        if self._reader is None:
+            self._reader = aioredis.Redis.from_url(
+                self.url, decode_responses=True, single_connection_client=True
+            )
+            self._reader_id = int(await self._reader.client_id())
+        return self._reader
+
+    async def _run(self) -> None:
+        while True:
+            if not self.subscriptions:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=60)
+                except TimeoutError:
+                    if not self.subscriptions:
+                        return  # idle: the next subscription starts a new reader
+                continue
+            self._wake.clear()
+            cursors = {
+                key: min((s.last_id for s in followers), key=_id_tuple)
+                for key, followers in self.subscriptions.items()
+            }
+            try:
+                reader = await self._connect()
+                self._blocked = True
+                result: Any = await reader.xread(cursors, count=1000, block=self.BLOCK_MS)
+            except (redis.RedisError, OSError):
+                logger.warning("stream hub: Redis read failed; retrying", exc_info=True)
+                await self._reset()
+                await asyncio.sleep(0.5)
+                continue
+            finally:
+                self._blocked = False
+            for key, entries in result or []:
+                for subscription in list(self.subscriptions.get(key, ())):
+                    for entry_id, fields in entries:
+                        if _id_tuple(entry_id) > _id_tuple(subscription.last_id):
+                            subscription.queue.put_nowait((entry_id, dict(fields)))
+                            subscription.last_id = entry_id
+
+    async def _reset(self) -> None:
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await self._reader.aclose()
+        self._reader = None
+        self._reader_id = None
+
+
+_hubs: dict[tuple[str, int], StreamHub] = {}
+
+
+def get_hub() -> StreamHub:
+    """The stream hub of this process and event loop."""
+    loop = asyncio.get_running_loop()
+    cache_key = (settings.REDIS_URL, id(loop))
+    hub = _hubs.get(cache_key)
+    if hub is None:
+        hub = _hubs[cache_key] = StreamHub(settings.REDIS_URL)
+    return hub

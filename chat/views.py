@@ -133,9 +133,12 @@ def message_send(request: AuthenticatedRequest, conversation_id: object) -> Http
                     selectors.message_view(user_message, cipher),
                     selectors.message_view(reply, cipher),
                 ]
-                return render(
-                    request, "chat/_messages.html", {"items": items, "conversation": conversation}
-                )
+                context = {
+                    "items": items,
+                    "conversation": conversation,
+                    "title": selectors.conversation_title(conversation, cipher),
+                }
+                return render(request, "chat/_messages.html", context)
             return redirect("chat:conversation", conversation_id=conversation.pk)
     else:
         error = "Type a message first."
@@ -243,29 +246,40 @@ def _stored_events(message: Message) -> str:
 
 
 async def _turn_events(message: Message, last_id: str) -> AsyncIterator[str]:
-    heartbeat_ms = int(settings.BYOK_SSE_HEARTBEAT_SECONDS * 1000)
+    """Replay the turn's stream after `last_id`, then follow it live through the hub."""
+    heartbeat = settings.BYOK_SSE_HEARTBEAT_SECONDS
     yield "retry: 2000\n\n"
     if last_id == "0-0" and message.is_final and not await streams.stream_exists(message.pk):
         yield await _stored(message)
         return
-    while True:
-        entries = await streams.read_after(message.pk, last_id, block_ms=heartbeat_ms)
-        if not entries:
-            if not await streams.stream_exists(message.pk):
-                fresh = await Message.objects.filter(pk=message.pk).afirst()
-                if fresh is None:
+    for entry_id, fields in await streams.read_after(message.pk, last_id):
+        last_id = entry_id
+        kind = fields.pop("type", "delta")
+        yield _sse(kind, fields, entry_id)
+        if kind in streams.FINAL_EVENTS:
+            return
+    hub = streams.get_hub()
+    subscription = await hub.subscribe(streams.stream_key(message.pk), last_id)
+    try:
+        while True:
+            entries = await subscription.next_batch(timeout=heartbeat)
+            if not entries:
+                if not await streams.stream_exists(message.pk):
+                    fresh = await Message.objects.filter(pk=message.pk).afirst()
+                    if fresh is None:
+                        return
+                    if fresh.is_final:
+                        yield await _stored(fresh)
+                        return
+                yield ": keep-alive\n\n"
+                continue
+            for entry_id, fields in entries:
+                kind = fields.pop("type", "delta")
+                yield _sse(kind, fields, entry_id)
+                if kind in streams.FINAL_EVENTS:
                     return
-                if fresh.is_final:
-                    yield await _stored(fresh)
-                    return
-            yield ": keep-alive\n\n"
-            continue
-        for entry_id, fields in entries:
-            last_id = entry_id
-            kind = fields.pop("type", "delta")
-            yield _sse(kind, fields, entry_id)
-            if kind in streams.FINAL_EVENTS:
-                return
+    finally:
+        hub.unsubscribe(subscription)
 
 
 async def _stored(message: Message) -> str:

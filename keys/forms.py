@@ -1,12 +1,18 @@
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 
 from providers.catalog import PRESETS
 
-PRESET_CHOICES = [("", "Choose a provider…")] + [
-    (slug, preset.name) for slug, preset in PRESETS.items()
-]
+
+def preset_choices() -> list[tuple[str, str]]:
+    """The providers to offer; the local demo only where it runs (development)."""
+    return [("", "Choose a provider…")] + [
+        (slug, preset.name)
+        for slug, preset in PRESETS.items()
+        if slug != "demo" or settings.BYOK_DEMO_PROVIDER
+    ]
 
 
 class SecretField(forms.CharField):
@@ -25,7 +31,7 @@ class SecretField(forms.CharField):
 
 
 class ProviderKeyAddForm(forms.Form):
-    preset = forms.ChoiceField(label="Provider", choices=PRESET_CHOICES)
+    preset = forms.ChoiceField(label="Provider", choices=preset_choices)
     label = forms.CharField(
         max_length=80,
         required=False,

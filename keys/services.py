@@ -272,6 +272,10 @@ def provider_key_create(
         preset = get_preset(preset_slug)
     except KeyError:
         raise KeyVaultError("Pick a provider from the list.", field="preset") from None
+    if preset.slug == "demo" and not settings.BYOK_DEMO_PROVIDER:
+        raise KeyVaultError(
+            "The demo provider exists only in development (make run).", field="preset"
+        )
     label = _clean_label(owner=owner, label=label, default=preset.name)
     secret = clean_secret(secret, preset=preset)
     canonical_url = clean_base_url(preset, base_url)

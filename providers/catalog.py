@@ -135,6 +135,17 @@ _PRESET_LIST = (
         local=True,
     ),
     Preset(
+        slug="demo",
+        name="Demo (local, development only)",
+        protocol=WireProtocol.OPENAI_CHAT,
+        # Started by `make run` (byok_site.demo_provider); never reachable in production,
+        # where private endpoints are refused and the preset is hidden.
+        default_base_url="http://127.0.0.1:8765/v1",
+        popular_models=("byok-demo",),
+        key_required=False,
+        local=True,
+    ),
+    Preset(
         slug="custom",
         name="Custom OpenAI-compatible",
         protocol=WireProtocol.OPENAI_CHAT,

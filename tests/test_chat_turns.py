@@ -353,3 +353,52 @@ def test_usage_is_stored_once(alice, fake_provider):
     from accounts.models import AuditEvent
 
     assert AuditEvent.objects.get(action="key.used").count == 1
+
+
+def test_many_open_streams_share_one_redis_reader_per_process(
+    alice, fake_provider, asgi_server, settings
+):
+    import asyncio
+
+    import httpx
+
+    from byok_site.redis import get_redis
+    from tests.chat_helpers import session_cookie
+
+    settings.BYOK_MAX_CONCURRENT_TURNS = 100
+    settings.BYOK_WEB_REDIS_CONNECTIONS = 3
+    replies = []
+    for index in range(15):  # no worker: every turn stays queued and its stream stays open
+        conversation, _ = start_chat(alice, fake_provider, label=f"key {index}")
+        replies.append(send(conversation)[1])
+    cookies = session_cookie(alice)
+    before = len(get_redis().client_list())
+
+    async def follow(client, reply, opened):
+        url = f"{asgi_server.url}/chat/m/{reply.pk}/stream/"
+        async with client.stream("GET", url) as response:
+            opened.append(reply.pk)
+            async for line in response.aiter_lines():
+                if line.startswith("event: done"):
+                    return "done"
+        return "closed"
+
+    async def scenario():
+        opened: list = []
+        async with httpx.AsyncClient(cookies=cookies, timeout=20) as client:
+            tasks = [asyncio.create_task(follow(client, reply, opened)) for reply in replies]
+            for _ in range(100):
+                if len(opened) == len(replies):
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            during = len(get_redis().client_list())
+            for reply in replies:
+                await asyncio.to_thread(services.turn_cancel, message=reply)
+            results = await asyncio.gather(*tasks)
+        return during, results
+
+    during, results = asyncio.run(scenario())
+    assert results == ["done"] * len(replies)
+    # The pool (3) and the hub's reader: not one connection per stream.
+    assert during - before <= 4, f"{during - before} Redis connections for {len(replies)} streams"

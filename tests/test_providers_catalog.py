@@ -27,7 +27,7 @@ pytest_plugins = ["tests.fakes.fixtures"]
 KEY = "sk-catalog-test-key-0004"
 
 
-def test_the_catalogue_has_the_ten_presets() -> None:
+def test_the_catalogue_has_the_ten_presets_and_the_local_demo() -> None:
     assert set(PRESETS) == {
         "openai",
         "anthropic",
@@ -38,6 +38,7 @@ def test_the_catalogue_has_the_ten_presets() -> None:
         "deepseek",
         "together",
         "ollama",
+        "demo",
         "custom",
     }
 
@@ -49,10 +50,10 @@ def test_each_preset_has_a_canonical_base_url_and_popular_models(preset: object)
     assert preset.name  # type: ignore[attr-defined]
 
 
-def test_hosted_presets_use_https_and_only_ollama_is_local() -> None:
+def test_hosted_presets_use_https_and_only_ollama_and_the_demo_are_local() -> None:
     for preset in PRESETS.values():
         if preset.local:
-            assert preset.slug == "ollama"
+            assert preset.slug in {"ollama", "demo"}
         elif preset.default_base_url is not None:
             assert preset.default_base_url.startswith("https://")
 
@@ -83,6 +84,7 @@ VERIFY_PATHS = {
     "deepseek": "/models",
     "together": "/v1/models",
     "ollama": "/v1/models",
+    "demo": "/v1/models",
     "custom": "/v1/models",
 }
 

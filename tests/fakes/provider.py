@@ -68,6 +68,7 @@ BASE_PATHS = {
     "deepseek": "",
     "together": "/v1",
     "ollama": "/v1",
+    "demo": "/v1",
     "custom": "/v1",
 }
 
@@ -506,6 +507,10 @@ class FakeProvider:
                     return self._scripts.pop(index)
         return Script()
 
+    def script_for(self, request: RecordedRequest) -> Script:
+        """The behaviour for `request`: the next queued script that matches its path."""
+        return self._next_script(request.path)
+
     def _key_refused(self, key: str | None) -> bool:
         with self._lock:
             return self.accepted_keys is not None and key not in self.accepted_keys
@@ -594,7 +599,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
             fake = self.server.fake
             fake._record(recorded)
-            self._serve(recorded, fake._next_script(path))
+            self._serve(recorded, fake.script_for(recorded))
         except _DropConnection:
             self._drop()
         except (BrokenPipeError, ConnectionResetError):
