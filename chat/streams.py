@@ -219,7 +219,7 @@ class StreamHub:
                         return  # idle: the next subscription starts a new reader
                 continue
             self._wake.clear()
-            cursors = {
+            cursors: dict[Any, Any] = {
                 key: min((s.last_id for s in followers), key=_id_tuple)
                 for key, followers in self.subscriptions.items()
             }

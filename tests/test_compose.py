@@ -75,13 +75,14 @@ def test_the_dockerfile_runs_as_a_non_root_user_on_python_311_slim():
     _check_command(yaml.safe_load(cmd.group(1)))
 
 
-def test_procfile_dev_runs_web_worker_beat_and_redis():
+def test_procfile_dev_runs_web_worker_beat_redis_and_the_demo_provider():
     entries = dict(
         line.split(":", 1)
         for line in (ROOT / "Procfile.dev").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     )
-    assert set(entries) == {"redis", "web", "worker", "beat"}
+    assert set(entries) == {"redis", "web", "worker", "beat", "demo"}
+    assert "byok_site.demo_provider" in entries["demo"]
     assert "byok_site.asgi:application" in entries["web"]
     assert "--reload" in entries["web"]
     assert "-A byok_site worker" in entries["worker"]
