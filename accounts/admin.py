@@ -1,8 +1,11 @@
+from typing import Any
+
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.http import HttpRequest
 
 from accounts.models import AuditEvent, User
+from accounts.services import audit_request
 
 
 @admin.register(User)
@@ -19,6 +22,18 @@ class UserAdmin(DjangoUserAdmin):
         ("Dates", {"fields": ("date_joined", "last_login")}),
     )
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
+
+    def save_model(self, request: HttpRequest, obj: User, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if change and form.changed_data:
+            # The user sees in their security log what an operator changed (names only).
+            audit_request(
+                request,
+                owner=obj,
+                actor=request.user,  # type: ignore[arg-type]
+                action=AuditEvent.Action.OPERATOR_CHANGED,
+                details={"fields": ", ".join(sorted(form.changed_data))},
+            )
 
 
 @admin.register(AuditEvent)

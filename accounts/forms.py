@@ -71,3 +71,97 @@ class ProfileForm(forms.ModelForm):
         fields = ["display_name"]
         labels = {"display_name": "Display name"}
         help_texts = {"display_name": "Shown in the header instead of your email address."}
+
+
+class OtpTokenField(forms.CharField):
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("label", "Authentication code")
+        kwargs.setdefault("max_length", 64)
+        kwargs.setdefault(
+            "help_text",
+            "The 6-digit code from your authenticator app, or one of your recovery codes.",
+        )
+        kwargs.setdefault(
+            "widget",
+            forms.TextInput(
+                attrs={
+                    "autocomplete": "one-time-code",
+                    "inputmode": "text",
+                    "autocapitalize": "off",
+                    "spellcheck": "false",
+                }
+            ),
+        )
+        super().__init__(**kwargs)
+
+
+class OtpTokenForm(forms.Form):
+    token = OtpTokenField()
+
+
+class TotpConfirmForm(forms.Form):
+    token = forms.CharField(
+        label="Code from the app",
+        max_length=12,
+        widget=forms.TextInput(
+            attrs={"autocomplete": "one-time-code", "inputmode": "numeric", "autofocus": True}
+        ),
+    )
+
+
+class SudoForm(forms.Form):
+    """Password (and the second factor when the user has one) for sudo mode."""
+
+    password = forms.CharField(
+        label="Password",
+        strip=False,
+        max_length=4096,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password", "autofocus": True}),
+    )
+
+    def __init__(self, *args: Any, needs_token: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if needs_token:
+            self.fields["token"] = OtpTokenField()
+
+
+class EmailChangeForm(forms.Form):
+    email = forms.EmailField(label="New email address", max_length=254)
+
+
+class AccountDeleteForm(forms.Form):
+    confirmation = forms.CharField(
+        label="Type your email address to confirm",
+        max_length=254,
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+    )
+
+    def __init__(self, *args: Any, email: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.email = email
+
+    def clean_confirmation(self) -> str:
+        typed = normalize_email(self.cleaned_data["confirmation"])
+        if typed != normalize_email(self.email):
+            raise forms.ValidationError("That is not your email address. Type it exactly.")
+        return typed
+
+
+class SecurityLogFilterForm(forms.Form):
+    category = forms.ChoiceField(required=False)
+    since = forms.DateField(
+        required=False, label="From", widget=forms.DateInput(attrs={"type": "date"})
+    )
+    until = forms.DateField(
+        required=False, label="To", widget=forms.DateInput(attrs={"type": "date"})
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from accounts.models import AUDIT_CATEGORIES
+
+        super().__init__(*args, **kwargs)
+        category = self.fields["category"]
+        assert isinstance(category, forms.ChoiceField)
+        category.choices = [("", "Everything")] + [
+            (name, label) for name, (label, _prefixes) in AUDIT_CATEGORIES.items()
+        ]

@@ -1,11 +1,17 @@
 from __future__ import annotations
 
+import hashlib
+import time
+import uuid
+from datetime import datetime
 from typing import Any, ClassVar
 
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
+from django_otp.models import Device, ThrottlingMixin
+from django_otp.oath import TOTP
 
 
 def normalize_email(email: str) -> str:
@@ -37,7 +43,7 @@ class UserManager(BaseUserManager["User"]):
         return self.create_user(email, password, **extra)
 
 
-class User(AbstractBaseUser, PermissionsMixin):
+class User(AbstractBaseUser, PermissionsMixin):  # type: ignore[django-manager-missing]
     """A person with an account. The email address is the login, unique regardless of case."""
 
     email = models.EmailField("email address", max_length=254, unique=True)
@@ -96,6 +102,23 @@ class AuditEvent(models.Model):
         KEY_DELETED = "key.deleted", "Key deleted"
         KEY_EXPIRED = "key.expired", "Key expired"
         KEY_USED = "key.used", "Key used"
+        LOGIN_SUCCEEDED = "login.succeeded", "Logged in"
+        LOGIN_FAILED = "login.failed", "Failed login"
+        LOCKED_OUT = "login.locked_out", "Locked out after failed attempts"
+        LOGGED_OUT = "login.logged_out", "Logged out"
+        SUDO_CONFIRMED = "sudo.confirmed", "Password confirmed"
+        SUDO_FAILED = "sudo.failed", "Failed password confirmation"
+        TWO_FACTOR_ENABLED = "2fa.enabled", "Two-factor authentication turned on"
+        TWO_FACTOR_DISABLED = "2fa.disabled", "Two-factor authentication turned off"
+        RECOVERY_CODES_CREATED = "2fa.recovery_codes", "New recovery codes created"
+        RECOVERY_CODE_USED = "2fa.recovery_code_used", "Recovery code used"
+        PASSWORD_CHANGED = "account.password_changed", "Password changed"
+        PASSWORD_RESET = "account.password_reset", "Password reset by email"
+        EMAIL_CHANGED = "account.email_changed", "Email address changed"
+        SESSION_ENDED = "account.session_ended", "Session ended"
+        EXPORT_REQUESTED = "account.export_requested", "Data export requested"
+        EXPORT_DOWNLOADED = "account.export_downloaded", "Data export downloaded"
+        OPERATOR_CHANGED = "operator.changed", "Account changed by an operator"
 
     owner = models.ForeignKey(User, on_delete=models.CASCADE, related_name="audit_events")
     actor = models.ForeignKey(
@@ -106,6 +129,7 @@ class AuditEvent(models.Model):
     target_label = models.CharField(max_length=200, blank=True)
     details = models.JSONField(default=dict, blank=True)
     ip_address = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
     day = models.DateField(null=True, blank=True)
     count = models.PositiveIntegerField(default=1)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -126,3 +150,249 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_action_display()} · {self.target_label}"
+
+    @property
+    def category(self) -> str:
+        """The security log filter this event falls under (see AUDIT_CATEGORIES)."""
+        if self.actor_id is not None and self.actor_id != self.owner_id:
+            return "operator"
+        return category_of(self.action)
+
+
+# Security-log filters: name -> (label, action prefixes).
+AUDIT_CATEGORIES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "login": ("Logins", ("login.", "sudo.")),
+    "2fa": ("Two-factor", ("2fa.",)),
+    "keys": ("Keys", ("key.",)),
+    "account": ("Account", ("account.",)),
+    "operator": ("Operator actions", ("operator.",)),
+}
+
+
+def category_of(action: str) -> str:
+    for name, (_label, prefixes) in AUDIT_CATEGORIES.items():
+        if action.startswith(prefixes):
+            return name
+    return "account"
+
+
+class UserSessionQuerySet(models.QuerySet["UserSession"]):
+    def for_owner(self, user: User) -> UserSessionQuerySet:
+        return self.filter(owner=user)
+
+
+class UserSession(models.Model):
+    """One signed-in browser: where it came from and when it was last seen.
+
+    `session_key` names the row in Django's session store; ending the session deletes both.
+    URLs carry `id`, never the session key.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(User, on_delete=models.CASCADE, related_name="sessions")
+    # SECURITY: a bearer credential; never rendered, never in a URL.
+    session_key = models.CharField(max_length=64, unique=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+
+    objects = UserSessionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-last_seen_at"]
+
+    def __str__(self) -> str:
+        return f"session of {self.owner_id} from {self.ip_address}"
+
+    @property
+    def device(self) -> str:
+        return describe_user_agent(self.user_agent)
+
+
+def describe_user_agent(user_agent: str) -> str:
+    """A short human name for a browser, such as "Firefox on Linux"."""
+    ua = user_agent or ""
+    browser = next(
+        (
+            name
+            for token, name in (
+                ("Edg/", "Edge"),
+                ("OPR/", "Opera"),
+                ("Firefox/", "Firefox"),
+                ("Chromium/", "Chromium"),
+                ("Chrome/", "Chrome"),
+                ("Safari/", "Safari"),
+                ("curl/", "curl"),
+            )
+            if token in ua
+        ),
+        "Unknown browser",
+    )
+    system = next(
+        (
+            name
+            for token, name in (
+                ("Android", "Android"),
+                ("iPhone", "iPhone"),
+                ("iPad", "iPad"),
+                ("Windows", "Windows"),
+                ("Mac OS X", "macOS"),
+                ("CrOS", "ChromeOS"),
+                ("Linux", "Linux"),
+            )
+            if token in ua
+        ),
+        "",
+    )
+    return f"{browser} on {system}" if system else browser
+
+
+class TOTPDevice(ThrottlingMixin, Device):
+    """An authenticator app (TOTP, RFC 6238) whose seed is sealed in the owner's vault.
+
+    django-otp's own TOTPDevice stores the seed in plain hex; this one stores only AES-GCM
+    ciphertext bound to the owner and this row (purpose "totp_seed"), opened per check.
+    """
+
+    # Annotated because django-otp's Device base is untyped.
+    sealed_seed: models.BinaryField[bytes, bytes] = models.BinaryField(editable=False, default=b"")
+    step: models.PositiveSmallIntegerField[int, int] = models.PositiveSmallIntegerField(default=30)
+    digits: models.PositiveSmallIntegerField[int, int] = models.PositiveSmallIntegerField(default=6)
+    tolerance: models.PositiveSmallIntegerField[int, int] = models.PositiveSmallIntegerField(
+        default=1
+    )
+    drift: models.SmallIntegerField[int, int] = models.SmallIntegerField(default=0)
+    last_t: models.BigIntegerField[int, int] = models.BigIntegerField(default=-1)
+    created_at: models.DateTimeField[datetime, datetime] = models.DateTimeField(
+        default=timezone.now
+    )
+
+    class Meta:
+        verbose_name = "authenticator app"
+
+    def get_throttle_factor(self) -> int:
+        return 1
+
+    def seed(self) -> bytes:
+        from accounts.twofactor import open_seed  # the vault lives in keys/, above accounts
+
+        return open_seed(self)
+
+    def verify_token(self, token: object) -> bool:
+        allowed, _ = self.verify_is_allowed()
+        if not allowed:
+            return False
+        text = str(token).strip().replace(" ", "")
+        verified = False
+        if text.isdigit() and len(text) == self.digits:
+            totp = TOTP(self.seed(), self.step, 0, self.digits, self.drift)
+            totp.time = time.time()
+            verified = totp.verify(int(text), self.tolerance, self.last_t + 1)
+            if verified:
+                # Each code works once: last_t only moves forward.
+                self.last_t = totp.t()
+                self.drift = totp.drift
+                self.throttle_reset(commit=False)
+                self.save(
+                    update_fields=[
+                        "last_t",
+                        "drift",
+                        "throttling_failure_timestamp",
+                        "throttling_failure_count",
+                    ]
+                )
+        if not verified:
+            self.throttle_increment(commit=False)
+            self.save(update_fields=["throttling_failure_timestamp", "throttling_failure_count"])
+        return verified
+
+
+class RecoveryCodeDevice(Device):
+    """Ten single-use recovery codes, stored as SHA-256 hashes only."""
+
+    created_at: models.DateTimeField[datetime, datetime] = models.DateTimeField(
+        default=timezone.now
+    )
+
+    class Meta:
+        verbose_name = "recovery codes"
+
+    def verify_token(self, token: object) -> bool:
+        digest = hash_recovery_code(str(token))
+        # Conditional UPDATE: two requests racing with one code cannot both win.
+        used = self.codes.filter(code_hash=digest, used_at__isnull=True).update(
+            used_at=timezone.now()
+        )
+        return used == 1
+
+    def remaining(self) -> int:
+        return self.codes.filter(used_at__isnull=True).count()
+
+
+def normalize_recovery_code(code: str) -> str:
+    return "".join(character for character in code.lower() if character.isalnum())
+
+
+def hash_recovery_code(code: str) -> str:
+    # A plain hash is enough: codes carry 60 random bits, far beyond any guessing or
+    # precomputation, and a per-code salt would cost a lookup by hash.
+    return hashlib.sha256(normalize_recovery_code(code).encode("utf-8")).hexdigest()
+
+
+class RecoveryCode(models.Model):
+    device = models.ForeignKey(RecoveryCodeDevice, on_delete=models.CASCADE, related_name="codes")
+    code_hash = models.CharField(max_length=64, db_index=True)
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"recovery code {self.pk}"
+
+
+class AccountExportQuerySet(models.QuerySet["AccountExport"]):
+    def for_owner(self, user: User) -> AccountExportQuerySet:
+        return self.filter(owner=user)
+
+
+class AccountExport(models.Model):
+    """A ZIP of the user's data, built by a worker, downloadable once until it expires.
+
+    SECURITY: the archive holds opened conversations, so it is stored sealed under the
+    owner's data key (purpose "account_export") and wiped on download or expiry.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Waiting for a worker"
+        RUNNING = "running", "Preparing"
+        READY = "ready", "Ready to download"
+        DOWNLOADED = "downloaded", "Downloaded"
+        EXPIRED = "expired", "Expired"
+        FAILED = "failed", "Failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(User, on_delete=models.CASCADE, related_name="exports")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    progress = models.PositiveSmallIntegerField(default=0)
+    sealed_archive = models.BinaryField(editable=False, default=b"")
+    size_bytes = models.PositiveBigIntegerField(default=0)
+    error_message = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField()
+    downloaded_at = models.DateTimeField(null=True, blank=True)
+
+    objects = AccountExportQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"export {self.pk} ({self.status})"
+
+    @property
+    def is_pending(self) -> bool:
+        return self.status in {self.Status.QUEUED, self.Status.RUNNING}
+
+    @property
+    def is_downloadable(self) -> bool:
+        return self.status == self.Status.READY and self.expires_at > timezone.now()

@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+from importlib import import_module
+
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.http import HttpRequest
 from django.utils import timezone
 
-from accounts.models import AuditEvent, User, normalize_email
+from accounts import security
+from accounts.models import AuditEvent, User, UserSession, normalize_email
+from accounts.security import user_agent
 
 
 class AccountError(Exception):
@@ -40,6 +45,7 @@ def audit_record(
     target_label: str = "",
     details: dict[str, object] | None = None,
     ip_address: str | None = None,
+    user_agent: str = "",
 ) -> AuditEvent:
     """Append one event to `owner`'s security log. `details` must hold no secret."""
     return AuditEvent.objects.create(
@@ -50,6 +56,30 @@ def audit_record(
         target_label=target_label[:200],
         details=details or {},
         ip_address=ip_address,
+        user_agent=user_agent[:300],
+    )
+
+
+def audit_request(
+    request: HttpRequest,
+    *,
+    owner: User,
+    action: str,
+    actor: User | None = None,
+    details: dict[str, object] | None = None,
+    target_id: str = "",
+    target_label: str = "",
+) -> AuditEvent:
+    """`audit_record` with the address and browser of `request`."""
+    return audit_record(
+        owner=owner,
+        actor=actor,
+        action=action,
+        details=details,
+        target_id=target_id,
+        target_label=target_label,
+        ip_address=client_ip(request),
+        user_agent=user_agent(request),
     )
 
 
@@ -77,5 +107,128 @@ def audit_count_use(*, owner: User, action: str, target_id: str, target_label: s
 
 
 def client_ip(request: HttpRequest) -> str | None:
-    """The client's address as the ASGI server reports it (uvicorn applies proxy headers)."""
-    return request.META.get("REMOTE_ADDR") or None
+    """The client's address, behind exactly BYOK_TRUSTED_PROXY_COUNT proxies."""
+    return security.client_ip(request)
+
+
+# --- e-mail and password ------------------------------------------------------------------
+
+
+def user_change_email(*, user: User, email: str, request: HttpRequest) -> User:
+    """Change the login address. Raises AccountError if another account has it."""
+    new = normalize_email(email)
+    old = user.email
+    if new == old:
+        return user
+    if User.objects.filter(email__iexact=new).exclude(pk=user.pk).exists():
+        raise AccountError("Another account uses this email address.")
+    user.email = new
+    try:
+        with transaction.atomic():
+            user.save(update_fields=["email"])
+            audit_request(
+                request,
+                owner=user,
+                actor=user,
+                action=AuditEvent.Action.EMAIL_CHANGED,
+                details={"from": old, "to": new},
+            )
+    except IntegrityError as error:
+        user.email = old
+        raise AccountError("Another account uses this email address.") from error
+    return user
+
+
+# --- sessions -----------------------------------------------------------------------------
+
+SEEN_EVERY_SECONDS = 60
+
+
+def session_touch(request: HttpRequest, *, force: bool = False) -> None:
+    """Record that this signed-in session was seen (at most once a minute unless `force`)."""
+    session = request.session
+    key = session.session_key
+    user = request.user
+    if not key or not user.is_authenticated:
+        return
+    now = timezone.now()
+    last = session.get("byok_seen")
+    recent = isinstance(last, int | float) and now.timestamp() - last < SEEN_EVERY_SECONDS
+    if recent and not force:
+        return
+    session["byok_seen"] = now.timestamp()
+    UserSession.objects.update_or_create(
+        session_key=key,
+        defaults={
+            "owner": user,
+            "ip_address": client_ip(request),
+            "user_agent": user_agent(request),
+            "last_seen_at": now,
+        },
+        create_defaults={
+            "owner": user,
+            "ip_address": client_ip(request),
+            "user_agent": user_agent(request),
+            "last_seen_at": now,
+            "created_at": now,
+        },
+    )
+
+
+def session_list(*, user: User) -> list[UserSession]:
+    """The user's sessions that still exist in the session store, most recent first."""
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    alive = []
+    for row in UserSession.objects.for_owner(user):
+        if store().exists(row.session_key):
+            alive.append(row)
+        else:
+            row.delete()
+    return alive
+
+
+def session_end(*, row: UserSession, request: HttpRequest | None = None) -> None:
+    """Sign one session out: its data goes from the session store, its row from the list."""
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    store(session_key=row.session_key).delete()
+    row.delete()
+    if request is not None:
+        audit_request(
+            request,
+            owner=row.owner,
+            actor=row.owner,
+            action=AuditEvent.Action.SESSION_ENDED,
+            details={"device": row.device, "ip": row.ip_address or ""},
+        )
+
+
+def sessions_end_others(*, user: User, keep_session_key: str | None) -> int:
+    """End every session of `user` except `keep_session_key`. Returns how many ended.
+
+    Every log-in creates its row (accounts.signals), so the rows name every session.
+    """
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    ended = 0
+    for row in UserSession.objects.for_owner(user).exclude(session_key=keep_session_key or ""):
+        store(session_key=row.session_key).delete()
+        row.delete()
+        ended += 1
+    return ended
+
+
+# --- account deletion -----------------------------------------------------------------------
+
+
+def user_delete(*, user: User) -> None:
+    """Delete the account: its data key first (crypto-shredding), then every row.
+
+    Once the DataKey row is gone nothing sealed for the user can be opened again, even from
+    a copy of the database taken earlier once the master key it was wrapped under is
+    retired (README, "Deleting an account").
+    """
+    from keys.models import DataKey  # keys/ sits above accounts/ in the import graph
+
+    sessions_end_others(user=user, keep_session_key=None)
+    with transaction.atomic():
+        DataKey.objects.filter(owner=user).delete()
+        user.delete()

@@ -58,6 +58,9 @@ MODEL = "fake-gpt-large"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STREAM_URL = re.compile(r'data-stream-url="(/chat/m/[0-9a-f-]{36}/stream/)"')
 CSRF_FIELD = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
+# time.time() - time.monotonic(): turns the app's wall-clock timestamps (Message.created_at,
+# started_at) into the monotonic clock every process on the machine shares.
+WALL_OFFSET = time.time() - time.monotonic()
 
 
 # --- options, output -------------------------------------------------------------------------
@@ -75,7 +78,27 @@ def parse_args(description: str) -> argparse.Namespace:
     parser.add_argument(
         "--keep", action="store_true", help="keep the temp dir (logs, database) at the end"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one size (integer), e.g. --set concurrency=40; repeatable",
+    )
     return parser.parse_args()
+
+
+def apply_overrides(sizes: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Sizes with `--set name=value` applied (values parsed as int, float or a list of ints)."""
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in sizes:
+            raise SystemExit(f"--set {name}: unknown size; known: {', '.join(sorted(sizes))}")
+        if "," in value:
+            sizes[name] = [int(v) for v in value.split(",") if v]
+        else:
+            sizes[name] = float(value) if "." in value else int(value)
+    return sizes
 
 
 def say(message: str) -> None:
@@ -159,23 +182,28 @@ def print_table(title: str, figures: list[Figure]) -> None:
     print(flush=True)
 
 
-def machine_info() -> dict[str, Any]:
+def _git(*args: str) -> str:
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        ).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
+        ).stdout.rstrip()
     except (OSError, subprocess.SubprocessError):
-        commit = ""
+        return ""
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine and the code measured (commit, plus files changed since, outside bench/)."""
+    changed = [
+        line[3:]
+        for line in _git("status", "--porcelain").splitlines()
+        if line[3:] and not line[3:].startswith("bench/")
+    ]
     return {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "git_commit": commit,
+        "git_commit": _git("rev-parse", "--short", "HEAD"),
+        "uncommitted_changes": changed,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -289,20 +317,35 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def _system_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / CLK_TCK, sum(fields) / CLK_TCK
+
+
 class CpuMeter:
-    """CPU used by each process over an interval, as % of one core."""
+    """CPU used by each process over an interval, as % of one core; `other` is what every
+    other process on the machine used meanwhile (a shared machine skews the figures)."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
         self.start_wall = time.monotonic()
         self.start = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        self.start_system = _system_busy()[0]
 
     def read(self) -> dict[str, float]:
         wall = max(1e-6, time.monotonic() - self.start_wall)
-        return {
-            name: round(100 * (cpu_seconds(pid) - self.start[name]) / wall, 1)
-            for name, pid in self.pids.items()
-        }
+        used = {name: cpu_seconds(pid) - self.start[name] for name, pid in self.pids.items()}
+        system = _system_busy()[0] - self.start_system
+        result = {name: round(100 * value / wall, 1) for name, value in used.items()}
+        result["other"] = round(max(0.0, 100 * (system - sum(used.values())) / wall), 1)
+        result["machine"] = round(100 * system / wall, 1)
+        return result
+
+    def seconds(self) -> dict[str, float]:
+        """CPU seconds per process since the start."""
+        return {name: cpu_seconds(pid) - self.start[name] for name, pid in self.pids.items()}
 
 
 class _Interrupted(BaseException):
@@ -311,6 +354,15 @@ class _Interrupted(BaseException):
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise _Interrupted(f"signal {signum}")
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a benchmark's main(); Ctrl-C or SIGTERM end it quietly (the Stack has cleaned up)."""
+    try:
+        main()
+    except (KeyboardInterrupt, _Interrupted):
+        say("interrupted: every process the benchmark started has been stopped")
+        raise SystemExit(130) from None
 
 
 class Stack:
@@ -380,8 +432,9 @@ class Stack:
             "REDIS_URL": self.redis.url,
             "BYOK_MASTER_KEYS": f"b1:{generate_master_key()}",
             "BYOK_ALLOW_PRIVATE_ENDPOINTS": "1",
-            # The benchmarks run many turns per user; the per-user cap is not under test.
+            # The benchmarks run many turns per user; per-user limits are not under test.
             "BYOK_MAX_CONCURRENT_TURNS": "1000000",
+            "BYOK_RATE_TURNS_PER_MINUTE": "1000000",
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }
@@ -619,6 +672,17 @@ class Stack:
 
         return [str(conversation_create(owner=user, key=key, model=MODEL).pk) for _ in range(count)]
 
+    def wait_turns_settled(self, timeout: float = 60.0) -> int:
+        """Wait (bounded) until no reply is queued or running; returns how many still are."""
+        from chat.models import Message
+
+        deadline = time.monotonic() + timeout
+        while True:
+            pending = Message.objects.filter(status__in=["queued", "running"]).count()
+            if pending == 0 or time.monotonic() > deadline:
+                return pending
+            time.sleep(0.25)
+
     def login(self, email: str) -> dict[str, str]:
         """Sign in over HTTP like a browser: GET the form (CSRF cookie and token), POST it."""
         with httpx.Client(base_url=self.web_url, timeout=30, trust_env=False) as client:
@@ -658,6 +722,7 @@ class Turn:
 
     conversation: str
     nonce: str
+    message_id: str = ""
     t_start: float = 0.0  # POST sent
     t_posted: float = 0.0  # POST answered
     t_opened: float = 0.0  # SSE response headers received
@@ -667,9 +732,15 @@ class Turn:
     text: str = ""
     events: int = 0
     max_gap: float = 0.0  # longest silence between two events after the first delta
+    # Stream entry ids are "<Redis server ms>-<seq>": when the worker's XADD landed.
+    xadd_first: float | None = None  # XADD time of the first delta (monotonic)
+    max_xadd_gap: float = 0.0  # longest gap between two XADDs after the first delta
+    max_delivery: float = 0.0  # longest XADD -> client time (Redis, web, network, client)
     error: str | None = None
     fake: dict[str, Any] = field(default_factory=dict)  # the timed fake's record
+    db: dict[str, float] = field(default_factory=dict)  # the reply row's times (monotonic)
     _last_event_at: float = field(default=0.0, repr=False)
+    _last_xadd: float = field(default=0.0, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -679,17 +750,25 @@ class Turn:
     def ttft(self) -> float | None:
         return None if self.t_first is None else self.t_first - self.t_start
 
-    def event(self, kind: str, data: str, at: float) -> bool:
-        """Take one SSE event; True when it is the last one."""
+    def event(self, kind: str, data: str, at: float, event_id: str = "") -> bool:
+        """Take one SSE event received at `at`; True when it is the last one."""
         if kind not in ("delta", "done", "error"):
             return False
+        xadd = xadd_time(event_id)
         if self.t_first is not None:
             self.max_gap = max(self.max_gap, at - self._last_event_at)
+            if xadd is not None:
+                self.max_xadd_gap = max(self.max_xadd_gap, xadd - self._last_xadd)
         self._last_event_at = at
+        if xadd is not None:
+            self._last_xadd = xadd
+            # Entry ids have 1 ms resolution: count only what is certainly delivery time.
+            self.max_delivery = max(self.max_delivery, at - xadd - 0.001)
         self.events += 1
         if kind == "delta":
             if self.t_first is None:
                 self.t_first = at
+                self.xadd_first = xadd
             self.text += json.loads(data).get("text", "")
             return False
         self.t_done = at
@@ -699,12 +778,26 @@ class Turn:
         return True
 
 
+def xadd_time(event_id: str) -> float | None:
+    """The monotonic time of a Redis stream entry id (its ms part is Redis's wall clock)."""
+    head, _, _ = event_id.partition("-")
+    if not head.isdigit():
+        return None
+    return int(head) / 1000 - WALL_OFFSET
+
+
 def new_client(cookies: dict[str, str], base_url: str, connections: int = 1000) -> Any:
     return httpx.AsyncClient(
         base_url=base_url,
         cookies=cookies,
+        headers={"X-CSRFToken": cookies["csrftoken"]},
         timeout=httpx.Timeout(60.0),
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        limits=httpx.Limits(
+            max_connections=connections,
+            max_keepalive_connections=connections,
+            # Below uvicorn's 5 s keep-alive: never reuse a connection the server is closing.
+            keepalive_expiry=2.0,
+        ),
         trust_env=False,
     )
 
@@ -715,12 +808,13 @@ async def post_message(client: httpx.AsyncClient, turn: Turn, text: str) -> str:
     response = await client.post(
         f"/chat/c/{turn.conversation}/send/",
         data={"text": f"{text} [{turn.nonce}]"},
-        headers={"X-CSRFToken": client.cookies["csrftoken"], "HX-Request": "true"},
+        headers={"HX-Request": "true"},  # the client sends X-CSRFToken on every request
     )
     turn.t_posted = time.monotonic()
     found = STREAM_URL.search(response.text) if response.status_code == 200 else None
     if not found:
         raise RuntimeError(f"send failed: {response.status_code} {response.text[:200]!r}")
+    turn.message_id = found.group(1).split("/")[3]
     return found.group(1)
 
 
@@ -731,16 +825,18 @@ async def read_stream_httpx(client: httpx.AsyncClient, path: str, turn: Turn) ->
         turn.t_opened = time.monotonic()
         if response.status_code != 200:
             raise RuntimeError(f"stream answered {response.status_code}")
-        kind, data = "", ""
+        kind, data, event_id = "", "", ""
         async for line in response.aiter_lines():
             if line == "":
-                if kind and turn.event(kind, data, time.monotonic()):
+                if kind and turn.event(kind, data, time.monotonic(), event_id):
                     return
-                kind, data = "", ""
+                kind, data, event_id = "", "", ""
             elif line.startswith("event:"):
                 kind = line[6:].strip()
             elif line.startswith("data:"):
                 data = line[5:].lstrip()
+            elif line.startswith("id:"):
+                event_id = line[3:].strip()
     raise RuntimeError("stream ended without done/error")
 
 
@@ -799,7 +895,7 @@ class RawSse:
         return (await self.reader.readexactly(size + 2))[:-2]
 
     async def events(self) -> Any:
-        """Yield (time received, event name, data) for each event; comments are skipped."""
+        """Yield (time received, event name, data, id) per event; comments are skipped."""
         while True:
             data = await self.chunk()
             if data is None:
@@ -808,16 +904,18 @@ class RawSse:
             self._buffer += data
             while b"\n\n" in self._buffer:
                 block, self._buffer = self._buffer.split(b"\n\n", 1)
-                kind, payload = "", ""
+                kind, payload, event_id = "", "", ""
                 for line in block.decode().split("\n"):
                     if line.startswith("event:"):
                         kind = line[6:].strip()
                     elif line.startswith("data:"):
                         payload = line[5:].lstrip()
+                    elif line.startswith("id:"):
+                        event_id = line[3:].strip()
                     elif line.startswith("retry:"):
                         kind = "retry"
                 if kind:
-                    yield at, kind, payload
+                    yield at, kind, payload, event_id
 
     def close(self) -> None:
         if self.writer is not None:
@@ -830,8 +928,8 @@ async def read_stream_raw(port: int, path: str, cookies: dict[str, str], turn: T
     try:
         await stream.open()
         turn.t_opened = time.monotonic()
-        async for at, kind, data in stream.events():
-            if turn.event(kind, data, at):
+        async for at, kind, data, event_id in stream.events():
+            if turn.event(kind, data, at, event_id):
                 return
         raise RuntimeError("stream ended without done/error")
     finally:
@@ -877,8 +975,17 @@ class DirectCall:
         return None if self.t_first is None else self.t_first - self.t_start
 
 
-async def direct_call(client: httpx.AsyncClient, text: str, timeout: float) -> DirectCall:
-    """One streaming chat completion straight to the fake, as the worker would make it."""
+CONTENT = re.compile(rb'"content": ?"[^"]')
+
+
+async def direct_call(
+    client: httpx.AsyncClient, text: str, timeout: float, *, keep_text: bool = False
+) -> DirectCall:
+    """One streaming chat completion straight to the fake, as the worker would make it.
+
+    Events are only searched for reply text (JSON is parsed only with `keep_text`), so one
+    client process can follow many direct streams without becoming the bottleneck.
+    """
     call = DirectCall(nonce())
     body = {
         "model": MODEL,
@@ -894,22 +1001,21 @@ async def direct_call(client: httpx.AsyncClient, text: str, timeout: float) -> D
             client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as response,
         ):
             response.raise_for_status()
-            async for line in response.aiter_lines():
-                if not line.startswith("data: "):
-                    continue
-                if line == "data: [DONE]":
-                    break
-                chunk = json.loads(line[6:])
-                choices = chunk.get("choices") or []
-                piece = (choices[0].get("delta") or {}).get("content") if choices else None
-                if piece:
-                    now = time.monotonic()
-                    if call.t_first is None:
-                        call.t_first = now
-                    else:
-                        call.max_gap = max(call.max_gap, now - (call.t_last or now))
-                    call.t_last = now
-                    call.text += piece
+            buffer = b""
+            async for chunk in response.aiter_raw():
+                now = time.monotonic()
+                buffer += chunk
+                *events, buffer = buffer.split(b"\n\n")
+                for event in events:
+                    if CONTENT.search(event):
+                        if call.t_first is None:
+                            call.t_first = now
+                        else:
+                            call.max_gap = max(call.max_gap, now - (call.t_last or now))
+                        call.t_last = now
+                        if keep_text:
+                            delta = json.loads(event.partition(b"data: ")[2])["choices"][0]
+                            call.text += delta["delta"]["content"]
         call.t_end = time.monotonic()
     except Exception as error:
         call.error = f"{type(error).__name__}: {error}"
@@ -921,6 +1027,28 @@ def attach_timings(stack: Stack, items: list[Any]) -> None:
     timings = stack.fake_timings()
     for item in items:
         item.fake = timings.get(item.nonce, {})
+
+
+def attach_db_times(turns: list[Turn]) -> None:
+    """Read each reply's own timestamps from the database (the service's created_at, the
+    worker's started_at and finished_at), converted to the monotonic clock."""
+    from chat.models import Message
+
+    ids = [t.message_id for t in turns if t.message_id]
+    rows = {}
+    for start in range(0, len(ids), 500):
+        for row in Message.objects.filter(pk__in=ids[start : start + 500]).values(
+            "pk", "created_at", "started_at", "finished_at"
+        ):
+            rows[str(row["pk"])] = row
+    for turn in turns:
+        row = rows.get(turn.message_id)
+        if row:
+            turn.db = {
+                name: row[f"{name}_at"].timestamp() - WALL_OFFSET
+                for name in ("created", "started", "finished")
+                if row[f"{name}_at"] is not None
+            }
 
 
 async def staggered(

@@ -50,6 +50,7 @@ app.conf.update(
             "task": "chat.tasks.purge_temporary_conversations",
             "schedule": 60 * 15,
         },
+        "notify-key-problems": {"task": "usage.tasks.notify_key_problems", "schedule": 60 * 60},
         "recheck-provider-keys": {
             "task": "keys.tasks.recheck_provider_keys",
             "schedule": 60 * 60,

@@ -7,9 +7,11 @@ turns it on, and with DEBUG off a missing or weak secret stops start-up.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
+from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -97,6 +99,7 @@ BYOK_PROVIDER_CALL_DEADLINE = env.float("BYOK_PROVIDER_CALL_DEADLINE", default=3
 # Chat turns.
 BYOK_MAX_MESSAGE_CHARS = env.int("BYOK_MAX_MESSAGE_CHARS", default=100_000)
 BYOK_MAX_CONCURRENT_TURNS = env.int("BYOK_MAX_CONCURRENT_TURNS", default=4)
+BYOK_RATE_TURNS_PER_MINUTE = env.int("BYOK_RATE_TURNS_PER_MINUTE", default=20)
 BYOK_CONTEXT_MAX_CHARS = env.int("BYOK_CONTEXT_MAX_CHARS", default=400_000)
 BYOK_MAX_OUTPUT_TOKENS = env.int("BYOK_MAX_OUTPUT_TOKENS", default=4096)
 BYOK_QUEUED_TURN_TIMEOUT = env.int("BYOK_QUEUED_TURN_TIMEOUT", default=120)
@@ -119,6 +122,7 @@ INSTALLED_APPS = [
     "accounts",
     "keys",
     "chat",
+    "usage",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -126,6 +130,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
+    "django_otp",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -135,8 +141,14 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "accounts.middleware.SessionActivityMiddleware",
+    "accounts.middleware.StaffTwoFactorMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "byok_site.urls"
@@ -207,7 +219,11 @@ WORKER_HEARTBEAT_INTERVAL = env.int("BYOK_WORKER_HEARTBEAT_INTERVAL", default=10
 
 # --- Authentication ----------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
-AUTHENTICATION_BACKENDS = ["accounts.backends.EmailBackend"]
+AUTHENTICATION_BACKENDS = [
+    # First, so a locked-out account or address is refused before any password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "accounts.backends.EmailBackend",
+]
 LOGIN_URL = "accounts:login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "home"
@@ -226,6 +242,31 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 PASSWORD_RESET_TIMEOUT = 60 * 60 * 2
+
+# --- Account security --------------------------------------------------------------------
+# Reverse proxies in front of the web server that append to X-Forwarded-For (0 = none: the
+# header is ignored). The client address is the Nth entry from the right, so a forged
+# X-Forwarded-For neither hides an attacker nor resets their failure count.
+BYOK_TRUSTED_PROXY_COUNT = env.int("BYOK_TRUSTED_PROXY_COUNT", default=0)
+# Brute force (django-axes): failures per account and per address before a lock-out, and
+# how long the lock-out lasts. Failed second-factor codes count as failed logins.
+AXES_FAILURE_LIMIT = env.int("BYOK_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("BYOK_LOGIN_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_CLIENT_IP_CALLABLE = "accounts.security.client_ip"
+AXES_USERNAME_CALLABLE = "accounts.security.axes_username"
+AXES_LOCKOUT_CALLABLE = "accounts.views.locked_out"
+AXES_RESET_ON_SUCCESS = False  # a login of one's own account must not clear an address
+AXES_DISABLE_ACCESS_LOG = True  # successes go to the user's security log instead
+AXES_VERBOSE = False
+# Password reset requests per address and per email address within the window.
+BYOK_PASSWORD_RESET_LIMIT = env.int("BYOK_PASSWORD_RESET_LIMIT", default=5)
+BYOK_PASSWORD_RESET_WINDOW_MINUTES = env.int("BYOK_PASSWORD_RESET_WINDOW_MINUTES", default=60)
+# Re-authentication ("sudo mode") lasts this long after a password (+ second factor) entry.
+BYOK_SUDO_SECONDS = env.int("BYOK_SUDO_SECONDS", default=600)
+# Account exports (ZIP) can be downloaded once, until they expire.
+BYOK_EXPORT_TTL_HOURS = env.int("BYOK_EXPORT_TTL_HOURS", default=24)
+OTP_TOTP_ISSUER = env.str("BYOK_TOTP_ISSUER", default="BYOK")
 
 # --- Email -------------------------------------------------------------------------------
 vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
@@ -262,6 +303,23 @@ SESSION_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_AGE = env.int("DJANGO_SESSION_COOKIE_AGE", default=60 * 60 * 24 * 14)
 CSRF_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
+# Content Security Policy (django-csp): no inline script or style anywhere (htmx's indicator
+# style is off through its meta config in base.html). NONCE lets a template that really
+# needs one use <script nonce="{{ request.csp_nonce }}">.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "frame-ancestors": [NONE],
+        "form-action": [SELF],
+    }
+}
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"

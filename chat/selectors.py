@@ -65,3 +65,13 @@ def conversation_messages(
 ) -> list[MessageView]:
     cipher = cipher or OwnerCipher(conversation.owner)
     return [message_view(m, cipher) for m in conversation.messages.select_related("provider_key")]
+
+
+def conversation_titles(*, owner: User, ids: list[object]) -> dict[object, str]:
+    """Opened titles of the owner's conversations among `ids` (others are left out)."""
+    cipher = OwnerCipher(owner)
+    return {
+        conversation.pk: cipher.open(PURPOSE_TITLE, conversation.pk, conversation.sealed_title)
+        or "New chat"
+        for conversation in Conversation.objects.for_owner(owner).filter(pk__in=ids)
+    }

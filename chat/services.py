@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from redis import RedisError
 
 from accounts.models import User
 from chat import streams
 from chat.models import Conversation, Message
 from keys.models import ProviderKey
 from keys.services import OwnerCipher
+from usage import ratelimits
+from usage.models import NO_KEY
+from usage.prices import TokenCounts
+from usage.services import (
+    BudgetError,
+    TurnUsage,
+    budget_check_before_send,
+    budget_release,
+    usage_record,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +129,35 @@ def conversation_delete(*, conversation: Conversation) -> None:
     conversation.delete()
 
 
+def _admit(conversation: Conversation, reply_id: uuid.UUID) -> None:
+    """Rate limits and spend caps, before a turn is created. Raises ChatError.
+
+    The concurrency slot taken here is given back when the turn ends (or, if the turn is
+    never created, when it goes stale).
+    """
+    try:
+        ratelimits.turn_admit(user=conversation.owner, message_id=reply_id)
+    except ratelimits.RateLimited as error:
+        raise ChatError(error.message, field="text") from None
+    except RedisError:
+        logger.exception("rate limiter unavailable")
+        raise ChatError(
+            "BYOK cannot reach its message queue right now. Nothing was sent; try again in a "
+            "moment.",
+            field="text",
+        ) from None
+    key = conversation.provider_key
+    try:
+        budget_check_before_send(
+            owner=conversation.owner,
+            key_id=key.pk if key else NO_KEY,
+            key_label=key.label if key else "",
+        )
+    except BudgetError as error:
+        ratelimits.turn_release(user_id=conversation.owner_id, message_id=reply_id)
+        raise ChatError(error.message, field="text") from None
+
+
 def message_send(*, conversation: Conversation, text: str) -> tuple[Message, Message]:
     """Add the user's message and a queued reply, and queue the turn (on commit).
 
@@ -139,17 +180,8 @@ def message_send(*, conversation: Conversation, text: str) -> tuple[Message, Mes
             raise ChatError(
                 "A reply is still being written. Wait for it, or stop it.", field="text"
             )
-        running = (
-            Message.objects.for_owner(owner)
-            .filter(status__in=[Status.QUEUED, Status.RUNNING])
-            .count()
-        )
-        if running >= settings.BYOK_MAX_CONCURRENT_TURNS:
-            raise ChatError(
-                f"You have {running} replies being written at once, the most allowed. "
-                "Wait for one to finish.",
-                field="text",
-            )
+        reply_id = uuid.uuid4()
+        _admit(locked, reply_id)
         cipher = OwnerCipher(owner)
         now = timezone.now()
         user_message = Message(
@@ -158,6 +190,7 @@ def message_send(*, conversation: Conversation, text: str) -> tuple[Message, Mes
         user_message.sealed_content = cipher.seal(PURPOSE_MESSAGE, user_message.pk, text)
         user_message.save(force_insert=True)
         reply = Message.objects.create(
+            id=reply_id,
             conversation=locked,
             owner=owner,
             role=Role.ASSISTANT,
@@ -175,6 +208,32 @@ def message_send(*, conversation: Conversation, text: str) -> tuple[Message, Mes
     return user_message, reply
 
 
+def _close_unrun_turn(message: Message, *, status: str, error_kind: str = "") -> None:
+    """Book a turn that ended without its worker finishing it: zero tokens, slot and
+    reservation given back. Call after the conditional update that ended it."""
+    conversation = message.conversation
+    key = conversation.provider_key
+    usage_record(
+        turn=TurnUsage(
+            owner=message.owner,
+            message_id=message.pk,
+            conversation_id=conversation.pk,
+            key_id=key.pk if key else None,
+            key_label=key.label if key else "",
+            preset=conversation.preset,
+            model=conversation.model,
+            status=status,
+            error_kind=error_kind,
+            tokens=TokenCounts(input=0, output=0),
+            reasoning_tokens=0,
+            ttft_ms=None,
+            latency_ms=None,
+        )
+    )
+    budget_release(message_id=message.pk)
+    ratelimits.turn_release(user_id=message.owner_id, message_id=message.pk)
+
+
 def turn_cancel(*, message: Message) -> Message:
     """Stop a reply. A queued one stops at once; a running one within a second (worker side)."""
     if message.role != Role.ASSISTANT or message.is_final:
@@ -183,6 +242,7 @@ def turn_cancel(*, message: Message) -> Message:
         status=Status.STOPPED, finished_at=timezone.now()
     )
     if stopped_now:
+        _close_unrun_turn(message, status=Status.STOPPED)
         streams.TurnPublisher(message.pk).done(status=Status.STOPPED, html="")
     else:
         streams.request_cancel(message.pk)
@@ -201,16 +261,12 @@ def turn_regenerate(*, message: Message) -> Message:
             raise ChatError("Only the last reply can be retried or regenerated.")
         if not message.is_final:
             raise ChatError("This reply is still being written.")
-        running = (
-            Message.objects.for_owner(message.owner)
-            .filter(status__in=[Status.QUEUED, Status.RUNNING])
-            .count()
-        )
-        if running >= settings.BYOK_MAX_CONCURRENT_TURNS:
-            raise ChatError("Too many replies are being written at once. Wait for one to finish.")
+        reply_id = uuid.uuid4()
+        _admit(conversation, reply_id)
         created = message.created_at
         message.delete()
         reply = Message.objects.create(
+            id=reply_id,
             conversation=conversation,
             owner=conversation.owner,
             role=Role.ASSISTANT,
@@ -252,6 +308,12 @@ def turns_reap() -> int:
             if Message.objects.filter(pk=message_id, status=status).update(
                 status=Status.ERROR, error_kind=kind, error_message=text, finished_at=now
             ):
+                message = Message.objects.select_related("conversation__provider_key", "owner").get(
+                    pk=message_id
+                )
+                # A dead worker may have spent tokens it never reported: the reservation is
+                # released, not charged; the provider's own dashboard has the exact figure.
+                _close_unrun_turn(message, status=Status.ERROR, error_kind=kind)
                 streams.TurnPublisher(message_id).error(message=text, action="retry")
                 reaped += 1
     return reaped

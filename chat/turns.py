@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Case, IntegerField, Value, When
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
@@ -38,6 +39,9 @@ from keys.services import (
 from providers.catalog import build_adapter, get_preset
 from providers.errors import InvalidChatRequest, InvalidEndpoint, ProviderError, ProviderErrorKind
 from providers.types import ChatMessage, ChatRequest, Finish, Role, TextDelta, Usage
+from usage import ratelimits
+from usage.prices import TokenCounts
+from usage.services import BudgetError, TurnUsage, budget_release, budget_reserve, usage_record
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +89,7 @@ class TurnState:
     provider_calls: int = 0
     key: ProviderKey | None = None
     notices: list[str] = field(default_factory=list)
+    input_estimate: int = 0
 
     @property
     def text(self) -> str:
@@ -196,6 +201,9 @@ def run_turn(message_id: str) -> None:
             text="Something went wrong on our side while writing this reply. Retry.",
             action="retry",
         )
+    finally:
+        budget_release(message_id=reply.pk)  # a no-op once the turn has settled
+        ratelimits.turn_release(user_id=reply.owner_id, message_id=reply.pk)
 
 
 def _run(reply: Message, publisher: streams.TurnPublisher, state: TurnState) -> None:
@@ -233,8 +241,29 @@ def _run(reply: Message, publisher: streams.TurnPublisher, state: TurnState) -> 
         state.notices.append(f"Your chosen key is not usable; “{keys[0].label}” answered instead.")
     batcher = DeltaBatcher(publisher, settings.BYOK_STREAM_BATCH_SECONDS)
     last_error: ProviderError | None = None
+    # Generous on purpose (about 3 characters a token): the reservation is a worst case.
+    state.input_estimate = (
+        sum(len(m.content) for m in history) + len(system_prompt or "")
+    ) // 3 + 16
     for index, key in enumerate(keys):
         state.key = key
+        budget_release(message_id=reply.pk)  # what an earlier key held
+        try:
+            budget_reserve(
+                owner=reply.owner,
+                message_id=reply.pk,
+                key_id=key.pk,
+                key_label=key.label,
+                preset=key.preset,
+                model=conversation.model,
+                input_tokens_estimate=state.input_estimate,
+                max_output_tokens=settings.BYOK_MAX_OUTPUT_TOKENS,
+            )
+        except BudgetError as error:
+            _finish_error(
+                reply, publisher, state, kind="budget", text=error.message, action="usage"
+            )
+            return
         last_error = _call_with_retries(reply, key, history, system_prompt, batcher, state)
         if last_error is None or state.got_tokens or state.cancelled:
             break
@@ -261,8 +290,9 @@ def _note_key_failure(key: ProviderKey, error: ProviderError) -> None:
         ProviderErrorKind.NO_CREDIT: KeyStatus.NO_CREDIT,
     }.get(error.kind)
     if status is not None:
+        now = timezone.now()
         ProviderKey.objects.filter(pk=key.pk).exclude(status=KeyStatus.REVOKED).update(
-            status=status, status_reason=error.user_message, last_verified_at=timezone.now()
+            status=status, status_reason=error.user_message, last_verified_at=now, updated_at=now
         )
 
 
@@ -418,8 +448,43 @@ def _usage_fields(state: TurnState) -> dict[str, int | None]:
     }
 
 
+def _turn_usage(reply: Message, state: TurnState, status: str, error_kind: str) -> TurnUsage:
+    usage = state.usage
+    if usage is not None:
+        tokens = TokenCounts(
+            input=usage.input_tokens,
+            output=usage.output_tokens,
+            cached=usage.cached_input_tokens,
+            cache_write=usage.cache_write_input_tokens,
+        )
+        reasoning = usage.reasoning_tokens
+    elif state.text:
+        # The stream broke before the provider reported usage; it still bills what it sent.
+        tokens = TokenCounts(input=state.input_estimate, output=max(1, len(state.text) // 4))
+        reasoning = 0
+    else:
+        tokens, reasoning = TokenCounts(input=0, output=0), 0
+    timings = _timings(state)
+    key = state.key
+    return TurnUsage(
+        owner=reply.owner,
+        message_id=reply.pk,
+        conversation_id=reply.conversation_id,
+        key_id=key.pk if key else None,
+        key_label=key.label if key else "",
+        preset=key.preset if key else reply.conversation.preset,
+        model=reply.conversation.model,
+        status=status,
+        error_kind=error_kind,
+        tokens=tokens,
+        reasoning_tokens=reasoning,
+        ttft_ms=timings["ttft_ms"],
+        latency_ms=timings["latency_ms"],
+    )
+
+
 def _store(reply: Message, state: TurnState, **fields: object) -> bool:
-    """Store the outcome once: only a turn still `running` can be finished."""
+    """Store the outcome and its usage once: only a turn still `running` can be finished."""
     cipher = OwnerCipher(reply.owner)
     values = {
         "sealed_content": cipher.seal(PURPOSE_MESSAGE, reply.pk, state.text),
@@ -431,7 +496,14 @@ def _store(reply: Message, state: TurnState, **fields: object) -> bool:
         **_usage_fields(state),
         **fields,
     }
-    stored = bool(Message.objects.filter(pk=reply.pk, status=Status.RUNNING).update(**values))
+    with transaction.atomic():
+        stored = bool(Message.objects.filter(pk=reply.pk, status=Status.RUNNING).update(**values))
+        if stored:
+            usage_record(
+                turn=_turn_usage(
+                    reply, state, str(fields["status"]), str(fields.get("error_kind", ""))
+                )
+            )
     if stored and state.key is not None and state.provider_calls:
         provider_key_mark_used(key=state.key)
     return stored

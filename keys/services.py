@@ -580,7 +580,7 @@ def provider_key_verify(*, key_id: str) -> ProviderKey | None:
     # Revoked and expired keys stay so until the user replaces the secret.
     ProviderKey.objects.filter(pk=key.pk, check_requested_at=key.check_requested_at).exclude(
         status__in=[Status.REVOKED, Status.EXPIRED]
-    ).update(status=status, status_reason=reason, last_verified_at=now)
+    ).update(status=status, status_reason=reason, last_verified_at=now, updated_at=now)
     audit_record(
         owner=key.owner,
         action=Action.KEY_VERIFIED,

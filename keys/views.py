@@ -15,6 +15,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from accounts.http import AuthenticatedRequest
 from accounts.models import AuditEvent
 from accounts.services import client_ip
+from accounts.sudo import require_sudo
 from keys import services
 from keys.forms import (
     ProviderKeyAddForm,
@@ -57,6 +58,7 @@ def key_list(request: AuthenticatedRequest) -> HttpResponse:
 @sensitive_post_parameters("secret")
 @sensitive_variables("form", "data")
 @login_required
+@require_sudo
 @require_http_methods(["GET", "POST"])
 def key_add(request: AuthenticatedRequest) -> HttpResponse:
     form = ProviderKeyAddForm(request.POST or None, initial={"preset": request.GET.get("preset")})
@@ -202,6 +204,7 @@ def key_set_expiry(request: AuthenticatedRequest, key_id: object) -> HttpRespons
 @sensitive_post_parameters("secret")
 @sensitive_variables("form")
 @login_required
+@require_sudo
 @require_http_methods(["GET", "POST"])
 def key_replace(request: AuthenticatedRequest, key_id: object) -> HttpResponse:
     key = _key_for(request, key_id)
@@ -232,6 +235,7 @@ def key_move(
 
 
 @login_required
+@require_sudo
 @require_http_methods(["GET", "POST"])
 def key_revoke(request: AuthenticatedRequest, key_id: object) -> HttpResponse:
     key = _key_for(request, key_id)
@@ -245,6 +249,7 @@ def key_revoke(request: AuthenticatedRequest, key_id: object) -> HttpResponse:
 
 
 @login_required
+@require_sudo
 @require_http_methods(["GET", "POST"])
 def key_delete(request: AuthenticatedRequest, key_id: object) -> HttpResponse:
     key = _key_for(request, key_id)

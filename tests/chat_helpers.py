@@ -83,3 +83,28 @@ def wait_final(message: Message, timeout=20.0) -> Message:
 
 def send(conversation, text="Hello there"):
     return message_send(conversation=conversation, text=text)
+
+
+def vendor_chat(owner, fake, preset, model, *, label="Vendor key"):
+    """A conversation on a vendor preset (anthropic, gemini...) whose key points at the fake.
+
+    Vendor presets always use the vendor's URL, so the key is re-pointed in the database and
+    re-sealed for the new binding, exactly as the vault would have sealed it there.
+    """
+    from keys.models import ProviderKey
+    from keys.services import _seal_secret
+
+    key = add_key(owner, fake, preset="custom", label=label)
+    base_path = {"anthropic": "anthropic", "gemini": "gemini"}.get(preset, "openai")
+    ProviderKey.objects.filter(pk=key.pk).update(preset=preset, base_url=fake.base_url(base_path))
+    key.refresh_from_db()
+    _seal_secret(key, "sk-test-good-0123456789abcdefWXYZ")
+    key.save(update_fields=["sealed_secret", "fingerprint"])
+    return conversation_create(owner=owner, key=key, model=model), key
+
+
+CHAT_PATHS = {
+    "custom": "/chat/completions",
+    "anthropic": "/messages",
+    "gemini": "streamGenerateContent",
+}

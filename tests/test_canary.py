@@ -159,7 +159,12 @@ def test_a_canary_key_is_found_only_in_the_request_the_provider_received(
         visit(client.get(url))
     visit(client.post(reverse("keys:replace", args=[key.pk]), {"secret": canary}))
     wait_for_status(key)
+    from tests.security_helpers import allow_code_reuse, code_for, enrol
+
+    device, _ = enrol(operator)
+    allow_code_reuse(device)
     client.force_login(operator)
+    client.post(reverse("accounts:two_factor_verify") + "?next=/admin/", {"token": code_for(device)})
     for url in (
         "/admin/",
         "/admin/keys/providerkey/",

@@ -1,0 +1,308 @@
+"""Idle SSE streams held by one web process (uvicorn, one process).
+
+Every stream follows its own turn that never progresses: the messages are sent (through the
+chat service) with no Celery worker running, so they stay queued. A small raw-socket client
+opens the streams in steps; after each step the benchmark reads the web process's resident
+memory (VmRSS), its threads and open files, and the number of Redis client connections
+(CLIENT LIST). At the end every stream is held for one SSE heartbeat period, and must still
+be open.
+
+Targets: >= 5,000 streams, <= 50 kB of web-process memory per stream, and Redis connections
+per process, not per stream.
+
+    .venv/bin/python bench/bench_idle_streams.py [--quick] [--set steps=1000,5000]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import (
+    CpuMeter,
+    Figure,
+    RawSse,
+    Stack,
+    apply_overrides,
+    figure,
+    ms,
+    open_fds,
+    parse_args,
+    pct,
+    phase,
+    print_table,
+    rss_kb,
+    run,
+    say,
+    unique_email,
+    write_results,
+)
+
+TARGET_STREAMS = 5000
+TARGET_KB = 50.0
+TARGET_REDIS_ADDED = 50  # a pool per process, not a connection per stream
+OPEN_CONCURRENCY = 64
+OPEN_TIMEOUT = 60.0
+
+
+def sizes(quick: bool) -> dict[str, Any]:
+    if quick:
+        return {"steps": [100, 300], "users": 2, "settle": 2, "hold": 0}
+    return {
+        "steps": [1000, 2500, 5000],  # streams open, cumulative
+        "users": 10,
+        "settle": 3,  # seconds after a step before measuring
+        "hold": -1,  # seconds to hold at the end; -1: one heartbeat period + 3 s
+    }
+
+
+def threads_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Holder:
+    """Holds SSE connections open: each task opens one stream, waits for its first bytes
+    (the `retry:` line), then reads and counts keep-alives until told to stop."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.opened = 0
+        self.failed: list[str] = []
+        self.closed_early = 0
+        self.keepalives = 0
+        self.open_times: list[float] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.stop = asyncio.Event()
+        self.limit = asyncio.Semaphore(OPEN_CONCURRENCY)
+
+    async def open_many(self, targets: list[tuple[str, dict[str, str]]]) -> None:
+        ready = [asyncio.get_running_loop().create_future() for _ in targets]
+        for (path, cookies), future in zip(targets, ready, strict=True):
+            self.tasks.append(asyncio.create_task(self._hold(path, cookies, future)))
+        await asyncio.gather(*ready)
+
+    async def _hold(self, path: str, cookies: dict[str, str], ready: asyncio.Future[None]) -> None:
+        stream = RawSse(self.port, path, cookies)
+        try:
+            async with self.limit:
+                started = time.monotonic()
+                async with asyncio.timeout(OPEN_TIMEOUT):
+                    await stream.open()
+                    first = await stream.chunk()
+                if not first or b"retry:" not in first:
+                    raise RuntimeError(f"unexpected first bytes {first!r}")
+                self.open_times.append(time.monotonic() - started)
+                self.opened += 1
+            ready.set_result(None)
+            while not self.stop.is_set():
+                chunk = await stream.chunk()
+                if chunk is None:
+                    self.closed_early += 1
+                    return
+                self.keepalives += chunk.count(b": keep-alive")
+        except Exception as error:
+            if not ready.done():
+                self.failed.append(f"{type(error).__name__}: {error}"[:200])
+                ready.set_result(None)
+            elif not self.stop.is_set():
+                self.closed_early += 1
+        finally:
+            stream.close()
+
+    @property
+    def alive(self) -> int:
+        return self.opened - self.closed_early
+
+    async def close_all(self) -> None:
+        self.stop.set()
+        for task in self.tasks:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(*self.tasks, return_exceptions=True), 30)
+
+
+def snapshot(stack: Stack, holder: Holder) -> dict[str, Any]:
+    web = stack.pid("web")
+    return {
+        "streams_open": holder.alive,
+        "web_rss_kb": rss_kb(web),
+        "web_threads": threads_of(web),
+        "web_open_files": open_fds(web),
+        "redis_connections": stack.redis_connections(),
+    }
+
+
+async def measure(stack: Stack, targets: list[tuple[str, dict[str, str]]], n: dict) -> dict:
+    holder = Holder(stack.web_port)
+    heartbeat = float(stack.env.get("BYOK_SSE_HEARTBEAT_SECONDS", "15"))
+    # Warm the web process up (imports, pools, the hub) with a few streams, then close them.
+    warm = Holder(stack.web_port)
+    await warm.open_many(targets[:5])
+    await warm.close_all()
+    await asyncio.sleep(n["settle"])
+    base = snapshot(stack, holder)
+    say(f"baseline: {base}")
+    steps = []
+    done = 0
+    try:
+        for count in n["steps"]:
+            began = time.monotonic()
+            await holder.open_many(targets[done:count])
+            took = time.monotonic() - began
+            opened_now = count - done
+            done = count
+            await asyncio.sleep(n["settle"])
+            meter = CpuMeter({"web": stack.pid("web")})
+            await asyncio.sleep(2)
+            snap = snapshot(stack, holder)
+            snap.update(
+                {
+                    "step": count,
+                    "open_seconds": round(took, 1),
+                    "opens_per_second": round(opened_now / took, 1) if took else None,
+                    "open_ms_p50": ms(pct(holder.open_times[-opened_now:], 50)),
+                    "open_ms_p95": ms(pct(holder.open_times[-opened_now:], 95)),
+                    "failed_opens": len(holder.failed),
+                    "web_cpu_percent_idle": meter.read()["web"],
+                    "kb_per_stream": round((snap["web_rss_kb"] - base["web_rss_kb"]) / count, 1),
+                    "redis_added": snap["redis_connections"] - base["redis_connections"],
+                }
+            )
+            steps.append(snap)
+            say(f"step {count}: {snap}")
+            stack.check_alive()
+            if holder.failed:
+                say(f"stopping: {len(holder.failed)} streams failed to open: {holder.failed[:3]}")
+                break
+        hold = n["hold"] if n["hold"] >= 0 else heartbeat + 3
+        held: dict[str, Any] = {}
+        if hold:
+            say(f"holding {holder.alive} streams for {hold:.0f}s (heartbeat every {heartbeat:g}s)")
+            meter = CpuMeter({"web": stack.pid("web")})
+            before = holder.keepalives
+            await asyncio.sleep(hold)
+            held = snapshot(stack, holder)
+            held.update(
+                {
+                    "seconds": hold,
+                    "keepalives_received": holder.keepalives - before,
+                    "web_cpu_percent": meter.read()["web"],
+                    "kb_per_stream": round((held["web_rss_kb"] - base["web_rss_kb"]) / done, 1)
+                    if done
+                    else None,
+                    "redis_added": held["redis_connections"] - base["redis_connections"],
+                }
+            )
+            say(f"after holding: {held}")
+    finally:
+        await holder.close_all()
+    return {
+        "baseline": base,
+        "steps": steps,
+        "held": held,
+        "failed_opens": holder.failed[:5],
+        "failed_count": len(holder.failed),
+        "closed_early": holder.closed_early,
+    }
+
+
+def main() -> None:
+    args = parse_args(__doc__ or "")
+    n = apply_overrides(sizes(args.quick), args)
+    started = time.monotonic()
+    total = max(n["steps"])
+    # No worker: every turn stays queued, so its stream stays open and idle.
+    with Stack("idle", worker_concurrency=None, keep=args.keep) as stack:
+        from django.urls import reverse
+
+        from chat.models import Conversation
+        from chat.services import message_send
+
+        targets: list[tuple[str, dict[str, str]]] = []
+        with phase(f"setup: {n['users']} users, {total} conversations with a queued reply"):
+            per_user = -(-total // n["users"])
+            for index in range(n["users"]):
+                user = stack.create_user(unique_email(f"idle{index}"))
+                key = stack.create_key(user)
+                cookies = stack.login(user.email)
+                for conversation_id in stack.create_conversations(user, key, per_user):
+                    conversation = Conversation.objects.get(pk=conversation_id)
+                    _, reply = message_send(conversation=conversation, text="Wait for me")
+                    targets.append((reverse("chat:stream", args=[reply.pk]), cookies))
+            targets = targets[:total]
+        with phase(f"open and hold up to {total} idle streams"):
+            result = asyncio.run(measure(stack, targets, n))
+
+    last = result["held"] or (result["steps"][-1] if result["steps"] else {})
+    held_streams = last.get("streams_open", 0)
+    figures: list[Figure] = [
+        figure(
+            "idle streams held by one web process",
+            float(held_streams),
+            "streams",
+            at_least=TARGET_STREAMS,
+            note=f"{result['failed_count']} failed to open, {result['closed_early']} closed "
+            "early" + (" (held through one heartbeat)" if result["held"] else ""),
+        ),
+        figure(
+            "web process memory per idle stream",
+            float(last.get("kb_per_stream") or float("nan")),
+            "kB",
+            at_most=TARGET_KB,
+            note=f"VmRSS {result['baseline']['web_rss_kb']:,} kB -> "
+            f"{last.get('web_rss_kb', 0):,} kB; threads {result['baseline']['web_threads']} -> "
+            f"{last.get('web_threads')}; open files {last.get('web_open_files')}",
+        ),
+        figure(
+            "Redis connections added by the web process",
+            float(last.get("redis_added", float("nan"))),
+            "connections",
+            at_most=TARGET_REDIS_ADDED,
+            note=f"CLIENT LIST {result['baseline']['redis_connections']} -> "
+            f"{last.get('redis_connections')} with {held_streams} streams",
+        ),
+    ]
+    if result["held"]:
+        figures.append(
+            figure(
+                "web CPU while holding idle streams",
+                float(result["held"]["web_cpu_percent"]),
+                "% of a core",
+                note=f"{result['held']['keepalives_received']} keep-alives received "
+                f"in {result['held']['seconds']:.0f}s",
+            )
+        )
+    title = "bench_idle_streams" + (
+        " (QUICK: sizes reduced, targets not meaningful)" if args.quick else ""
+    )
+    print_table(title, figures)
+    print("steps\n  streams   RSS kB  kB/stream  threads  files  redis conns  opens/s  open p95 ms")
+    for step in result["steps"]:
+        print(
+            f"  {step['streams_open']:>7} {step['web_rss_kb']:>8} {step['kb_per_stream']:>10} "
+            f"{step['web_threads']:>8} {step['web_open_files']:>6} "
+            f"{step['redis_connections']:>12} {step['opens_per_second']:>8} "
+            f"{step['open_ms_p95']:>12}"
+        )
+    print(flush=True)
+    write_results(
+        "idle_streams",
+        {
+            "quick": args.quick,
+            "sizes": n,
+            "figures": [f.as_json() for f in figures],
+            **result,
+            "seconds": round(time.monotonic() - started, 1),
+        },
+    )
+    say(f"done in {time.monotonic() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    run(main)

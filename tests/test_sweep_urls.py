@@ -1,0 +1,215 @@
+"""The privacy sweep: every URL pattern, as a visitor and as bob holding alice's ids.
+
+Any page, fragment, SSE stream, CSV or download that shows alice's data to someone else
+fails here, and so does a URL pattern that nobody gave an access rule (sweep_registry).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+
+import pytest
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+
+from accounts.models import AccountExport, UserSession
+from chat.models import Message
+from keys.models import ProviderKey
+from tests.conftest import PASSWORD
+from tests.keys_helpers import add_key
+from tests.security_helpers import make_conversation
+from tests.sweep_registry import ANON, LOGIN, OWNER, PUBLIC, STAFF, rule_for
+
+pytestmark = pytest.mark.django_db
+
+MARKERS = ("ALICE-KEY-LABEL", "ALICE-TITLE", "ALICE-MESSAGE", "ALICE-DISPLAY", "alice@example")
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str  # "ns:name", or "ns:<route>" for an unnamed pattern
+    route: str
+    params: tuple[str, ...]
+    named: bool = True
+
+
+def _params(pattern: URLPattern | URLResolver) -> tuple[str, ...]:
+    inner = pattern.pattern
+    converters = getattr(inner, "converters", None)
+    if converters:
+        return tuple(converters)
+    return tuple(inner.regex.groupindex)
+
+
+def walk(patterns=None, namespace: str = "", prefix: str = "", params=()) -> Iterator[Route]:
+    for pattern in patterns if patterns is not None else get_resolver().url_patterns:
+        route = prefix + str(pattern.pattern)
+        these = params + _params(pattern)
+        if isinstance(pattern, URLResolver):
+            inner_ns = ":".join(filter(None, [namespace, pattern.namespace or ""]))
+            yield from walk(pattern.url_patterns, inner_ns, route, these)
+        else:
+            label = pattern.name or f"<{route}>"
+            name = ":".join(filter(None, [namespace, label]))
+            yield Route(name, route, these, named=pattern.name is not None)
+
+
+def all_routes() -> list[Route]:
+    return list(walk())
+
+
+def test_every_url_pattern_has_an_access_rule():
+    missing = sorted({r.name for r in all_routes() if rule_for(r.name) is None})
+    assert not missing, (
+        f"URL patterns without an access rule: {missing}. Add each to "
+        "tests/sweep_registry.py with who may reach it."
+    )
+
+
+@pytest.fixture
+def world(alice, bob):
+    """Alice owns one of everything, marked so a leak is recognisable."""
+    alice.display_name = "ALICE-DISPLAY"
+    alice.save(update_fields=["display_name"])
+    key = add_key(alice, None, preset="openai", label="ALICE-KEY-LABEL")
+    conversation = make_conversation(alice, key, "ALICE-MESSAGE text", title="ALICE-TITLE")
+    reply = Message.objects.get(conversation=conversation, role="assistant")
+    alices_browser = Client()
+    alices_browser.post(reverse("accounts:login"), {"username": alice.email, "password": PASSWORD})
+    session = UserSession.objects.get(owner=alice)
+    from django.test import RequestFactory
+
+    from accounts import exports
+
+    export = exports.account_export_request(user=alice, request=RequestFactory().post("/"))
+    exports.account_export_build(export_id=str(export.pk))
+    return {
+        "key_id": key.pk,
+        "conversation_id": conversation.pk,
+        "message_id": reply.pk,
+        "session_id": session.pk,
+        "export_id": export.pk,
+        "direction": "up",
+        "uidb64": "MQ",
+        "token": "set-password",
+        "day": date.today().isoformat(),
+        "scope": str(key.pk),
+        # admin
+        "object_id": str(alice.pk),
+        "id": str(alice.pk),
+        "app_label": "accounts",
+        "content_type_id": "1",
+        "url": "x",
+    }
+
+
+def url_kwargs(route: Route, world: dict[str, object]) -> dict[str, object]:
+    missing = [p for p in route.params if p not in world]
+    assert not missing, f"{route.name}: teach url_kwargs about {missing}"
+    return {p: world[p] for p in route.params}
+
+
+def url_of(route: Route, world) -> str:
+    kwargs = url_kwargs(route, world)
+    if not route.named:
+        # Unnamed (the admin's redirects and catch-all): fill the pattern by hand.
+        path = re.sub(r"\(\?P<(\w+)>[^)]*\)", lambda m: str(kwargs[m.group(1)]), route.route)
+        path = re.sub(r"<(?:\w+:)?(\w+)>", lambda m: str(kwargs[m.group(1)]), path)
+        return "/" + path.replace("^", "").replace("$", "").replace("\\", "")
+    return reverse(route.name, kwargs=kwargs)
+
+
+def body_of(response) -> str:
+    if getattr(response, "streaming", False):
+        return b"".join(response.streaming_content).decode(errors="replace")
+    return response.content.decode(errors="replace")
+
+
+def assert_no_leak(response, where: str) -> None:
+    text = body_of(response) + "".join(f"{k}: {v}" for k, v in response.items())
+    for marker in MARKERS:
+        assert marker not in text, f"{where} leaks {marker!r}"
+
+
+def not_a_crash(response, route: Route) -> bool:
+    # /healthz answers 503 on purpose when no worker runs (as here).
+    return response.status_code < 500 or (route.name == "healthz" and response.status_code == 503)
+
+
+def goes_to_login(response, route: Route) -> bool:
+    if response.status_code != 302:
+        return False
+    if route.name.endswith("logout"):  # logging out a visitor just goes home
+        return response["Location"] in ("/", "/admin/")
+    return response["Location"].startswith(("/accounts/login/", "/admin/login/"))
+
+
+ROUTES = [r for r in all_routes() if rule_for(r.name) is not None]
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.name)
+def test_a_visitor_never_sees_a_users_data(client, world, route):
+    url = url_of(route, world)
+    rule = rule_for(route.name)
+    for method in ("get", "post"):
+        response = getattr(client, method)(url)
+        where = f"{method.upper()} {url} as a visitor"
+        assert not_a_crash(response, route), where
+        if rule in (LOGIN, OWNER, STAFF):
+            assert goes_to_login(response, route) or response.status_code == 405, (
+                where,
+                response.status_code,
+            )
+        assert_no_leak(response, where)
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.name)
+def test_bob_holding_alices_ids_never_sees_her_data(bob, world, route):
+    url = url_of(route, world)
+    rule = rule_for(route.name)
+    for method in ("get", "post"):
+        client = Client()
+        client.force_login(bob)
+        response = getattr(client, method)(url)
+        where = f"{method.upper()} {url} as bob"
+        assert not_a_crash(response, route), where
+        if rule == OWNER:
+            assert response.status_code in (404, 405), (where, response.status_code)
+        elif rule == STAFF:
+            # Non-staff go to the admin's log-in, which refuses them (403), or get a 403/405.
+            assert response.status_code in (302, 403, 405), (where, response.status_code)
+            if response.status_code == 302:
+                assert response["Location"].startswith("/admin/login/") or (
+                    route.name.endswith("logout") and response["Location"] == "/admin/"
+                ), where
+        elif rule in (ANON, PUBLIC, LOGIN):
+            assert not_a_crash(response, route), where
+        assert_no_leak(response, where)
+    assert_alices_things_are_intact(world)
+
+
+def assert_alices_things_are_intact(world) -> None:
+    key = ProviderKey.objects.get(pk=world["key_id"])
+    assert key.label == "ALICE-KEY-LABEL" and key.status != "revoked"
+    assert Message.objects.filter(pk=world["message_id"]).exists()
+    assert UserSession.objects.filter(pk=world["session_id"]).exists()
+    assert AccountExport.objects.get(pk=world["export_id"]).status == "ready"
+
+
+def test_the_sweep_covers_the_kinds_of_response_that_could_leak():
+    names = {r.name for r in ROUTES}
+    for expected in ("chat:stream", "keys:status", "accounts:export_download", "usage:export"):
+        assert expected in names
+
+
+def test_alice_herself_gets_her_pages(world, alice):
+    """The sweep's ids are real: the owner reaches the same URLs."""
+    client = Client()
+    client.force_login(alice)
+    for name in ("keys:detail", "chat:conversation", "accounts:export_status"):
+        route = next(r for r in ROUTES if r.name == name)
+        response = client.get(url_of(route, world))
+        assert response.status_code == 200, name

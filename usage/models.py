@@ -1,0 +1,259 @@
+"""Usage, prices and spend control.
+
+Money is integer micro-dollars (1 USD = 1,000,000); prices are micro-dollars per million
+tokens. A price or cost of None means "unknown" — never zero.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, ClassVar
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+if TYPE_CHECKING:
+    from accounts.models import User
+
+# Stands for "no key" in rollups and "all keys" in caps: unique constraints treat NULLs as
+# distinct on SQLite, so a real value keeps the upserts race-free on every database.
+NO_KEY = uuid.UUID(int=0)
+
+
+class ModelPrice(models.Model):
+    """Public per-million-token prices of one provider's model; operators may override."""
+
+    preset = models.CharField("provider", max_length=32)
+    model = models.CharField(max_length=200)
+    input_per_mtok = models.PositiveBigIntegerField("input (µ$ per 1M tokens)")
+    output_per_mtok = models.PositiveBigIntegerField("output (µ$ per 1M tokens)")
+    cache_read_per_mtok = models.PositiveBigIntegerField(
+        "cache read (µ$ per 1M tokens)", null=True, blank=True
+    )
+    cache_write_per_mtok = models.PositiveBigIntegerField(
+        "cache write (µ$ per 1M tokens)", null=True, blank=True
+    )
+    overridden = models.BooleanField(
+        default=False, help_text="Set by an operator; kept when the shipped price list reloads."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["preset", "model"], name="usage_price_unique_model")
+        ]
+        ordering = ["preset", "model"]
+
+    def __str__(self) -> str:
+        return f"{self.preset}/{self.model}"
+
+
+class UsageEventQuerySet(models.QuerySet["UsageEvent"]):
+    def for_owner(self, user: User) -> UsageEventQuerySet:
+        return self.filter(owner=user)
+
+
+class UsageDailyQuerySet(models.QuerySet["UsageDaily"]):
+    def for_owner(self, user: User) -> UsageDailyQuerySet:
+        return self.filter(owner=user)
+
+
+class UsageConversationDailyQuerySet(models.QuerySet["UsageConversationDaily"]):
+    def for_owner(self, user: User) -> UsageConversationDailyQuerySet:
+        return self.filter(owner=user)
+
+
+class SpendCapQuerySet(models.QuerySet["SpendCap"]):
+    def for_owner(self, user: User) -> SpendCapQuerySet:
+        return self.filter(owner=user)
+
+
+class UsageEvent(models.Model):
+    """One finished or failed turn. Unique per message: recording twice is impossible."""
+
+    class Status(models.TextChoices):
+        DONE = "done", "Done"
+        STOPPED = "stopped", "Stopped"
+        ERROR = "error", "Failed"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    message_id = models.UUIDField(unique=True)
+    conversation_id = models.UUIDField(null=True, blank=True)
+    key_id = models.UUIDField(null=True, blank=True)
+    key_label = models.CharField(max_length=80, blank=True)
+    preset = models.CharField(max_length=32)
+    model = models.CharField(max_length=200)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    error_kind = models.CharField(max_length=32, blank=True)
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(default=0)
+    cache_write_tokens = models.PositiveIntegerField(default=0)
+    reasoning_tokens = models.PositiveIntegerField(default=0)
+    # Price snapshot (µ$ per 1M tokens) at the time of the turn; None = unknown.
+    price_input = models.PositiveBigIntegerField(null=True, blank=True)
+    price_output = models.PositiveBigIntegerField(null=True, blank=True)
+    price_cache_read = models.PositiveBigIntegerField(null=True, blank=True)
+    price_cache_write = models.PositiveBigIntegerField(null=True, blank=True)
+    cost_micro = models.PositiveBigIntegerField(null=True, blank=True)
+    ttft_ms = models.PositiveIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    day = models.DateField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects: ClassVar[UsageEventQuerySet] = UsageEventQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        indexes = [models.Index(fields=["owner", "day"]), models.Index(fields=["day"])]
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"usage of message {self.message_id}"
+
+
+class UsageDaily(models.Model):
+    """Rollup per user, day, key and model, updated in the same transaction as each event."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    key_id = models.UUIDField(default=NO_KEY)
+    key_label = models.CharField(max_length=80, blank=True)
+    preset = models.CharField(max_length=32)
+    model = models.CharField(max_length=200)
+    turns = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    cached_tokens = models.PositiveBigIntegerField(default=0)
+    reasoning_tokens = models.PositiveBigIntegerField(default=0)
+    cost_micro = models.PositiveBigIntegerField(default=0)
+    unpriced_turns = models.PositiveIntegerField(default=0)
+
+    objects: ClassVar[UsageDailyQuerySet] = UsageDailyQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "day", "key_id", "model"], name="usage_daily_unique"
+            )
+        ]
+        indexes = [models.Index(fields=["owner", "day"]), models.Index(fields=["day", "preset"])]
+
+    def __str__(self) -> str:
+        return f"{self.owner_id} {self.day} {self.model}"
+
+
+class UsageConversationDaily(models.Model):
+    """Rollup per user, day and conversation, for the "by conversation" table."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    conversation_id = models.UUIDField()
+    turns = models.PositiveIntegerField(default=0)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    cost_micro = models.PositiveBigIntegerField(default=0)
+    unpriced_turns = models.PositiveIntegerField(default=0)
+
+    objects: ClassVar[UsageConversationDailyQuerySet] = UsageConversationDailyQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "day", "conversation_id"], name="usage_conv_daily_unique"
+            )
+        ]
+        indexes = [models.Index(fields=["owner", "day"])]
+
+    def __str__(self) -> str:
+        return f"{self.owner_id} {self.day} {self.conversation_id}"
+
+
+class SpendCap(models.Model):
+    """A monthly cap set by the user: on all their spend (key empty) or on one key."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key_id = models.UUIDField(default=NO_KEY, help_text="NO_KEY: the cap covers all keys.")
+    limit_micro = models.PositiveBigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects: ClassVar[SpendCapQuerySet] = SpendCapQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "key_id"], name="usage_one_cap_per_scope")
+        ]
+
+    def __str__(self) -> str:
+        return f"cap {self.limit_micro} for {self.owner_id}/{self.key_id or 'all'}"
+
+
+class MonthlySpend(models.Model):
+    """Spent and reserved micro-dollars of one cap scope in one month.
+
+    Reservations are taken with a conditional UPDATE (`spent + reserved + amount <= limit`),
+    so concurrent turns cannot run past a cap.
+    """
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key_id = models.UUIDField(default=NO_KEY)
+    month = models.DateField(help_text="First day of the month.")
+    spent_micro = models.BigIntegerField(default=0)
+    reserved_micro = models.BigIntegerField(default=0)
+    warned = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "key_id", "month"], name="usage_monthly_spend_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.owner_id}/{self.key_id or 'all'} {self.month}"
+
+
+class Reservation(models.Model):
+    """The worst-case cost held for one turn until it settles. At most one per message."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    message_id = models.UUIDField(unique=True)
+    key_id = models.UUIDField(null=True, blank=True)
+    month = models.DateField()
+    amount_micro = models.BigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"reservation for {self.message_id}"
+
+
+class UsageSettings(models.Model):
+    """A user's usage preferences."""
+
+    owner = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="usage_settings"
+    )
+    allow_unknown_prices = models.BooleanField(
+        default=False,
+        help_text="Let models with an unknown price run even when a spend cap applies.",
+    )
+
+    def __str__(self) -> str:
+        return f"usage settings of {self.owner_id}"
+
+
+class RateLimitOverride(models.Model):
+    """An operator's per-user exception to the default rate limits."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="rate_limit_override"
+    )
+    turns_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    concurrent_turns = models.PositiveIntegerField(null=True, blank=True)
+    note = models.CharField(max_length=200, blank=True)
+
+    def __str__(self) -> str:
+        return f"rate limits of {self.user_id}"

@@ -1,0 +1,110 @@
+"""Per-user rate limits in Redis: turns per minute and concurrent turns, both atomic.
+
+Defaults come from settings; operators override them per user (RateLimitOverride).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import redis
+from django.conf import settings
+
+from accounts.models import User
+from byok_site.redis import get_redis
+from usage.models import RateLimitOverride
+
+logger = logging.getLogger(__name__)
+
+# Add `member` to the set of running turns unless it is full; entries older than the turn
+# hard limit are dropped first, so a turn whose worker died cannot hold a slot forever.
+_ACQUIRE_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[4]) then return 1 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+# Count one more turn in the current minute unless the limit is reached.
+_COUNT_TURN = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used >= tonumber(ARGV[1]) then return -1 end
+used = redis.call('INCR', KEYS[1])
+if used == 1 then redis.call('EXPIRE', KEYS[1], 61) end
+return used
+"""
+
+
+class RateLimited(Exception):
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Limits:
+    turns_per_minute: int
+    concurrent_turns: int
+
+
+def limits_for(user: User) -> Limits:
+    override = RateLimitOverride.objects.filter(user=user).first()
+    return Limits(
+        turns_per_minute=(override and override.turns_per_minute)
+        or settings.BYOK_RATE_TURNS_PER_MINUTE,
+        concurrent_turns=(override and override.concurrent_turns)
+        or settings.BYOK_MAX_CONCURRENT_TURNS,
+    )
+
+
+def _running_key(user_id: object) -> str:
+    return f"byok:rl:running:{user_id}"
+
+
+def turn_admit(*, user: User, message_id: object) -> None:
+    """Count a new turn against the user's limits, or raise RateLimited saying when to retry."""
+    limits = limits_for(user)
+    client = get_redis()
+    now = time.time()
+    minute = int(now // 60)
+    used = client.eval(
+        _COUNT_TURN, 1, f"byok:rl:minute:{user.pk}:{minute}", limits.turns_per_minute
+    )
+    if int(used) < 0:
+        wait = max(1, 60 - int(now % 60))
+        raise RateLimited(
+            f"You have sent {limits.turns_per_minute} messages this minute, the most allowed. "
+            f"You can send again in {wait} seconds.",
+            retry_after=wait,
+        )
+    stale_before = now - settings.BYOK_TURN_HARD_LIMIT - 60
+    acquired = client.eval(
+        _ACQUIRE_SLOT,
+        1,
+        _running_key(user.pk),
+        stale_before,
+        limits.concurrent_turns,
+        now,
+        str(message_id),
+        settings.BYOK_TURN_HARD_LIMIT + 120,
+    )
+    if not int(acquired):
+        raise RateLimited(
+            f"You have {limits.concurrent_turns} replies being written at once, the most "
+            "allowed. You can send again as soon as one finishes.",
+            retry_after=5,
+        )
+
+
+def turn_release(*, user_id: object, message_id: object) -> None:
+    """Free the turn's concurrency slot (idempotent). With Redis away, the slot goes stale
+    and is dropped by the next admission."""
+    try:
+        get_redis().zrem(_running_key(user_id), str(message_id))
+    except redis.RedisError:
+        logger.warning("could not free the turn slot of message %s", message_id)
