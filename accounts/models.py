@@ -119,6 +119,12 @@ class AuditEvent(models.Model):
         EXPORT_REQUESTED = "account.export_requested", "Data export requested"
         EXPORT_DOWNLOADED = "account.export_downloaded", "Data export downloaded"
         OPERATOR_CHANGED = "operator.changed", "Account changed by an operator"
+        # Operator actions (ops/, byok_site/admin.py).
+        OPERATOR_DISABLED = "operator.disabled", "Account disabled by an operator"
+        OPERATOR_ENABLED = "operator.enabled", "Account enabled by an operator"
+        OPERATOR_SESSIONS_ENDED = "operator.sessions_ended", "All sessions ended by an operator"
+        OPERATOR_RATE_LIMITS = "operator.rate_limits", "Rate limits changed by an operator"
+        OPERATOR_PRICE_CHANGED = "operator.price_changed", "Model price changed by an operator"
 
     owner = models.ForeignKey(User, on_delete=models.CASCADE, related_name="audit_events")
     actor = models.ForeignKey(

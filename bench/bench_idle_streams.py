@@ -138,25 +138,65 @@ def snapshot(stack: Stack, holder: Holder) -> dict[str, Any]:
     }
 
 
-async def measure(stack: Stack, targets: list[tuple[str, dict[str, str]]], n: dict) -> dict:
+class Targets:
+    """Queued turns to follow, made through the chat service (a conversation and a sent
+    message each, round-robin over the users), in the benchmark's worker thread."""
+
+    def __init__(self, stack: Stack, users: list[tuple[Any, Any, dict[str, str]]]) -> None:
+        self.stack = stack
+        self.users = users
+        self.made = 0
+
+    def make(self, count: int) -> list[tuple[str, dict[str, str]]]:
+        from django.db import connection
+        from django.urls import reverse
+
+        from chat.services import conversation_create, message_send
+
+        targets = []
+        try:
+            for _ in range(count):
+                user, key, cookies = self.users[self.made % len(self.users)]
+                conversation = conversation_create(owner=user, key=key, model="fake-gpt-large")
+                _, reply = message_send(conversation=conversation, text="Wait for me")
+                targets.append((reverse("chat:stream", args=[reply.pk]), cookies))
+                self.made += 1
+        finally:
+            connection.close()
+        return targets
+
+
+async def measure(stack: Stack, maker: Targets, n: dict) -> dict:
+    loop = asyncio.get_running_loop()
     holder = Holder(stack.web_port)
     heartbeat = float(stack.env.get("BYOK_SSE_HEARTBEAT_SECONDS", "15"))
+    steps_wanted = list(n["steps"])
+    # Setup of the next step's turns (bench process) overlaps the opening of this step's
+    # streams (web process): the whole run stays within a few minutes.
+    pending = loop.run_in_executor(None, maker.make, steps_wanted[0] + 5)
+    targets = await pending
     # Warm the web process up (imports, pools, the hub) with a few streams, then close them.
     warm = Holder(stack.web_port)
     await warm.open_many(targets[:5])
     await warm.close_all()
+    targets = targets[5:]
     await asyncio.sleep(n["settle"])
     base = snapshot(stack, holder)
     say(f"baseline: {base}")
     steps = []
     done = 0
     try:
-        for count in n["steps"]:
+        for index, count in enumerate(steps_wanted):
+            following = steps_wanted[index + 1] - count if index + 1 < len(steps_wanted) else 0
+            pending = loop.run_in_executor(None, maker.make, following)
+            meter = CpuMeter({"web": stack.pid("web")})
             began = time.monotonic()
-            await holder.open_many(targets[done:count])
+            await holder.open_many(targets)
             took = time.monotonic() - began
-            opened_now = count - done
+            opening_cpu = meter.read()["web"]
+            opened_now = len(targets)
             done = count
+            targets = await pending
             await asyncio.sleep(n["settle"])
             meter = CpuMeter({"web": stack.pid("web")})
             await asyncio.sleep(2)
@@ -168,6 +208,7 @@ async def measure(stack: Stack, targets: list[tuple[str, dict[str, str]]], n: di
                     "opens_per_second": round(opened_now / took, 1) if took else None,
                     "open_ms_p50": ms(pct(holder.open_times[-opened_now:], 50)),
                     "open_ms_p95": ms(pct(holder.open_times[-opened_now:], 95)),
+                    "web_cpu_percent_opening": opening_cpu,
                     "failed_opens": len(holder.failed),
                     "web_cpu_percent_idle": meter.read()["web"],
                     "kb_per_stream": round((snap["web_rss_kb"] - base["web_rss_kb"]) / count, 1),
@@ -217,27 +258,18 @@ def main() -> None:
     n = apply_overrides(sizes(args.quick), args)
     started = time.monotonic()
     total = max(n["steps"])
+    n["steps"] = sorted(n["steps"])
     # No worker: every turn stays queued, so its stream stays open and idle.
     with Stack("idle", worker_concurrency=None, keep=args.keep) as stack:
-        from django.urls import reverse
 
-        from chat.models import Conversation
-        from chat.services import message_send
-
-        targets: list[tuple[str, dict[str, str]]] = []
-        with phase(f"setup: {n['users']} users, {total} conversations with a queued reply"):
-            per_user = -(-total // n["users"])
+        with phase(f"setup: {n['users']} users"):
+            users = []
             for index in range(n["users"]):
                 user = stack.create_user(unique_email(f"idle{index}"))
                 key = stack.create_key(user)
-                cookies = stack.login(user.email)
-                for conversation_id in stack.create_conversations(user, key, per_user):
-                    conversation = Conversation.objects.get(pk=conversation_id)
-                    _, reply = message_send(conversation=conversation, text="Wait for me")
-                    targets.append((reverse("chat:stream", args=[reply.pk]), cookies))
-            targets = targets[:total]
-        with phase(f"open and hold up to {total} idle streams"):
-            result = asyncio.run(measure(stack, targets, n))
+                users.append((user, key, stack.login(user.email)))
+        with phase(f"open and hold up to {total} idle streams (turns made as it goes)"):
+            result = asyncio.run(measure(stack, Targets(stack, users), n))
 
     last = result["held"] or (result["steps"][-1] if result["steps"] else {})
     held_streams = last.get("streams_open", 0)

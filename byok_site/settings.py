@@ -123,7 +123,9 @@ INSTALLED_APPS = [
     "keys",
     "chat",
     "usage",
-    "django.contrib.admin",
+    "ops",
+    # The admin with the operator site (byok_site.admin.OperatorAdminSite) as its default.
+    "byok_site.apps.OperatorAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -11,12 +11,14 @@ from __future__ import annotations
 import calendar
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from functools import partial
+from typing import Any
 
-from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Model, Sum
 from django.utils import timezone
 
 from accounts.models import User
@@ -86,90 +88,140 @@ class TurnUsage:
     latency_ms: int | None
 
 
-def usage_record(*, turn: TurnUsage) -> UsageEvent | None:
+def usage_record(*, turn: TurnUsage) -> bool:
     """Record a turn's usage once, update the rollups and settle its reservation.
 
-    Returns the new event, or None when the message was recorded already (a second call
-    changes nothing). Call inside the transaction that stores the turn's outcome.
+    Returns False when the message was recorded already (a second call changes nothing).
+    Call inside the transaction that stores the turn's outcome. Each write is a single
+    upsert statement, so this stays cheap; it runs once per turn, after the stream has ended.
     """
     price = price_for(turn.preset, turn.model)
     cost = cost_micro(price, turn.tokens) if price is not None else None
     today = timezone.localdate()
     key_id = turn.key_id or NO_KEY
+    model = turn.model[:200]
+    key_label = turn.key_label[:80]
     with transaction.atomic():
-        try:
-            with transaction.atomic():
-                event = UsageEvent.objects.create(
-                    owner=turn.owner,
-                    message_id=turn.message_id,
-                    conversation_id=turn.conversation_id,
-                    key_id=turn.key_id,
-                    key_label=turn.key_label[:80],
-                    preset=turn.preset,
-                    model=turn.model[:200],
-                    status=turn.status,
-                    error_kind=turn.error_kind[:32],
-                    input_tokens=turn.tokens.input,
-                    output_tokens=turn.tokens.output,
-                    cached_tokens=turn.tokens.cached,
-                    cache_write_tokens=turn.tokens.cache_write,
-                    reasoning_tokens=turn.reasoning_tokens,
-                    price_input=price.input if price else None,
-                    price_output=price.output if price else None,
-                    price_cache_read=price.cache_read if price else None,
-                    price_cache_write=price.cache_write if price else None,
-                    cost_micro=cost,
-                    ttft_ms=turn.ttft_ms,
-                    latency_ms=turn.latency_ms,
-                    day=today,
-                )
-        except IntegrityError:
-            return None  # recorded already: never twice
-        _bump(
+        inserted = _insert_ignoring_duplicate(
+            UsageEvent,
+            conflict=("message_id",),
+            values={
+                "owner_id": turn.owner.pk,
+                "message_id": turn.message_id,
+                "conversation_id": turn.conversation_id,
+                "key_id": turn.key_id,
+                "key_label": key_label,
+                "preset": turn.preset,
+                "model": model,
+                "status": turn.status,
+                "error_kind": turn.error_kind[:32],
+                "input_tokens": turn.tokens.input,
+                "output_tokens": turn.tokens.output,
+                "cached_tokens": turn.tokens.cached,
+                "cache_write_tokens": turn.tokens.cache_write,
+                "reasoning_tokens": turn.reasoning_tokens,
+                "price_input": price.input if price else None,
+                "price_output": price.output if price else None,
+                "price_cache_read": price.cache_read if price else None,
+                "price_cache_write": price.cache_write if price else None,
+                "cost_micro": cost,
+                "ttft_ms": turn.ttft_ms,
+                "latency_ms": turn.latency_ms,
+                "day": today,
+                "created_at": timezone.now(),
+            },
+        )
+        if not inserted:
+            return False  # recorded already: never twice
+        _upsert_adding(
             UsageDaily,
-            {"owner": turn.owner, "day": today, "key_id": key_id, "model": event.model},
-            {"key_label": event.key_label, "preset": event.preset},
-            turns=1,
-            errors=1 if turn.status == UsageEvent.Status.ERROR else 0,
-            input_tokens=event.input_tokens,
-            output_tokens=event.output_tokens,
-            cached_tokens=event.cached_tokens,
-            reasoning_tokens=event.reasoning_tokens,
-            cost_micro=cost or 0,
-            unpriced_turns=1 if cost is None else 0,
+            keys={"owner_id": turn.owner.pk, "day": today, "key_id": key_id, "model": model},
+            labels={"key_label": key_label, "preset": turn.preset},
+            counts={
+                "turns": 1,
+                "errors": 1 if turn.status == UsageEvent.Status.ERROR else 0,
+                "input_tokens": turn.tokens.input,
+                "output_tokens": turn.tokens.output,
+                "cached_tokens": turn.tokens.cached,
+                "reasoning_tokens": turn.reasoning_tokens,
+                "cost_micro": cost or 0,
+                "unpriced_turns": 1 if cost is None else 0,
+            },
         )
         if turn.conversation_id is not None:
-            _bump(
+            _upsert_adding(
                 UsageConversationDaily,
-                {"owner": turn.owner, "day": today, "conversation_id": turn.conversation_id},
-                {},
-                turns=1,
-                input_tokens=event.input_tokens,
-                output_tokens=event.output_tokens,
-                cost_micro=cost or 0,
-                unpriced_turns=1 if cost is None else 0,
+                keys={
+                    "owner_id": turn.owner.pk,
+                    "day": today,
+                    "conversation_id": turn.conversation_id,
+                },
+                labels={},
+                counts={
+                    "turns": 1,
+                    "input_tokens": turn.tokens.input,
+                    "output_tokens": turn.tokens.output,
+                    "cost_micro": cost or 0,
+                    "unpriced_turns": 1 if cost is None else 0,
+                },
             )
-        _settle(owner=turn.owner, message_id=turn.message_id, key_id=key_id, cost=cost or 0)
-    return event
+        caps = _scopes(turn.owner, key_id)
+        if caps:
+            _settle(owner=turn.owner, message_id=turn.message_id, caps=caps, cost=cost or 0)
+    return True
 
 
-def _bump(
-    model: type[UsageDaily] | type[UsageConversationDaily],
-    lookup: dict[str, object],
-    extra: dict[str, object],
-    **counts: int,
+def _column_values(model: type[Model], values: Mapping[str, object]) -> tuple[list[str], list[Any]]:
+    """Quoted column names and database-ready values (UUIDs and dates as each backend
+    stores them)."""
+    fields = {field.attname: field for field in model._meta.concrete_fields}
+    columns, prepared = [], []
+    for attname, value in values.items():
+        field = fields[attname]
+        columns.append(connection.ops.quote_name(field.column))
+        prepared.append(field.get_db_prep_save(value, connection))
+    return columns, prepared
+
+
+def _insert_ignoring_duplicate(
+    model: type[Model], *, conflict: tuple[str, ...], values: dict[str, object]
+) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING: True if the row is new."""
+    columns, params = _column_values(model, values)
+    table = connection.ops.quote_name(model._meta.db_table)
+    targets = ", ".join(connection.ops.quote_name(c) for c in conflict)
+    placeholders = ", ".join(["%s"] * len(columns))
+    # Names come from the model's own metadata, quoted; every value is a parameter.
+    sql = (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders}) "  # noqa: S608
+        f"ON CONFLICT ({targets}) DO NOTHING"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount == 1
+
+
+def _upsert_adding(
+    model: type[Model],
+    *,
+    keys: dict[str, object],
+    labels: dict[str, object],
+    counts: dict[str, int],
 ) -> None:
-    """Add `counts` to the rollup row `lookup`, creating it on first use (race-safe)."""
-    increments = {name: F(name) + value for name, value in counts.items() if value}
-    if increments and model.objects.filter(**lookup).update(**increments):
-        return
-    if not increments and model.objects.filter(**lookup).exists():
-        return
-    try:
-        with transaction.atomic():
-            model.objects.create(**lookup, **extra, **counts)
-    except IntegrityError:  # another turn created it first
-        model.objects.filter(**lookup).update(**increments)
+    """Create the row `keys` with `counts`, or add `counts` to it, in one statement
+    (race-free on PostgreSQL and SQLite alike)."""
+    columns, params = _column_values(model, {**keys, **labels, **counts})
+    table = connection.ops.quote_name(model._meta.db_table)
+    key_columns, _ = _column_values(model, keys)
+    count_columns, _ = _column_values(model, counts)
+    additions = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in count_columns)
+    placeholders = ", ".join(["%s"] * len(columns))
+    sql = (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders}) "  # noqa: S608
+        f"ON CONFLICT ({', '.join(key_columns)}) DO UPDATE SET {additions}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 # --- caps and reservations ---------------------------------------------------------------
@@ -267,25 +319,25 @@ def _unreserve(reservation: Reservation) -> None:
     ).update(reserved_micro=F("reserved_micro") - reservation.amount_micro)
 
 
-def _settle(*, owner: User, message_id: uuid.UUID, key_id: uuid.UUID, cost: int) -> None:
-    """Turn the reservation (if any) into real spend, in every ledger of this month."""
+def _settle(*, owner: User, message_id: uuid.UUID, caps: list[SpendCap], cost: int) -> None:
+    """Turn the turn's reservation (if any) into real spend in the ledger of each cap."""
     reservation = Reservation.objects.select_for_update().filter(message_id=message_id).first()
     month = reservation.month if reservation else month_start(timezone.localdate())
     if reservation is not None:
         _unreserve(reservation)
         reservation.delete()
-    if cost:
-        # Both ledgers, always: a cap set later this month starts from the real spend.
-        for scope in {NO_KEY, key_id}:
-            _ledger(owner, scope, month)
-            MonthlySpend.objects.filter(owner=owner, key_id=scope, month=month).update(
-                spent_micro=F("spent_micro") + cost
-            )
-    _warn_if_near_cap(owner, key_id, month)
+    for cap in caps:
+        _upsert_adding(
+            MonthlySpend,
+            keys={"owner_id": owner.pk, "key_id": cap.key_id, "month": month},
+            labels={"reserved_micro": 0, "warned": False},
+            counts={"spent_micro": cost},
+        )
+    _warn_if_near_cap(owner, caps, month)
 
 
-def _warn_if_near_cap(owner: User, key_id: uuid.UUID, month: date) -> None:
-    for cap in _scopes(owner, key_id):
+def _warn_if_near_cap(owner: User, caps: list[SpendCap], month: date) -> None:
+    for cap in caps:
         threshold = int(cap.limit_micro * CAP_WARNING_SHARE)
         if MonthlySpend.objects.filter(
             owner=owner, key_id=cap.key_id, month=month, warned=False, spent_micro__gte=threshold
@@ -316,11 +368,16 @@ def spend_cap_set(*, owner: User, key_id: uuid.UUID | None, limit_micro: int) ->
     cap, _ = SpendCap.objects.update_or_create(
         owner=owner, key_id=key_id or NO_KEY, defaults={"limit_micro": limit_micro}
     )
+    # The ledger only runs while a cap exists: start it from this month's rollups.
     month = month_start(timezone.localdate())
+    rollups = UsageDaily.objects.filter(owner=owner, day__gte=month)
+    if cap.key_id != NO_KEY:
+        rollups = rollups.filter(key_id=cap.key_id)
+    spent = rollups.aggregate(total=Sum("cost_micro"))["total"] or 0
     _ledger(owner, cap.key_id, month)
-    ledger = MonthlySpend.objects.get(owner=owner, key_id=cap.key_id, month=month)
-    if ledger.spent_micro < int(limit_micro * CAP_WARNING_SHARE):
-        MonthlySpend.objects.filter(pk=ledger.pk).update(warned=False)
+    MonthlySpend.objects.filter(owner=owner, key_id=cap.key_id, month=month).update(
+        spent_micro=spent, warned=spent >= int(limit_micro * CAP_WARNING_SHARE)
+    )
     return cap
 
 

@@ -1,0 +1,8 @@
+from django.contrib.admin.apps import AdminConfig
+
+
+class OperatorAdminConfig(AdminConfig):
+    """django.contrib.admin with the operator site as `admin.site`, so every app's
+    `@admin.register` lands on it."""
+
+    default_site = "byok_site.admin.OperatorAdminSite"
