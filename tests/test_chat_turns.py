@@ -406,3 +406,50 @@ def test_many_open_streams_share_one_redis_reader_per_process(
     assert results == ["done"] * len(replies)
     # The pool (3) and the hub's reader: not one connection per stream.
     assert during - before <= 4, f"{during - before} Redis connections for {len(replies)} streams"
+
+
+@pytest.mark.parametrize("preset", ["anthropic", "gemini"])
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        ("invalid_key", "invalid_key"),
+        ("rate_limited", "rate_limited"),
+        ("overloaded", "unavailable"),
+        ("context_too_long", "context_too_long"),
+        ("bad_request", "bad_request"),
+    ],
+)
+def test_each_error_class_of_each_vendor_protocol_ends_the_turn_in_words(
+    alice, fake_provider, preset, error, kind
+):
+    from tests.chat_helpers import CHAT_PATHS, vendor_chat
+
+    conversation, _ = vendor_chat(alice, fake_provider, preset, f"{preset}-model")
+    for _ in range(3):  # rate limits and overloads are retried twice first
+        fake_provider.script(error=error, retry_after=0.05, path=CHAT_PATHS[preset])
+    _, reply = send(conversation)
+    turns.run_turn(str(reply.pk))
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.ERROR
+    assert reply.error_kind == kind
+    assert reply.error_message and "sk-test" not in reply.error_message
+
+
+@pytest.mark.parametrize("preset", ["anthropic", "gemini"])
+def test_a_vendor_stream_error_after_the_first_token_keeps_the_text(alice, fake_provider, preset):
+    from tests.chat_helpers import CHAT_PATHS, vendor_chat
+
+    conversation, _ = vendor_chat(alice, fake_provider, preset, f"{preset}-model")
+    fake_provider.script(
+        text="alpha beta gamma delta",
+        stream_error="overloaded",
+        stream_error_after_tokens=2,
+        path=CHAT_PATHS[preset],
+    )
+    _, reply = send(conversation)
+    turns.run_turn(str(reply.pk))
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.ERROR
+    assert "cut off" in reply.error_message
+    assert text_of(reply).startswith("alpha")
+    assert len([r for r in fake_provider.requests if r.method == "POST"]) == 1
