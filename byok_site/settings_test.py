@@ -37,6 +37,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # test share one database the way the real processes do.
     (BASE_DIR / "var").mkdir(exist_ok=True)  # noqa: F405
     # One file per test process, so runs side by side (two checkouts, CI) never share one.
-    DATABASES["default"]["TEST"] = {  # noqa: F405
+    DATABASES["default"]["TEST"] = {
         "NAME": str(BASE_DIR / "var" / f"test-db-{os.getpid()}.sqlite3")  # noqa: F405
     }

@@ -16,9 +16,22 @@ logger = logging.getLogger(__name__)
 
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
-    if request.user.is_authenticated:
-        return render(request, "home.html")
-    return render(request, "landing.html")
+    """The landing page, or for a signed-in user a dashboard of keys, chats and spend."""
+    if not request.user.is_authenticated:
+        return render(request, "landing.html")
+    from chat.selectors import conversation_list
+    from keys.models import ProviderKey
+    from usage.selectors import parse_period, usage_totals
+
+    user = request.user
+    keys = ProviderKey.objects.for_owner(user)
+    context = {
+        "key_count": keys.usable().count(),
+        "problem_keys": keys.filter(status__in=["invalid", "no_credit", "expired"]).count(),
+        "recent": conversation_list(owner=user)[:5],
+        "month": usage_totals(owner=user, period=parse_period("month")),
+    }
+    return render(request, "home.html", context)
 
 
 def _check_database() -> bool:
