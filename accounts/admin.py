@@ -31,17 +31,17 @@ class UserAdmin(DjangoUserAdmin):
     # operators change profiles and use the actions below.
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         fields = tuple(super().get_readonly_fields(request, obj))
-        if request.user.is_superuser:  # type: ignore[union-attr]
+        if request.user.is_superuser:
             return fields
         return (*fields, "is_staff", "is_superuser", "groups")
 
     def user_change_password(self, request: HttpRequest, id: str, form_url: str = "") -> Any:
-        if not request.user.is_superuser:  # type: ignore[union-attr]
+        if not request.user.is_superuser:
             raise PermissionDenied("Only superusers set passwords; users reset their own.")
         return super().user_change_password(request, id, form_url)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return bool(request.user.is_superuser)  # type: ignore[union-attr]
+        return bool(request.user.is_superuser)
 
     def delete_model(self, request: HttpRequest, obj: User) -> None:
         user_delete(user=obj)  # data key first (crypto-shredding), sessions ended

@@ -209,6 +209,9 @@ async def measure(stack: Stack, maker: Targets, n: dict) -> dict:
                     "open_ms_p50": ms(pct(holder.open_times[-opened_now:], 50)),
                     "open_ms_p95": ms(pct(holder.open_times[-opened_now:], 95)),
                     "web_cpu_percent_opening": opening_cpu,
+                    "web_cpu_ms_per_open": round(opening_cpu * 10 * took / opened_now, 1)
+                    if opened_now
+                    else None,
                     "failed_opens": len(holder.failed),
                     "web_cpu_percent_idle": meter.read()["web"],
                     "kb_per_stream": round((snap["web_rss_kb"] - base["web_rss_kb"]) / count, 1),
@@ -261,7 +264,6 @@ def main() -> None:
     n["steps"] = sorted(n["steps"])
     # No worker: every turn stays queued, so its stream stays open and idle.
     with Stack("idle", worker_concurrency=None, keep=args.keep) as stack:
-
         with phase(f"setup: {n['users']} users"):
             users = []
             for index in range(n["users"]):

@@ -93,7 +93,7 @@ def step_script(tokens: int) -> dict[str, Any]:
 
 async def fast_turns(
     stack: Stack, cookies: dict[str, str], conversations: list[str], n: dict
-) -> tuple[list[DirectCall], list[Turn]]:
+) -> tuple[list[DirectCall], list[Turn], dict[str, float]]:
     script = fast_script(n["fast_tokens"])
     count = n["fast_turns"]
     async with httpx.AsyncClient(base_url=stack.fake_url, trust_env=False, timeout=60) as fake:
@@ -104,11 +104,15 @@ async def fast_turns(
     async with new_client(cookies, stack.web_url) as client:
         await run_turn_httpx(client, conversations[0], "Warm up", TURN_TIMEOUT)
         turns = []
+        meter = CpuMeter(stack.pids())
         for conversation in conversations[1 : count + 1]:
             turns.append(await run_turn_httpx(client, conversation, "Go", TURN_TIMEOUT))
             await asyncio.sleep(0.2)
+        cpu = meter.seconds()
     attach_timings(stack, turns)
-    return direct, turns
+    tokens = count * n["fast_tokens"]
+    cpu_per_token = {name: round(1e6 * sec / tokens, 1) for name, sec in cpu.items()}
+    return direct, turns, cpu_per_token
 
 
 def fast_report(direct: list[DirectCall], turns: list[Turn], n: dict) -> dict[str, Any]:
@@ -179,8 +183,11 @@ def step_report(turns: list[Turn], n: dict, cpu: dict[str, float], cpu_s: dict) 
         "max_gap_ms": ms(max_gap),
         "p99_turn_max_gap_ms": ms(pct(gaps, 99)),
         "turns_with_gap_over_200ms": sum(1 for g in gaps if g > TARGET_GAP_MS / 1000),
-        # Where a gap came from: between two XADDs (worker side) or after the XADD
-        # (Redis -> web -> client).
+        # Where a gap came from: the provider's own pause (the fake, a Python process on the
+        # same cores), between two XADDs (worker side), or after the XADD (Redis, web, client).
+        "max_provider_gap_ms": ms(
+            max((t.fake.get("max_gap") or 0.0 for t in done), default=float("nan"))
+        ),
         "max_xadd_gap_ms": ms(max((t.max_xadd_gap for t in done), default=float("nan"))),
         "max_delivery_ms": ms(max((t.max_delivery for t in done), default=float("nan"))),
         "ttft_ms": summary_ms([t.ttft for t in done if t.ttft is not None]),
@@ -211,8 +218,10 @@ def main() -> None:
             conversations = stack.create_conversations(user, key, n["fast_turns"] + 1)
             cookies = stack.login(user.email)
         with phase(f"one turn at 1,000 tokens/s ({n['fast_tokens']} tokens) x{n['fast_turns']}"):
-            direct, turns = asyncio.run(fast_turns(stack, cookies, conversations, n))
+            direct, turns, cpu = asyncio.run(fast_turns(stack, cookies, conversations, n))
             fast = fast_report(direct, turns, n)
+            fast["cpu_us_per_token"] = cpu
+            say(f"CPU us per token at 1,000 tokens/s: {cpu}")
         stack.check_alive()
         failures = 0
         for count in steps:
@@ -224,12 +233,15 @@ def main() -> None:
             with phase(f"step: {count} concurrent turns at 50 tokens/s"):
                 meter = CpuMeter(stack.pids())
                 turns = asyncio.run(step_turns(stack, cookies, conversations, n))
-                report = step_report(turns, n, meter.read(), meter.seconds())
+                cpu, cpu_s = meter.read(), meter.seconds()
+                attach_timings(stack, turns)
+                report = step_report(turns, n, cpu, cpu_s)
             results[count] = report
             say(
                 f"step {count}: {'PASS' if report['pass'] else 'FAIL'} "
                 f"intact {report['completed_intact']}/{report['turns']}, "
-                f"max gap {report['max_gap_ms']} ms (XADD gap {report['max_xadd_gap_ms']}, "
+                f"max gap {report['max_gap_ms']} ms (provider "
+                f"{report['max_provider_gap_ms']}, XADD gap {report['max_xadd_gap_ms']}, "
                 f"delivery {report['max_delivery_ms']}), TTFT p95 {report['ttft_ms']['p95']} ms"
             )
             failures = 0 if report["pass"] else failures + 1
@@ -273,20 +285,47 @@ def main() -> None:
         " (QUICK: sizes reduced, targets not meaningful)" if args.quick else ""
     )
     print_table(title, figures)
-    header = (
-        f"  {'turns':>5} {'pass':>4} {'intact':>9} {'in flight':>9} {'max gap':>9} "
-        f"{'XADD gap':>9} {'delivery':>9} {'TTFT p95':>9} {'worker%':>7} {'web%':>5} "
-        f"{'other%':>6} {'wk us/tok':>9} {'web us/tok':>10}"
-    )
-    print("ramp (ms; CPU in % of one core; us of CPU per token delivered)\n" + header)
+    columns = [
+        ("turns", 5),
+        ("pass", 4),
+        ("intact", 9),
+        ("in flight", 9),
+        ("max gap", 8),
+        ("prov gap", 8),
+        ("XADD gap", 8),
+        ("delivery", 8),
+        ("TTFT p95", 8),
+        ("worker%", 7),
+        ("web%", 5),
+        ("other%", 6),
+        ("wk us/tok", 9),
+        ("web us/tok", 10),
+    ]
+    print("ramp (gaps, TTFT in ms; CPU in % of one core and in us per token delivered)")
+    print("  " + " ".join(name.rjust(width) for name, width in columns))
     for count, r in results.items():
         cpu, per = r["cpu_percent_of_one_core"], r["cpu_us_per_token"]
+        cells = [
+            count,
+            "yes" if r["pass"] else "no",
+            f"{r['completed_intact']}/{r['turns']}",
+            r["in_flight_median"],
+            f"{r['max_gap_ms']:.0f}",
+            f"{r['max_provider_gap_ms']:.0f}",
+            f"{r['max_xadd_gap_ms']:.0f}",
+            f"{r['max_delivery_ms']:.0f}",
+            f"{r['ttft_ms']['p95']:.0f}",
+            f"{cpu.get('worker', 0):.0f}",
+            f"{cpu.get('web', 0):.0f}",
+            f"{cpu.get('other', 0):.0f}",
+            per.get("worker") or 0,
+            per.get("web") or 0,
+        ]
         print(
-            f"  {count:>5} {'yes' if r['pass'] else 'no':>4} "
-            f"{r['completed_intact']:>4}/{r['turns']:<4} {r['in_flight_median']:>9} "
-            f"{r['max_gap_ms']:>9.0f} {r['max_xadd_gap_ms']:>9.0f} {r['max_delivery_ms']:>9.0f} "
-            f"{r['ttft_ms']['p95']:>9.0f} {cpu.get('worker', 0):>7.0f} {cpu.get('web', 0):>5.0f} "
-            f"{cpu.get('other', 0):>6.0f} {per.get('worker') or 0:>9} {per.get('web') or 0:>10}"
+            "  "
+            + " ".join(
+                str(cell).rjust(width) for cell, (_, width) in zip(cells, columns, strict=True)
+            )
         )
     print(flush=True)
     write_results(

@@ -63,7 +63,7 @@ def sizes(quick: bool) -> dict[str, Any]:
     return {
         "single_turns": 30,
         "warmup": 3,
-        "levels": [10, 50, 100],  # concurrent turns; the target is checked at 100
+        "levels": [10, 100],  # concurrent turns (target checked at 100); try 10,25,50,100
         "rounds": 2,
         "reply_tokens": 200,  # 4 s at 50 tokens/s
         "burst": 100,
@@ -153,11 +153,15 @@ async def single(stack: Stack, cookies: dict[str, str], conversations: list[str]
     async with new_client(cookies, stack.web_url) as client:
         stack.fake_script(warm + count, **SINGLE_SCRIPT)
         turns = []
-        for conversation in conversations[: warm + count]:
+        for conversation in conversations[:warm]:
+            turns.append(await run_turn_httpx(client, conversation, "Hello", TURN_TIMEOUT))
+        meter = CpuMeter(stack.pids())
+        for conversation in conversations[warm : warm + count]:
             turns.append(await run_turn_httpx(client, conversation, "Hello", TURN_TIMEOUT))
             await asyncio.sleep(0.05)
+        cpu = {name: round(1000 * sec / count, 1) for name, sec in meter.seconds().items()}
         attach_timings(stack, turns)
-    return direct[warm:], turns[warm:]
+    return direct[warm:], turns[warm:], cpu
 
 
 async def concurrent(
@@ -265,7 +269,7 @@ def main() -> None:
             cookies = stack.login(user.email)
 
         with phase("1 concurrent turn"):
-            direct1, turns1 = asyncio.run(single(stack, cookies, conversations, n))
+            direct1, turns1, cpu1 = asyncio.run(single(stack, cookies, conversations, n))
             attach_db_times(turns1)
         stack.check_alive()
         for clients in n["levels"]:
@@ -343,6 +347,7 @@ def main() -> None:
     title = "bench_ttft" + (" (QUICK: sizes reduced, targets not meaningful)" if args.quick else "")
     print_table(title, figures)
     print_breakdown("where the time goes (1 turn)", breakdown(turns1, direct1))
+    say(f"CPU ms per turn (1 turn at a time, 20 tokens): {cpu1}")
     if levels:
         print_breakdown(
             f"where the time goes ({levels[-1]['clients']} concurrent)",
@@ -361,6 +366,7 @@ def main() -> None:
             },
             "figures": [f.as_json() for f in figures],
             "single": {
+                "cpu_ms_per_turn": cpu1,
                 "added_ttft_ms": summary_ms(added1),
                 "direct_ttft_ms": summary_ms([d.ttft for d in direct1 if d.ttft is not None]),
                 "breakdown_ms": breakdown(turns1, direct1),

@@ -94,7 +94,7 @@ def apply_overrides(sizes: dict[str, Any], args: argparse.Namespace) -> dict[str
         name, _, value = item.partition("=")
         if name not in sizes:
             raise SystemExit(f"--set {name}: unknown size; known: {', '.join(sorted(sizes))}")
-        if "," in value:
+        if "," in value or isinstance(sizes[name], list):
             sizes[name] = [int(v) for v in value.split(",") if v]
         else:
             sizes[name] = float(value) if "." in value else int(value)

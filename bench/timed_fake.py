@@ -5,8 +5,9 @@
 It is the unchanged fake, plus two things a benchmark needs:
 
 - For every streamed reply it records, in CLOCK_MONOTONIC seconds (the same clock as
-  `time.monotonic()` in every process on the machine), when the request arrived and when the
-  first and the last chunk holding reply text were written to the socket. The reply is found
+  `time.monotonic()` in every process on the machine), when the request arrived, when the
+  first and the last chunk holding reply text were written to the socket, and the longest
+  pause between two such chunks (the fake's own stalls, apart from the relay's). The reply is found
   by the last `bench-<16 hex>` nonce in the request body (the newest user message).
   `GET /__bench__/timings` returns them; `POST /__bench__/clear` forgets them.
 - A listen backlog of 1,024 instead of socketserver's 5, so a burst of new connections from
@@ -45,6 +46,7 @@ class TimedHandler(fake_provider._Handler):
     bench_first: float | None = None
     bench_last: float | None = None
     bench_chunks: int = 0
+    bench_max_gap: float = 0.0
 
     def _dispatch(self) -> None:
         if self.path.startswith("/__bench__/"):
@@ -79,6 +81,7 @@ class TimedHandler(fake_provider._Handler):
         self.bench_nonce = found[-1] if found else None
         self.bench_first = self.bench_last = None
         self.bench_chunks = 0
+        self.bench_max_gap = 0.0
         try:
             super()._stream_reply(protocol, request, script, model)
         finally:
@@ -91,6 +94,8 @@ class TimedHandler(fake_provider._Handler):
             if self.bench_first is None:
                 self.bench_first = now
                 self._bench_record(complete=False)
+            elif self.bench_last is not None:
+                self.bench_max_gap = max(self.bench_max_gap, now - self.bench_last)
             self.bench_last = now
             self.bench_chunks += 1
 
@@ -104,6 +109,7 @@ class TimedHandler(fake_provider._Handler):
                     "first": self.bench_first,
                     "last": self.bench_last,
                     "chunks": self.bench_chunks,
+                    "max_gap": self.bench_max_gap,
                     "complete": complete,
                 }
 

@@ -55,6 +55,10 @@ app.conf.update(
             "task": "keys.tasks.recheck_provider_keys",
             "schedule": 60 * 60,
         },
+        "expire-account-exports": {
+            "task": "accounts.tasks.expire_account_exports",
+            "schedule": 60 * 60,
+        },
         "clear-expired-sessions": {
             "task": "accounts.tasks.clear_expired_sessions",
             "schedule": 60 * 60 * 6,

@@ -58,7 +58,7 @@ class ActiveFilter(admin.SimpleListFilter):
         return queryset.filter(pk__in=active)
 
 
-class RateLimitOverrideInline(admin.StackedInline):  # type: ignore[type-arg]
+class RateLimitOverrideInline(admin.StackedInline):
     model = RateLimitOverride
     fk_name = "user"
     max_num = 1
@@ -69,7 +69,7 @@ class RateLimitOverrideInline(admin.StackedInline):  # type: ignore[type-arg]
 
 class OperatorUserAdmin(UserAdmin):
     inlines = [RateLimitOverrideInline]
-    list_filter = (*UserAdmin.list_filter, ActiveFilter, "groups")
+    list_filter = (*UserAdmin.list_filter, ActiveFilter, "groups")  # type: ignore[assignment]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return (*super().get_readonly_fields(request, obj), "usage_totals")
@@ -128,7 +128,7 @@ admin.site.register(User, OperatorUserAdmin)
 
 
 @admin.register(RateLimitOverride)
-class RateLimitOverrideAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class RateLimitOverrideAdmin(admin.ModelAdmin):
     list_display = ("user", "turns_per_minute", "concurrent_turns", "note")
     search_fields = ("user__email",)
     autocomplete_fields = ("user",)
@@ -162,7 +162,7 @@ class RateLimitOverrideAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 
 @admin.register(Conversation)
-class ConversationAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[type-arg]
+class ConversationAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "owner",
@@ -219,7 +219,7 @@ class StuckFilter(admin.SimpleListFilter):
 
 
 @admin.register(Message)
-class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[type-arg]
+class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "owner",
@@ -267,7 +267,7 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[type-arg]
 
 
 @admin.register(UsageEvent)
-class UsageEventAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[type-arg]
+class UsageEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = (
         "created_at",
         "owner",
@@ -293,7 +293,7 @@ class UsageEventAdmin(ReadOnlyMixin, admin.ModelAdmin):  # type: ignore[type-arg
 
 
 @admin.register(ModelPrice)
-class ModelPriceAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ModelPriceAdmin(admin.ModelAdmin):
     list_display = (
         "preset",
         "model",

@@ -129,3 +129,21 @@ def figure_link(html: str, name: str) -> str:
     match = re.search(rf'href="([^"]*)" data-figure="{re.escape(name)}"', html)
     assert match, f"no link for {name}"
     return match.group(1).replace("&amp;", "&")
+
+
+def wire_rollup_hook(monkeypatch: Any) -> None:
+    """Until usage_record calls operator_rollups_record itself, make turns call it."""
+    if HOOK_WIRED:
+        return
+    from chat import services as chat_services
+    from chat import turns
+
+    def recording(*, turn: TurnUsage) -> bool:
+        new = usage_record(turn=turn)
+        if new:
+            event = UsageEvent.objects.get(message_id=turn.message_id)
+            operator_rollups_record(turn=turn, day=event.day, cost_micro=event.cost_micro)
+        return new
+
+    monkeypatch.setattr(turns, "usage_record", recording)
+    monkeypatch.setattr(chat_services, "usage_record", recording)

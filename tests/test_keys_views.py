@@ -44,9 +44,11 @@ def test_another_users_key_is_a_404_everywhere(client, bob, alices_key, name, me
     alices_key.refresh_from_db()
     assert alices_key.label == "Fake"
     assert alices_key.status != ProviderKey.Status.REVOKED
-    assert not AuditEvent.objects.filter(action__startswith="key.").exclude(
-        action="key.created"
-    ).exists()
+    assert (
+        not AuditEvent.objects.filter(action__startswith="key.")
+        .exclude(action="key.created")
+        .exists()
+    )
 
 
 def test_a_missing_key_is_the_same_404(alice_client):

@@ -9,6 +9,7 @@ its fragment are opened as a superuser. Neither a canary nor any sealed bytes ma
 from __future__ import annotations
 
 import base64
+import contextlib
 from typing import Any
 
 import pytest
@@ -32,6 +33,8 @@ CANARY_REPLY = "canary-REPLY-text-9e2f4a"
 CANARY_TITLE = "canary-TITLE-3c7d"
 CANARY_PROMPT = "canary-PROMPT-8a1b"
 CANARIES = (CANARY_KEY, CANARY_TEXT, CANARY_REPLY, CANARY_TITLE, CANARY_PROMPT)
+# Apps whose rows hold or point at sealed values: their lists are also sorted and filtered.
+HOLDERS = {"accounts", "keys", "chat", "usage", "ops"}
 
 
 def _sealed_values() -> list[bytes]:
@@ -82,15 +85,14 @@ def _pages(client: Any) -> list[str]:
         info = (model._meta.app_label, model._meta.model_name)
         changelist = reverse("admin:{}_{}_changelist".format(*info))
         urls.append(changelist)
-        for needle in CANARIES:
-            urls.append(f"{changelist}?{SEARCH_VAR}={needle}")
-        for index in range(len(model_admin.get_list_display(None))):  # type: ignore[arg-type]
-            urls.append(f"{changelist}?{ORDER_VAR}={index}")
-        try:
+        # The shared prefix of every canary: the page echoes it, never a whole canary.
+        urls.append(f"{changelist}?{SEARCH_VAR}=canary-")
+        if info[0] in HOLDERS:
+            for index in range(len(model_admin.get_list_display(None))):  # type: ignore[arg-type]
+                urls.append(f"{changelist}?{ORDER_VAR}={index}")
+        with contextlib.suppress(NoReverseMatch):
             urls.append(reverse("admin:{}_{}_add".format(*info)))
-        except NoReverseMatch:
-            pass
-        for obj in model._default_manager.all()[:5]:
+        for obj in model._default_manager.all()[:3]:
             for view in ("change", "history", "delete"):
                 urls.append(reverse(f"admin:{info[0]}_{info[1]}_{view}", args=[obj.pk]))
             if info == ("accounts", "user"):
@@ -98,6 +100,8 @@ def _pages(client: Any) -> list[str]:
     # Every filter choice of every list, as the admin renders them.
     for model in site._registry:
         info = (model._meta.app_label, model._meta.model_name)
+        if info[0] not in HOLDERS:
+            continue
         response = client.get(reverse("admin:{}_{}_changelist".format(*info)))
         for spec in response.context["cl"].filter_specs:
             for choice in spec.choices(response.context["cl"]):

@@ -60,9 +60,12 @@ def test_an_address_guessing_many_accounts_is_locked(alice):
     locked = attacker.post(LOGIN, {"username": alice.email, "password": PASSWORD})
     assert locked.status_code == 429
     # Alice herself, elsewhere, is not locked out by it.
-    assert Client(REMOTE_ADDR="198.51.100.1").post(
-        LOGIN, {"username": alice.email, "password": PASSWORD}
-    ).status_code == 302
+    assert (
+        Client(REMOTE_ADDR="198.51.100.1")
+        .post(LOGIN, {"username": alice.email, "password": PASSWORD})
+        .status_code
+        == 302
+    )
 
 
 def test_a_forged_forwarded_for_is_ignored_without_trusted_proxies(alice):

@@ -10,12 +10,11 @@ from django.urls import reverse
 from accounts.models import AuditEvent, TOTPDevice, User
 from accounts.services import user_delete
 from chat.models import Conversation, Message
-from tests.security_helpers import make_conversation
 from keys import vault
 from keys.models import DataKey, ProviderKey
 from keys.services import OwnerCipher, provider_key_open, secret_context
 from tests.keys_helpers import GOOD_SECRET, add_key
-from tests.security_helpers import enrol, expire_sudo
+from tests.security_helpers import enrol, expire_sudo, make_conversation
 
 pytestmark = pytest.mark.django_db
 

@@ -36,9 +36,7 @@ def read_zip(data: bytes) -> dict[str, str]:
 
 
 @pytest.mark.django_db
-def test_the_archive_holds_opened_conversations_key_metadata_usage_and_the_log(
-    alice_client, alice
-):
+def test_the_archive_holds_opened_conversations_key_metadata_usage_and_the_log(alice_client, alice):
     key = add_key(alice, None, preset="openai", label="Work")
     make_conversation(alice, key, "my secret plans for tuesday", reply="sounds good")
     export = build(alice)

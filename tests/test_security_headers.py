@@ -18,9 +18,7 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 def policy(response) -> dict[str, list[str]]:
     header = response["Content-Security-Policy"]
-    return {
-        part.split()[0]: part.split()[1:] for part in header.split(";") if part.strip()
-    }
+    return {part.split()[0]: part.split()[1:] for part in header.split(";") if part.strip()}
 
 
 def test_every_page_carries_a_strict_policy(alice_client):

@@ -89,3 +89,21 @@ def test_logging_out_removes_the_session_from_the_list(alice):
     laptop = browser(alice, ip="198.51.100.1", agent=FIREFOX)
     laptop.post(reverse("accounts:logout"))
     assert not UserSession.objects.filter(owner=alice).exists()
+
+
+def test_a_password_reset_ends_every_session(alice):
+    import re
+
+    from django.core import mail
+
+    laptop = browser(alice, ip="198.51.100.1", agent=FIREFOX)
+    stranger = Client()
+    stranger.post(reverse("accounts:password_reset"), {"email": alice.email})
+    link = re.search(r"https?://[^/]+(/accounts/password/reset/\S+)", str(mail.outbox[0].body))
+    assert link
+    form_page = stranger.get(link.group(1), follow=True)
+    new = "another long passphrase 99"
+    stranger.post(form_page.redirect_chain[-1][0], {"new_password1": new, "new_password2": new})
+    assert not signed_in(laptop)
+    assert not UserSession.objects.filter(owner=alice).exists()
+    assert AuditEvent.objects.filter(owner=alice, action="account.password_reset").exists()

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.sweep_registry import rule_for
-from tests.test_sweep_urls import ROUTES, not_a_crash, url_of, world  # noqa: F401
+from tests.test_sweep_urls import ROUTES, not_a_crash, url_of, world_fixture  # noqa: F401
 
 pytestmark = pytest.mark.django_db
 
@@ -82,8 +82,10 @@ junk_form = st.dictionaries(
 )
 junk_json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | junk_text,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from(FIELDS), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(FIELDS), children, max_size=4)
+    ),
     max_leaves=10,
 )
 

@@ -76,8 +76,8 @@ def test_the_registry_names_no_url_that_is_gone():
     assert not sorted(set(URL_RULES) - names)
 
 
-@pytest.fixture
-def world(alice, bob):
+@pytest.fixture(name="world")
+def world_fixture(alice, bob):
     """Alice owns one of everything, marked so a leak is recognisable."""
     alice.display_name = "ALICE-DISPLAY"
     alice.save(update_fields=["display_name"])
@@ -233,3 +233,11 @@ def test_alice_herself_gets_her_pages(world, alice):
         route = next(r for r in ROUTES if r.name == name)
         response = client.get(url_of(route, world))
         assert response.status_code == 200, name
+
+
+def test_the_sweeps_catch_an_unregistered_or_leaky_url(settings, client, bob, world):
+    """The sweep's own test: a new URL without a rule, and a page that leaks, both fail."""
+    settings.ROOT_URLCONF = "tests.sweep_leaky_urls"
+    leak = next(r for r in all_routes() if r.name == "leak")
+    assert rule_for(leak.name) is None  # test_every_url_pattern_has_an_access_rule fails
+    assert any("leaks 'ALICE-DISPLAY'" in p for p in bob_problems(client, bob, world, leak))

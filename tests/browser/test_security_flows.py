@@ -32,9 +32,11 @@ def csp_violations(page):
     seen: list[str] = []
     page.on(
         "console",
-        lambda message: seen.append(message.text)
-        if "Content Security Policy" in message.text or "Refused to" in message.text
-        else None,
+        lambda message: (
+            seen.append(message.text)
+            if "Content Security Policy" in message.text or "Refused to" in message.text
+            else None
+        ),
     )
     return seen
 
@@ -89,9 +91,7 @@ def test_a_stale_session_confirms_the_password_before_adding_a_key(
     for session in Session.objects.all():
         data = session.get_decoded()
         data[sudo.SESSION_KEY] = time.time() - 1
-        Session.objects.filter(pk=session.pk).update(
-            session_data=Session.objects.encode(data)
-        )
+        Session.objects.filter(pk=session.pk).update(session_data=Session.objects.encode(data))
     page.goto(live_server.url + "/keys/add/")
     page.wait_for_url(re.compile(r"/accounts/confirm/"))
     assert "Confirm it is you" in page.locator("h1").inner_text()
