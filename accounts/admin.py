@@ -35,6 +35,15 @@ class UserAdmin(DjangoUserAdmin):
             return fields
         return (*fields, "is_staff", "is_superuser", "groups")
 
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None and obj.is_staff and not request.user.is_superuser:
+            return False  # SECURITY: operators do not change staff accounts, their own included
+        return super().has_change_permission(request, obj)
+
+    def _targets(self, request: HttpRequest, queryset: Any) -> Any:
+        """The accounts an action may touch: staff only for superusers."""
+        return queryset if request.user.is_superuser else queryset.filter(is_staff=False)
+
     def user_change_password(self, request: HttpRequest, id: str, form_url: str = "") -> Any:
         if not request.user.is_superuser:
             raise PermissionDenied("Only superusers set passwords; users reset their own.")
@@ -66,7 +75,9 @@ class UserAdmin(DjangoUserAdmin):
     )
     def disable_accounts(self, request: HttpRequest, queryset: Any) -> None:
         done = 0
-        for user in queryset.filter(is_active=True).exclude(pk=request.user.pk):
+        for user in (
+            self._targets(request, queryset).filter(is_active=True).exclude(pk=request.user.pk)
+        ):
             user.is_active = False
             user.save(update_fields=["is_active"])
             ended = sessions_end_others(user=user, keep_session_key=None)
@@ -79,7 +90,7 @@ class UserAdmin(DjangoUserAdmin):
     @admin.action(description="Enable the selected accounts", permissions=["change"])
     def enable_accounts(self, request: HttpRequest, queryset: Any) -> None:
         done = 0
-        for user in queryset.filter(is_active=False):
+        for user in self._targets(request, queryset).filter(is_active=False):
             user.is_active = True
             user.save(update_fields=["is_active"])
             self._operator_action(request, user, AuditEvent.Action.OPERATOR_ENABLED)
@@ -89,7 +100,7 @@ class UserAdmin(DjangoUserAdmin):
     @admin.action(description="End all sessions of the selected accounts", permissions=["change"])
     def end_all_sessions(self, request: HttpRequest, queryset: Any) -> None:
         total = 0
-        for user in queryset:
+        for user in self._targets(request, queryset):
             ended = sessions_end_others(user=user, keep_session_key=None)
             self._operator_action(
                 request, user, AuditEvent.Action.OPERATOR_SESSIONS_ENDED, sessions=ended
@@ -103,7 +114,7 @@ class UserAdmin(DjangoUserAdmin):
     )
     def reset_two_factor(self, request: HttpRequest, queryset: Any) -> None:
         done = 0
-        for user in queryset:
+        for user in self._targets(request, queryset):
             if has_two_factor(user):
                 # Logged in the user's security log as turned off, by an operator.
                 two_factor_disable(user=user, actor=request.user, ip_address=client_ip(request))  # type: ignore[arg-type]

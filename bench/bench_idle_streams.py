@@ -218,15 +218,20 @@ async def measure(stack: Stack, maker: Targets, n: dict) -> dict:
                     "redis_added": snap["redis_connections"] - base["redis_connections"],
                 }
             )
+            snap["closed_early"] = holder.closed_early
+            snap["all_open"] = holder.alive == count and not holder.failed
             steps.append(snap)
             say(f"step {count}: {snap}")
             stack.check_alive()
-            if holder.failed:
-                say(f"stopping: {len(holder.failed)} streams failed to open: {holder.failed[:3]}")
+            if not snap["all_open"]:
+                say(
+                    f"stopping: {len(holder.failed)} streams failed to open "
+                    f"{holder.failed[:2]}, {holder.closed_early} were closed by the server"
+                )
                 break
         hold = n["hold"] if n["hold"] >= 0 else heartbeat + 3
         held: dict[str, Any] = {}
-        if hold:
+        if hold and steps and steps[-1]["all_open"]:
             say(f"holding {holder.alive} streams for {hold:.0f}s (heartbeat every {heartbeat:g}s)")
             meter = CpuMeter({"web": stack.pid("web")})
             before = holder.keepalives
@@ -241,6 +246,7 @@ async def measure(stack: Stack, maker: Targets, n: dict) -> dict:
                     if done
                     else None,
                     "redis_added": held["redis_connections"] - base["redis_connections"],
+                    "all_open": holder.alive == done,
                 }
             )
             say(f"after holding: {held}")
@@ -273,16 +279,28 @@ def main() -> None:
         with phase(f"open and hold up to {total} idle streams (turns made as it goes)"):
             result = asyncio.run(measure(stack, Targets(stack, users), n))
 
-    last = result["held"] or (result["steps"][-1] if result["steps"] else {})
+    # The figure is the largest step at which every stream opened and stayed open (through
+    # the final heartbeat hold, for the last step).
+    good = [step for step in result["steps"] if step["all_open"]]
+    if result["held"] and not result["held"]["all_open"]:
+        good = good[:-1]
+    last = good[-1] if good else {}
+    if last and result["held"] and last is result["steps"][-1]:
+        last = {**last, **result["held"]}
     held_streams = last.get("streams_open", 0)
+    trouble = [s for s in result["steps"] if not s["all_open"]]
     figures: list[Figure] = [
         figure(
             "idle streams held by one web process",
             float(held_streams),
             "streams",
             at_least=TARGET_STREAMS,
-            note=f"{result['failed_count']} failed to open, {result['closed_early']} closed "
-            "early" + (" (held through one heartbeat)" if result["held"] else ""),
+            note=(
+                f"at step {trouble[0]['step']}: {result['failed_count']} failed to open, "
+                f"{result['closed_early']} closed by the server (see web.log, --keep)"
+                if trouble
+                else "all open" + (" through one heartbeat" if result["held"] else "")
+            ),
         ),
         figure(
             "web process memory per idle stream",
@@ -301,6 +319,15 @@ def main() -> None:
             note=f"CLIENT LIST {result['baseline']['redis_connections']} -> "
             f"{last.get('redis_connections')} with {held_streams} streams",
         ),
+        figure(
+            "web CPU per stream opened",
+            float(max((s["web_cpu_ms_per_open"] or 0) for s in result["steps"]))
+            if result["steps"]
+            else float("nan"),
+            "ms",
+            note="highest over the steps; per step: "
+            + ", ".join(f"{s['step']}: {s['web_cpu_ms_per_open']}" for s in result["steps"]),
+        ),
     ]
     if result["held"]:
         figures.append(
@@ -316,10 +343,14 @@ def main() -> None:
         " (QUICK: sizes reduced, targets not meaningful)" if args.quick else ""
     )
     print_table(title, figures)
-    print("steps\n  streams   RSS kB  kB/stream  threads  files  redis conns  opens/s  open p95 ms")
+    print(
+        "steps\n     step  open  RSS kB  kB/stream  threads  files  redis conns  opens/s"
+        "  open p95 ms"
+    )
     for step in result["steps"]:
         print(
-            f"  {step['streams_open']:>7} {step['web_rss_kb']:>8} {step['kb_per_stream']:>10} "
+            f"  {step['step']:>7} {step['streams_open']:>5} {step['web_rss_kb']:>7} "
+            f"{step['kb_per_stream']:>10} "
             f"{step['web_threads']:>8} {step['web_open_files']:>6} "
             f"{step['redis_connections']:>12} {step['opens_per_second']:>8} "
             f"{step['open_ms_p95']:>12}"
@@ -332,6 +363,7 @@ def main() -> None:
             "sizes": n,
             "figures": [f.as_json() for f in figures],
             **result,
+            "service_errors": stack.errors,
             "seconds": round(time.monotonic() - started, 1),
         },
     )

@@ -190,6 +190,12 @@ def step_report(turns: list[Turn], n: dict, cpu: dict[str, float], cpu_s: dict) 
         ),
         "max_xadd_gap_ms": ms(max((t.max_xadd_gap for t in done), default=float("nan"))),
         "max_delivery_ms": ms(max((t.max_delivery for t in done), default=float("nan"))),
+        # The last gap of a turn, before `done`, is the worker storing the outcome (SQLite
+        # writes, usage, rendering) rather than streaming.
+        "max_done_gap_ms": ms(max((t.done_gap for t in done), default=float("nan"))),
+        "max_gap_between_deltas_ms": ms(
+            max((t.max_stream_gap for t in done), default=float("nan"))
+        ),
         "ttft_ms": summary_ms([t.ttft for t in done if t.ttft is not None]),
         "events": events,
         "tokens_per_event": round(tokens / events, 2) if events else None,
@@ -242,6 +248,8 @@ def main() -> None:
                 f"intact {report['completed_intact']}/{report['turns']}, "
                 f"max gap {report['max_gap_ms']} ms (provider "
                 f"{report['max_provider_gap_ms']}, XADD gap {report['max_xadd_gap_ms']}, "
+                f"between deltas {report['max_gap_between_deltas_ms']}, "
+                f"last delta -> done {report['max_done_gap_ms']}, "
                 f"delivery {report['max_delivery_ms']}), TTFT p95 {report['ttft_ms']['p95']} ms"
             )
             failures = 0 if report["pass"] else failures + 1
@@ -291,6 +299,8 @@ def main() -> None:
         ("intact", 9),
         ("in flight", 9),
         ("max gap", 8),
+        ("deltas", 7),
+        ("->done", 7),
         ("prov gap", 8),
         ("XADD gap", 8),
         ("delivery", 8),
@@ -311,6 +321,8 @@ def main() -> None:
             f"{r['completed_intact']}/{r['turns']}",
             r["in_flight_median"],
             f"{r['max_gap_ms']:.0f}",
+            f"{r['max_gap_between_deltas_ms']:.0f}",
+            f"{r['max_done_gap_ms']:.0f}",
             f"{r['max_provider_gap_ms']:.0f}",
             f"{r['max_xadd_gap_ms']:.0f}",
             f"{r['max_delivery_ms']:.0f}",
@@ -337,6 +349,7 @@ def main() -> None:
             "figures": [f.as_json() for f in figures],
             "fast_turn": fast,
             "ramp": {str(count): r for count, r in results.items()},
+            "service_errors": stack.errors,
             "seconds": round(time.monotonic() - started, 1),
         },
     )

@@ -377,6 +377,7 @@ def main() -> None:
                 "breakdown_ms": breakdown(turns_b, direct_b),
                 "cpu_percent_of_one_core": cpu_b,
             },
+            "service_errors": stack.errors,
             "seconds": round(time.monotonic() - started, 1),
         },
     )

@@ -72,12 +72,14 @@ def main() -> None:
 
     started = time.monotonic()
     User.objects.bulk_create(
-        [User(email=f"u{i}@bench.local", password="!") for i in range(1, USERS + 1)],
+        # "!" is Django's unusable-password marker: these users cannot log in.
+        [User(email=f"u{i}@bench.local", password="!") for i in range(1, USERS + 1)],  # noqa: S106
         batch_size=2000,
     )
     first_id = User.objects.order_by("id").values_list("id", flat=True).first()
     with connection.cursor() as cursor:
         # Owner index skewed by random()^3: the first users are heavy, most are light.
+        # Only integers of this script are interpolated.
         cursor.execute(
             f"""
             INSERT INTO usage_usageevent (
@@ -87,7 +89,8 @@ def main() -> None:
                 ttft_ms, latency_ms, day, created_at)
             SELECT {first_id} + o, gen_random_uuid(),
                    md5(o || '-' || (g % 20))::uuid, md5('key-' || o)::uuid, 'Key ' || o,
-                   'openai', (ARRAY['gpt-4.1','gpt-4o-mini','gpt-5-mini','gpt-5','gpt-4.1-mini'])[1 + g % 5],
+                   'openai',
+                   (ARRAY['gpt-4.1','gpt-4o-mini','gpt-5-mini','gpt-5','gpt-4.1-mini'])[1 + g % 5],
                    CASE WHEN g % 50 = 0 THEN 'error' ELSE 'done' END, '',
                    800 + g % 1200, 200 + g % 600, g % 300, 0, 0,
                    2000000, 8000000, 500000, (800 + g % 1200) * 2 + (200 + g % 600) * 8,
@@ -95,7 +98,7 @@ def main() -> None:
                    current_date - (g % {DAYS}), now() - ((g % {DAYS}) || ' days')::interval
             FROM (SELECT g, floor({USERS} * power(random(), 3))::int AS o
                   FROM generate_series(1, {EVENTS}) AS g) AS s
-            """
+            """  # noqa: S608
         )
         cursor.execute(
             """
@@ -128,9 +131,12 @@ def main() -> None:
         .order_by("-n")
         .first()
     )
+    assert heavy_id is not None
     heavy = User.objects.get(pk=heavy_id["owner_id"])
     heavy_events = heavy_id["n"]
-    rollup_turns = UsageDaily.objects.filter(owner=heavy).aggregate(t=django.db.models.Sum("turns"))["t"]
+    rollup_turns = UsageDaily.objects.filter(owner=heavy).aggregate(
+        t=django.db.models.Sum("turns")
+    )["t"]
     assert rollup_turns == heavy_events, (rollup_turns, heavy_events)
 
     client = Client()
@@ -177,21 +183,37 @@ def main() -> None:
         ("seeding time", f"{seed_seconds:.1f} s", "", ""),
         ("heavy user's events", f"{heavy_events:,}", "", ""),
     ]
-    results: dict[str, object] = {"events": EVENTS, "users": USERS, "heavy_user_events": heavy_events}
+    results: dict[str, object] = {
+        "events": EVENTS,
+        "users": USERS,
+        "heavy_user_events": heavy_events,
+    }
     for label, times in page_times.items():
         value = p95(times)
         results[f"usage_page_{label.replace(' ', '_')}_p95_ms"] = round(value, 2)
         results[f"usage_page_{label.replace(' ', '_')}_p50_ms"] = round(statistics.median(times), 2)
         rows.append(
-            (f"/usage ({label}) p95", f"{value:.1f} ms (p50 {statistics.median(times):.1f})", "<= 50 ms", "pass" if value <= 50 else "MISS")
+            (
+                f"/usage ({label}) p95",
+                f"{value:.1f} ms (p50 {statistics.median(times):.1f})",
+                "<= 50 ms",
+                "pass" if value <= 50 else "MISS",
+            )
         )
     write_p95 = p95(write_times)
     results["write_per_turn_p95_ms"] = round(write_p95, 3)
     results["write_per_turn_p50_ms"] = round(statistics.median(write_times), 3)
     rows.append(
-        ("write per finished turn p95", f"{write_p95:.2f} ms (p50 {statistics.median(write_times):.2f})", "<= 2 ms", "pass" if write_p95 <= 2 else "MISS")
+        (
+            "write per finished turn p95",
+            f"{write_p95:.2f} ms (p50 {statistics.median(write_times):.2f})",
+            "<= 2 ms",
+            "pass" if write_p95 <= 2 else "MISS",
+        )
     )
-    print(f"\nbench_usage ({'quick' if QUICK else 'full'}) on PostgreSQL, {time.strftime('%Y-%m-%d')}")
+    print(
+        f"\nbench_usage ({'quick' if QUICK else 'full'}) on PostgreSQL, {time.strftime('%Y-%m-%d')}"
+    )
     print(f"{'figure':32} {'measured':34} {'target':10} result")
     for name, measured, target, result in rows:
         print(f"{name:32} {measured:34} {target:10} {result}")

@@ -413,6 +413,7 @@ class Stack:
         self.fake_port = 0
         self._old_handlers: dict[int, Any] = {}
         self.others_at_start = 0.0
+        self.errors: dict[str, list[str]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -538,6 +539,9 @@ class Stack:
                 from django.db import connections
 
                 connections.close_all()
+            self.errors = self._log_errors()
+            for name, lines in self.errors.items():
+                say(f"{name} logged errors: " + " | ".join(lines[:3]))
             if self.keep:
                 say(f"kept {self.tmp}")
             else:
@@ -547,6 +551,25 @@ class Stack:
             for signum, handler in self._old_handlers.items():
                 signal.signal(signum, handler)
             self._old_handlers.clear()
+
+    def _log_errors(self, limit: int = 20) -> dict[str, list[str]]:
+        """Distinct error lines each service logged (the last line of each traceback)."""
+        found: dict[str, list[str]] = {}
+        for name, service in self.services.items():
+            try:
+                lines = service.log.read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            counts: dict[str, int] = {}
+            for line in lines:
+                if "/healthz" in line:  # 503 until the worker's first heartbeat: expected
+                    continue
+                if re.match(r"^[\w.]+(Error|Exception|Exit)\b", line) or " ERROR " in line:
+                    counts[line[:300]] = counts.get(line[:300], 0) + 1
+            if counts:
+                ranked = sorted(counts.items(), key=lambda item: -item[1])[:limit]
+                found[name] = [f"{count}x {line}" for line, count in ranked]
+        return found
 
     def manage(self, *args: str) -> None:
         subprocess.run(
@@ -763,11 +786,16 @@ class Turn:
     xadd_first: float | None = None  # XADD time of the first delta (monotonic)
     max_xadd_gap: float = 0.0  # longest gap between two XADDs after the first delta
     max_delivery: float = 0.0  # longest XADD -> client time (Redis, web, network, client)
+    max_stream_gap: float = 0.0  # the same, between deltas only
+    done_gap: float = 0.0  # last delta -> `done` (the worker stores the turn in between)
+    done_xadd_gap: float = 0.0  # the same, between the two XADDs
     error: str | None = None
     fake: dict[str, Any] = field(default_factory=dict)  # the timed fake's record
     db: dict[str, float] = field(default_factory=dict)  # the reply row's times (monotonic)
     _last_event_at: float = field(default=0.0, repr=False)
     _last_xadd: float = field(default=0.0, repr=False)
+    _last_delta_at: float = field(default=0.0, repr=False)
+    _last_delta_xadd: float = field(default=0.0, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -784,6 +812,8 @@ class Turn:
         xadd = xadd_time(event_id)
         if self.t_first is not None:
             self.max_gap = max(self.max_gap, at - self._last_event_at)
+            if kind == "delta":
+                self.max_stream_gap = max(self.max_stream_gap, at - self._last_event_at)
             if xadd is not None:
                 self.max_xadd_gap = max(self.max_xadd_gap, xadd - self._last_xadd)
         self._last_event_at = at
@@ -793,11 +823,17 @@ class Turn:
             self.max_delivery = max(self.max_delivery, at - xadd - 0.001)
         self.events += 1
         if kind == "delta":
+            self._last_delta_at = at
+            self._last_delta_xadd = xadd or 0.0
             if self.t_first is None:
                 self.t_first = at
                 self.xadd_first = xadd
             self.text += json.loads(data).get("text", "")
             return False
+        if self.t_first is not None:
+            self.done_gap = at - self._last_delta_at
+            if xadd is not None and self._last_delta_xadd:
+                self.done_xadd_gap = xadd - self._last_delta_xadd
         self.t_done = at
         self.final = kind
         if kind == "error":
@@ -1062,20 +1098,18 @@ def attach_db_times(turns: list[Turn]) -> None:
     from chat.models import Message
 
     ids = [t.message_id for t in turns if t.message_id]
-    rows = {}
+    rows: dict[str, dict[str, float]] = {}
     for start in range(0, len(ids), 500):
-        for row in Message.objects.filter(pk__in=ids[start : start + 500]).values(
+        for pk, *stamps in Message.objects.filter(pk__in=ids[start : start + 500]).values_list(
             "pk", "created_at", "started_at", "finished_at"
         ):
-            rows[str(row["pk"])] = row
-    for turn in turns:
-        row = rows.get(turn.message_id)
-        if row:
-            turn.db = {
-                name: row[f"{name}_at"].timestamp() - WALL_OFFSET
-                for name in ("created", "started", "finished")
-                if row[f"{name}_at"] is not None
+            rows[str(pk)] = {
+                name: stamp.timestamp() - WALL_OFFSET
+                for name, stamp in zip(("created", "started", "finished"), stamps, strict=True)
+                if stamp is not None
             }
+    for turn in turns:
+        turn.db = rows.get(turn.message_id, {})
 
 
 async def staggered(

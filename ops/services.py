@@ -10,6 +10,7 @@ from django.db.models import F
 from django.http import HttpRequest
 
 from ops.models import (
+    ActivityDaily,
     ErrorDaily,
     LatencyDaily,
     ProviderDaily,
@@ -72,17 +73,31 @@ def operator_rollups_record(*, turn: TurnUsage, day: date, cost_micro: int | Non
                 {"day": day, "preset": preset, "metric": metric, "bucket": latency_bucket(value)},
                 count=1,
             )
-    # At most one write per user and day: later turns of the day find nothing to update.
-    if not UserActivity.objects.filter(user_id=owner_id, last_turn_on__gte=day).exists():
-        updated = UserActivity.objects.filter(user_id=owner_id).update(last_turn_on=day)
-        if not updated:
+    _user_active_on(owner_id, day)
+
+
+def _user_active_on(owner_id: int, day: date) -> None:
+    """Move the user's last active day to `day` and keep ActivityDaily's counts in step.
+
+    At most one write per user and day: later turns of the day find nothing to do.
+    """
+    if UserActivity.objects.filter(user_id=owner_id, last_turn_on__gte=day).exists():
+        return
+    with transaction.atomic():
+        row = UserActivity.objects.select_for_update().filter(user_id=owner_id).first()
+        if row is None:
             try:
                 with transaction.atomic():
                     UserActivity.objects.create(user_id=owner_id, last_turn_on=day)
-            except IntegrityError:
-                UserActivity.objects.filter(user_id=owner_id, last_turn_on__lt=day).update(
-                    last_turn_on=day
-                )
+            except IntegrityError:  # the user's other turn got there first
+                return _user_active_on(owner_id, day)
+        elif row.last_turn_on < day:
+            UserActivity.objects.filter(user_id=owner_id).update(last_turn_on=day)
+            ActivityDaily.objects.filter(day=row.last_turn_on).update(users=F("users") - 1)
+        else:
+            return None
+        _bump(ActivityDaily, {"day": day}, users=1)
+    return None
 
 
 def operator_audit(

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import inspect
 import re
 import uuid
+from collections.abc import Iterator
 from datetime import date
 from typing import Any
 
+import pytest
 from django.contrib.auth.models import Group
+from django.core.cache import cache
 from django.test import Client
 from django.urls import reverse
 
-import usage.services
 from accounts.models import User
 from ops.roles import OPERATORS, SUPPORT
 from ops.services import operator_rollups_record
@@ -22,8 +23,13 @@ from usage.models import UsageEvent
 from usage.prices import TokenCounts
 from usage.services import TurnUsage, usage_record
 
-# Until usage_record calls the hook itself, the tests call it after each recorded turn.
-HOOK_WIRED = "operator_rollups_record" in inspect.getsource(usage.services)
+
+@pytest.fixture
+def fresh_cache() -> Iterator[None]:
+    """The dashboard caches its user counts for a minute; each test starts without."""
+    cache.clear()
+    yield
+    cache.clear()
 
 
 def make_staff(email: str, *, role: str | None = None, superuser: bool = False) -> User:
@@ -88,11 +94,8 @@ def make_turn(
 def record_turn(owner: User, **fields: Any) -> UsageEvent:
     """A turn recorded through usage_record, today."""
     turn = make_turn(owner, **fields)
-    assert usage_record(turn=turn)
-    event = UsageEvent.objects.get(message_id=turn.message_id)
-    if not HOOK_WIRED:
-        operator_rollups_record(turn=turn, day=event.day, cost_micro=event.cost_micro)
-    return event
+    assert usage_record(turn=turn)  # which also updates the operator rollups
+    return UsageEvent.objects.get(message_id=turn.message_id)
 
 
 def event_on(owner: User, day: date, *, cost_micro: int | None = 1000, **fields: Any) -> UsageEvent:
@@ -129,21 +132,3 @@ def figure_link(html: str, name: str) -> str:
     match = re.search(rf'href="([^"]*)" data-figure="{re.escape(name)}"', html)
     assert match, f"no link for {name}"
     return match.group(1).replace("&amp;", "&")
-
-
-def wire_rollup_hook(monkeypatch: Any) -> None:
-    """Until usage_record calls operator_rollups_record itself, make turns call it."""
-    if HOOK_WIRED:
-        return
-    from chat import services as chat_services
-    from chat import turns
-
-    def recording(*, turn: TurnUsage) -> bool:
-        new = usage_record(turn=turn)
-        if new:
-            event = UsageEvent.objects.get(message_id=turn.message_id)
-            operator_rollups_record(turn=turn, day=event.day, cost_micro=event.cost_micro)
-        return new
-
-    monkeypatch.setattr(turns, "usage_record", recording)
-    monkeypatch.setattr(chat_services, "usage_record", recording)

@@ -164,7 +164,9 @@ def test_a_canary_key_is_found_only_in_the_request_the_provider_received(
     device, _ = enrol(operator)
     allow_code_reuse(device)
     client.force_login(operator)
-    client.post(reverse("accounts:two_factor_verify") + "?next=/admin/", {"token": code_for(device)})
+    client.post(
+        reverse("accounts:two_factor_verify") + "?next=/admin/", {"token": code_for(device)}
+    )
     for url in (
         "/admin/",
         "/admin/keys/providerkey/",

@@ -22,10 +22,15 @@ from chat.models import Conversation, Message
 from keys.models import DataKey, ProviderKey
 from keys.services import OwnerCipher
 from tests.keys_helpers import add_key
-from tests.operators_helpers import make_staff, record_turn, verified_client
+from tests.operators_helpers import (
+    fresh_cache,  # noqa: F401 (a fixture)
+    make_staff,
+    record_turn,
+    verified_client,
+)
 from tests.security_helpers import enrol, make_conversation
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_cache")]
 
 CANARY_KEY = "sk-canary-KEY-7f3e9a1b2c4d5e6f00112233"
 CANARY_TEXT = "canary-MESSAGE-text-5b8c1d"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 from datetime import timedelta
 
@@ -14,12 +15,19 @@ from byok_site.celery import WORKERS_KEY
 from byok_site.redis import get_redis
 from chat.models import Conversation, Message
 from keys.models import ProviderKey
-from ops.models import LatencyDaily, latency_bucket
+from ops.models import ActivityDaily, LatencyDaily, ProviderDaily, UserActivity, latency_bucket
 from ops.selectors import dashboard, percentile_from_histogram
-from tests.operators_helpers import event_on, figure, figure_link, operator_client, record_turn
+from tests.operators_helpers import (
+    event_on,
+    figure,
+    figure_link,
+    fresh_cache,  # noqa: F401 (a fixture)
+    operator_client,
+    record_turn,
+)
 from usage.models import ModelPrice
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_cache")]
 
 
 @pytest.fixture
@@ -185,3 +193,28 @@ def test_health_shows_queue_workers_oldest_queued_and_stuck_turns(alice):
     index = client.get(reverse("admin:index")).content.decode()
     assert 'hx-get="/admin/dashboard/health/"' in index
     assert figure(index, "queue_turns") == "3"
+
+
+def test_active_users_follow_each_users_latest_day(alice, bob):
+    today = timezone.localdate()
+    event_on(alice, today - timedelta(days=10))
+    event_on(bob, today - timedelta(days=10))
+    assert dashboard().users_active == 0
+    record_turn(alice)
+    record_turn(alice)  # a second turn the same day changes nothing
+    event_on(bob, today - timedelta(days=2))
+    counts = dict(ActivityDaily.objects.values_list("day", "users"))
+    assert counts == {today - timedelta(days=10): 0, today - timedelta(days=2): 1, today: 1}
+    assert dashboard().users_active == 2
+    assert UserActivity.objects.get(user=alice).last_turn_on == today
+
+
+def test_the_rollups_can_be_rebuilt_from_the_events(seeded):
+    from django.core.management import call_command
+
+    before = dashboard()
+    ProviderDaily.objects.all().delete()
+    ActivityDaily.objects.all().delete()
+    call_command("ops_rollups_rebuild", stdout=io.StringIO())
+    after = dashboard()
+    assert after == before

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.test import Client, RequestFactory, override_settings
 from django.urls import reverse
@@ -16,7 +18,7 @@ pytestmark = pytest.mark.django_db
 LOGIN = reverse("accounts:login")
 
 
-def fail(client: Client, email: str, **extra) -> object:
+def fail(client: Client, email: str, **extra: Any) -> Any:
     return client.post(LOGIN, {"username": email, "password": "wrong password!"}, **extra)
 
 

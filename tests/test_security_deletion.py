@@ -55,7 +55,8 @@ def test_it_removes_every_row_of_the_user_and_nobody_elses(alice, bob, alices_da
     bobs_key = add_key(bob, None, preset="openai", label="Bob's")
     user_delete(user=alice)
     for model in (DataKey, ProviderKey, Conversation, Message, AuditEvent, TOTPDevice):
-        assert not model.objects.filter(**{model_owner(model): alice.pk}).exists(), model
+        rows = model.objects.filter(**{model_owner(model): alice.pk})  # type: ignore[misc]
+        assert not rows.exists(), model
     assert ProviderKey.objects.filter(pk=bobs_key.pk).exists()
     assert DataKey.objects.filter(owner=bob).exists()
 

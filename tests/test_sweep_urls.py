@@ -87,6 +87,7 @@ def world_fixture(alice, bob):
     alices_browser = Client()
     alices_browser.post(reverse("accounts:login"), {"username": alice.email, "password": PASSWORD})
     session = UserSession.objects.filter(owner=alice).order_by("-created_at").first()
+    assert session is not None
     from django.test import RequestFactory
 
     from accounts import exports

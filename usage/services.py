@@ -22,6 +22,7 @@ from django.db.models import F, Model, Sum
 from django.utils import timezone
 
 from accounts.models import User
+from ops.services import operator_rollups_record
 from usage.models import (
     NO_KEY,
     MonthlySpend,
@@ -133,6 +134,7 @@ def usage_record(*, turn: TurnUsage) -> bool:
         )
         if not inserted:
             return False  # recorded already: never twice
+        operator_rollups_record(turn=turn, day=today, cost_micro=cost)
         _upsert_adding(
             UsageDaily,
             keys={"owner_id": turn.owner.pk, "day": today, "key_id": key_id, "model": model},

@@ -4,15 +4,49 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0003_security'),
+        ("accounts", "0003_security"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='auditevent',
-            name='action',
-            field=models.CharField(choices=[('key.created', 'Key added'), ('key.replaced', 'Key secret replaced'), ('key.renamed', 'Key renamed'), ('key.reordered', 'Key order changed'), ('key.verified', 'Key checked'), ('key.revoked', 'Key revoked'), ('key.deleted', 'Key deleted'), ('key.expired', 'Key expired'), ('key.used', 'Key used'), ('login.succeeded', 'Logged in'), ('login.failed', 'Failed login'), ('login.locked_out', 'Locked out after failed attempts'), ('login.logged_out', 'Logged out'), ('sudo.confirmed', 'Password confirmed'), ('sudo.failed', 'Failed password confirmation'), ('2fa.enabled', 'Two-factor authentication turned on'), ('2fa.disabled', 'Two-factor authentication turned off'), ('2fa.recovery_codes', 'New recovery codes created'), ('2fa.recovery_code_used', 'Recovery code used'), ('account.password_changed', 'Password changed'), ('account.password_reset', 'Password reset by email'), ('account.email_changed', 'Email address changed'), ('account.session_ended', 'Session ended'), ('account.export_requested', 'Data export requested'), ('account.export_downloaded', 'Data export downloaded'), ('operator.changed', 'Account changed by an operator'), ('operator.disabled', 'Account disabled by an operator'), ('operator.enabled', 'Account enabled by an operator'), ('operator.sessions_ended', 'All sessions ended by an operator'), ('operator.rate_limits', 'Rate limits changed by an operator'), ('operator.price_changed', 'Model price changed by an operator')], max_length=40),
+            model_name="auditevent",
+            name="action",
+            field=models.CharField(
+                choices=[
+                    ("key.created", "Key added"),
+                    ("key.replaced", "Key secret replaced"),
+                    ("key.renamed", "Key renamed"),
+                    ("key.reordered", "Key order changed"),
+                    ("key.verified", "Key checked"),
+                    ("key.revoked", "Key revoked"),
+                    ("key.deleted", "Key deleted"),
+                    ("key.expired", "Key expired"),
+                    ("key.used", "Key used"),
+                    ("login.succeeded", "Logged in"),
+                    ("login.failed", "Failed login"),
+                    ("login.locked_out", "Locked out after failed attempts"),
+                    ("login.logged_out", "Logged out"),
+                    ("sudo.confirmed", "Password confirmed"),
+                    ("sudo.failed", "Failed password confirmation"),
+                    ("2fa.enabled", "Two-factor authentication turned on"),
+                    ("2fa.disabled", "Two-factor authentication turned off"),
+                    ("2fa.recovery_codes", "New recovery codes created"),
+                    ("2fa.recovery_code_used", "Recovery code used"),
+                    ("account.password_changed", "Password changed"),
+                    ("account.password_reset", "Password reset by email"),
+                    ("account.email_changed", "Email address changed"),
+                    ("account.session_ended", "Session ended"),
+                    ("account.export_requested", "Data export requested"),
+                    ("account.export_downloaded", "Data export downloaded"),
+                    ("operator.changed", "Account changed by an operator"),
+                    ("operator.disabled", "Account disabled by an operator"),
+                    ("operator.enabled", "Account enabled by an operator"),
+                    ("operator.sessions_ended", "All sessions ended by an operator"),
+                    ("operator.rate_limits", "Rate limits changed by an operator"),
+                    ("operator.price_changed", "Model price changed by an operator"),
+                ],
+                max_length=40,
+            ),
         ),
     ]

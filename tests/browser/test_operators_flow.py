@@ -15,10 +15,17 @@ from keys.models import ProviderKey
 from ops.roles import OPERATORS
 from tests.conftest import PASSWORD
 from tests.keys_helpers import add_key
-from tests.operators_helpers import make_staff, wire_rollup_hook
+from tests.operators_helpers import (
+    fresh_cache,  # noqa: F401 (a fixture)
+    make_staff,
+)
 from tests.security_helpers import allow_code_reuse, code_for, enrol
 
-pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("fresh_cache"),
+]
 
 
 def _log_in(page, url, email):
@@ -29,9 +36,8 @@ def _log_in(page, url, email):
 
 
 def test_an_operator_sees_a_turn_on_the_dashboard_and_revokes_a_key(
-    page, browser, live_server, fake_provider, monkeypatch
+    page, browser, live_server, fake_provider
 ):
-    wire_rollup_hook(monkeypatch)
     user = User.objects.create_user(email="user@example.com", password=PASSWORD)
     key = add_key(user, fake_provider, label="Work key")
     conversation = conversation_create(owner=user, key=key, model="gpt-test")
@@ -43,6 +49,11 @@ def test_an_operator_sees_a_turn_on_the_dashboard_and_revokes_a_key(
     device, _codes = enrol(operator)
     allow_code_reuse(device)
 
+    refused: list[str] = []  # the Content Security Policy allows no inline script or style
+    page.on(
+        "console",
+        lambda message: refused.append(message.text) if "Refused" in message.text else None,
+    )
     _log_in(page, live_server.url, operator.email)
     page.wait_for_url(re.compile(r"/accounts/login/verify/"))
     page.locator("input[name=token]").fill(code_for(device))
@@ -65,6 +76,7 @@ def test_an_operator_sees_a_turn_on_the_dashboard_and_revokes_a_key(
     expect(page.locator(".messagelist")).to_contain_text("1 key(s) revoked")
     key.refresh_from_db()
     assert key.status == ProviderKey.Status.REVOKED
+    assert not refused, refused
 
     user_page = browser.new_context().new_page()
     _log_in(user_page, live_server.url, user.email)

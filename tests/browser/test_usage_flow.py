@@ -25,7 +25,9 @@ def test_after_a_turn_the_usage_page_shows_its_cost_in_the_chart_the_tables_and_
     key = add_key(user, fake_provider, label="Work key")
     conversation = conversation_create(owner=user, key=key, model="gpt-test")
     fake_provider.script(
-        path="/chat/completions", text="Priced.", usage={"input_tokens": 5000, "output_tokens": 2500}
+        path="/chat/completions",
+        text="Priced.",
+        usage={"input_tokens": 5000, "output_tokens": 2500},
     )
     _, reply = message_send(conversation=conversation, text="What does this cost?")
     turns.run_turn(str(reply.pk))  # $0.01 + $0.02 = $0.03
@@ -46,5 +48,6 @@ def test_after_a_turn_the_usage_page_shows_its_cost_in_the_chart_the_tables_and_
 
     with page.expect_download() as download_info:
         page.get_by_role("link", name="Download CSV").click()
-    csv_text = open(download_info.value.path(), encoding="utf-8").read()
+    with open(download_info.value.path(), encoding="utf-8") as downloaded:
+        csv_text = downloaded.read()
     assert "gpt-test" in csv_text and "0.030000" in csv_text and str(reply.pk) in csv_text
