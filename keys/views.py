@@ -98,19 +98,27 @@ def key_add_endpoint_field(request: AuthenticatedRequest) -> HttpResponse:
 @login_required
 @require_GET
 def key_detail(request: AuthenticatedRequest, key_id: object) -> HttpResponse:
-    key = _key_for(request, key_id)
+    return _render_detail(request, _key_for(request, key_id))
+
+
+def _render_detail(
+    request: AuthenticatedRequest,
+    key: ProviderKey,
+    *,
+    rename_form: ProviderKeyRenameForm | None = None,
+    expiry_form: ProviderKeyExpiryForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    """The key's page, optionally with one of its forms showing errors (status 400)."""
     history = AuditEvent.objects.for_owner(request.user).filter(target_id=str(key.pk))[:50]
-    return render(
-        request,
-        "keys/detail.html",
-        {
-            "key": key,
-            "history": history,
-            "rename_form": ProviderKeyRenameForm(initial={"label": key.label}),
-            "expiry_form": ProviderKeyExpiryForm(initial={"expires_on": key.expires_on}),
-            "still_checking": _still_checking(key),
-        },
-    )
+    context = {
+        "key": key,
+        "history": history,
+        "rename_form": rename_form or ProviderKeyRenameForm(initial={"label": key.label}),
+        "expiry_form": expiry_form or ProviderKeyExpiryForm(initial={"expires_on": key.expires_on}),
+        "still_checking": _still_checking(key),
+    }
+    return render(request, "keys/detail.html", context, status=status)
 
 
 def _still_checking(key: ProviderKey) -> bool:
@@ -159,19 +167,8 @@ def key_rename(request: AuthenticatedRequest, key_id: object) -> HttpResponse:
         else:
             messages.success(request, "Label saved.")
             return redirect("keys:detail", key_id=key.pk)
-    history = AuditEvent.objects.for_owner(request.user).filter(target_id=str(key.pk))[:50]
     key.refresh_from_db()
-    return render(
-        request,
-        "keys/detail.html",
-        {
-            "key": key,
-            "history": history,
-            "rename_form": form,
-            "expiry_form": ProviderKeyExpiryForm(initial={"expires_on": key.expires_on}),
-        },
-        status=400,
-    )
+    return _render_detail(request, key, rename_form=form, status=400)
 
 
 @login_required
@@ -187,18 +184,7 @@ def key_set_expiry(request: AuthenticatedRequest, key_id: object) -> HttpRespons
         else:
             messages.success(request, "Expiry saved.")
             return redirect("keys:detail", key_id=key.pk)
-    history = AuditEvent.objects.for_owner(request.user).filter(target_id=str(key.pk))[:50]
-    return render(
-        request,
-        "keys/detail.html",
-        {
-            "key": key,
-            "history": history,
-            "expiry_form": form,
-            "rename_form": ProviderKeyRenameForm(initial={"label": key.label}),
-        },
-        status=400,
-    )
+    return _render_detail(request, key, expiry_form=form, status=400)
 
 
 @sensitive_post_parameters("secret")
