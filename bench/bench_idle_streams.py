@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,7 @@ class Targets:
         self.stack = stack
         self.users = users
         self.made = 0
+        self.stop = threading.Event()  # set when the benchmark ends or is interrupted
 
     def make(self, count: int) -> list[tuple[str, dict[str, str]]]:
         from django.db import connection
@@ -156,6 +158,8 @@ class Targets:
         targets = []
         try:
             for _ in range(count):
+                if self.stop.is_set():
+                    break
                 user, key, cookies = self.users[self.made % len(self.users)]
                 conversation = conversation_create(owner=user, key=key, model="fake-gpt-large")
                 _, reply = message_send(conversation=conversation, text="Wait for me")
@@ -251,6 +255,7 @@ async def measure(stack: Stack, maker: Targets, n: dict) -> dict:
             )
             say(f"after holding: {held}")
     finally:
+        maker.stop.set()
         await holder.close_all()
     return {
         "baseline": base,

@@ -159,7 +159,10 @@ async def single(stack: Stack, cookies: dict[str, str], conversations: list[str]
         for conversation in conversations[warm : warm + count]:
             turns.append(await run_turn_httpx(client, conversation, "Hello", TURN_TIMEOUT))
             await asyncio.sleep(0.05)
-        cpu = {name: round(1000 * sec / count, 1) for name, sec in meter.seconds().items()}
+        cpu: dict[str, Any] = {
+            name: round(1000 * sec / count, 1) for name, sec in meter.seconds().items()
+        }
+        cpu["other processes, % of a core"] = meter.read()["other"]
         attach_timings(stack, turns)
     return direct[warm:], turns[warm:], cpu
 

@@ -381,11 +381,22 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise _Interrupted(f"signal {signum}")
 
 
+def is_interrupt(error: BaseException | None) -> bool:
+    """Ctrl-C or SIGTERM/SIGHUP, possibly wrapped in an exception group by asyncio/anyio."""
+    if isinstance(error, KeyboardInterrupt | _Interrupted):
+        return True
+    if isinstance(error, BaseExceptionGroup):
+        return all(is_interrupt(inner) for inner in error.exceptions)
+    return False
+
+
 def run(main: Callable[[], None]) -> None:
     """Run a benchmark's main(); Ctrl-C or SIGTERM end it quietly (the Stack has cleaned up)."""
     try:
         main()
-    except (KeyboardInterrupt, _Interrupted):
+    except BaseException as error:
+        if not is_interrupt(error):
+            raise
         say("interrupted: every process the benchmark started has been stopped")
         raise SystemExit(130) from None
 
@@ -433,7 +444,7 @@ class Stack:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is not None and not isinstance(exc, KeyboardInterrupt | _Interrupted):
+        if exc is not None and not is_interrupt(exc):
             for service in self.services.values():
                 say(f"--- last lines of {service.name} ({service.log}) ---\n{service.tail()}")
         self.stop()

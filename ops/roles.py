@@ -34,3 +34,24 @@ ROLES: dict[str, tuple[str, ...]] = {
     SUPPORT: SUPPORT_PERMISSIONS,
     OPERATORS: OPERATOR_PERMISSIONS,
 }
+
+
+def ensure_roles(**kwargs: object) -> None:
+    """Create the role groups with their permissions if missing (after every migrate).
+
+    The migration creates them once; this keeps them after `manage.py flush` (which test
+    runs and resets use), the same way Django recreates permissions.
+    """
+    from django.contrib.auth.models import Group, Permission
+
+    for name, codes in ROLES.items():
+        group, _ = Group.objects.get_or_create(name=name)
+        wanted = []
+        for code in codes:
+            app_label, codename = code.split(".")
+            permission = Permission.objects.filter(
+                content_type__app_label=app_label, codename=codename
+            ).first()
+            if permission is not None:
+                wanted.append(permission)
+        group.permissions.set(wanted)

@@ -118,6 +118,7 @@ def test_operator_price_changes_apply_to_new_turns_only(alice, fake_provider):
 def test_the_shipped_price_list_is_loaded_and_overrides_survive_a_reload(db):
     from usage.prices import load_shipped_prices
 
+    load_shipped_prices()  # transactional tests flush what the data migration loaded
     assert ModelPrice.objects.filter(preset="openai", model="gpt-4o-mini").exists()
     row = ModelPrice.objects.get(preset="openai", model="gpt-4o-mini")
     ModelPrice.objects.filter(pk=row.pk).update(input_per_mtok=1, overridden=True)
