@@ -209,8 +209,10 @@ def machine_info() -> dict[str, Any]:
 
 
 def write_results(name: str, payload: dict[str, Any]) -> Path:
+    """bench/results/<name>.json (<name>-quick.json for a quick run, so it never replaces a
+    full run's figures)."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+    path = RESULTS_DIR / f"{name}{'-quick' if payload.get('quick') else ''}.json"
     payload = {"benchmark": name, "machine": machine_info(), **payload}
     path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
     say(f"results written to {path.relative_to(ROOT)}")

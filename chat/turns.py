@@ -504,9 +504,13 @@ def _store(reply: Message, state: TurnState, **fields: object) -> bool:
                     reply, state, str(fields["status"]), str(fields.get("error_kind", ""))
                 )
             )
-    if stored and state.key is not None and state.provider_calls:
-        provider_key_mark_used(key=state.key)
     return stored
+
+
+def _after_finish(state: TurnState) -> None:
+    """Bookkeeping that the user does not wait for: runs after the final event is sent."""
+    if state.key is not None and state.provider_calls:
+        provider_key_mark_used(key=state.key)
 
 
 def _finish_success(reply: Message, publisher: streams.TurnPublisher, state: TurnState) -> None:
@@ -518,6 +522,7 @@ def _finish_success(reply: Message, publisher: streams.TurnPublisher, state: Tur
         publisher.done(
             status=status, html=render_markdown(state.text), notice=" ".join(state.notices)
         )
+        _after_finish(state)
 
 
 def _finish_provider_error(
@@ -557,3 +562,4 @@ def _finish_error(
         publisher.error(
             message=message, action=action, html=render_markdown(state.text) if state.text else ""
         )
+        _after_finish(state)
