@@ -129,6 +129,7 @@ def message_send(request: AuthenticatedRequest, conversation_id: object) -> Http
         else:
             if request.headers.get("HX-Request"):
                 cipher = OwnerCipher(request.user)
+                conversation.refresh_from_db(fields=["sealed_title"])  # set by the first send
                 items = [
                     selectors.message_view(user_message, cipher),
                     selectors.message_view(reply, cipher),

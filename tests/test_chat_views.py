@@ -148,6 +148,7 @@ def test_sending_renders_both_bubbles_and_seals_the_text(alice_client, alices_ch
     assert response.status_code == 200
     assert "Second **question**" in html  # the user's own text, escaped, not rendered
     assert 'data-stream-url="/chat/m/' in html
+    assert 'id="chat-title" hx-swap-oob="true">Alice&#x27;s secret question</h1>' in html
     for message in Message.objects.filter(conversation=conversation):
         assert b"question" not in bytes(message.sealed_content)
 
