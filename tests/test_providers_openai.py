@@ -17,7 +17,7 @@ from tests.fakes.provider import FakeProvider
 
 pytest_plugins = ["tests.fakes.fixtures"]
 
-KEY = "sk-proj-openai-test-key-0001"
+KEY = "sk-test-openai-key-0001"
 
 
 def conversation(**overrides: object) -> ChatRequest:
