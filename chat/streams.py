@@ -117,12 +117,10 @@ def get_async_redis() -> aioredis.Redis:
     return client
 
 
-async def read_after(
-    message_id: object, last_id: str, *, block_ms: int | None = None
-) -> list[tuple[str, dict[str, Any]]]:
-    """Entries after `last_id`; with `block_ms`, wait that long for the first one."""
+async def read_after(message_id: object, last_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """Entries after `last_id`, without waiting (the hub does the waiting)."""
     client = get_async_redis()
-    result: Any = await client.xread({stream_key(message_id): last_id}, count=1000, block=block_ms)
+    result: Any = await client.xread({stream_key(message_id): last_id}, count=1000)
     if not result:
         return []
     return [(str(entry_id), dict(fields)) for entry_id, fields in result[0][1]]

@@ -90,6 +90,7 @@ class TurnState:
     key: ProviderKey | None = None
     notices: list[str] = field(default_factory=list)
     input_estimate: int = 0
+    cipher: OwnerCipher | None = None  # the owner's, opened once per turn
 
     @property
     def text(self) -> str:
@@ -208,7 +209,7 @@ def run_turn(message_id: str) -> None:
 
 def _run(reply: Message, publisher: streams.TurnPublisher, state: TurnState) -> None:
     conversation = reply.conversation
-    cipher = OwnerCipher(reply.owner)
+    cipher = state.cipher = OwnerCipher(reply.owner)
     history, dropped = build_history(reply, cipher)
     if dropped:
         state.notices.append(
@@ -485,7 +486,7 @@ def _turn_usage(reply: Message, state: TurnState, status: str, error_kind: str) 
 
 def _store(reply: Message, state: TurnState, **fields: object) -> bool:
     """Store the outcome and its usage once: only a turn still `running` can be finished."""
-    cipher = OwnerCipher(reply.owner)
+    cipher = state.cipher or OwnerCipher(reply.owner)
     values = {
         "sealed_content": cipher.seal(PURPOSE_MESSAGE, reply.pk, state.text),
         "finished_at": timezone.now(),

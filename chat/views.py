@@ -9,7 +9,6 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.http import AuthenticatedRequest
@@ -322,7 +321,3 @@ async def turn_stream(request: HttpRequest, message_id: object) -> StreamingHttp
 def _valid_stream_id(value: str) -> bool:
     first, _, second = value.partition("-")
     return first.isdigit() and second.isdigit() and len(value) < 42
-
-
-def stream_url(message: Message) -> str:
-    return reverse("chat:stream", args=[message.pk])
