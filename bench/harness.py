@@ -101,6 +101,14 @@ def apply_overrides(sizes: dict[str, Any], args: argparse.Namespace) -> dict[str
     return sizes
 
 
+def _psql(sql: str) -> None:
+    subprocess.run(
+        ["psql", "-h", HOST, "-U", "postgres", "-d", "postgres", "-q", "-c", sql],
+        check=True,
+        capture_output=True,
+    )
+
+
 def say(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -421,6 +429,7 @@ class Stack:
         self.tmp = Path(tempfile.mkdtemp(prefix=f"byok-bench-{name}-"))
         self.services: dict[str, Service] = {}
         self.redis: Any = None
+        self.pg_database = ""
         self.env: dict[str, str] = {}
         self.web_port = 0
         self.fake_port = 0
@@ -469,7 +478,7 @@ class Stack:
             "DJANGO_HTTPS": "0",
             "DJANGO_LOG_LEVEL": "WARNING",
             "DJANGO_STATIC_ROOT": str(self.tmp / "static"),
-            "DATABASE_URL": f"sqlite:///{self.tmp / 'db.sqlite3'}",
+            "DATABASE_URL": self._database_url(),
             "REDIS_URL": self.redis.url,
             "BYOK_MASTER_KEYS": f"b1:{generate_master_key()}",
             "BYOK_ALLOW_PRIVATE_ENDPOINTS": "1",
@@ -538,6 +547,17 @@ class Stack:
         )
         self._wait_ready()
 
+    def _database_url(self) -> str:
+        """SQLite in the temp dir (the default), or with BENCH_DATABASE=postgres a fresh
+        database on the machine's PostgreSQL (127.0.0.1:5432, user postgres), dropped at the
+        end: production runs on PostgreSQL, where writers do not queue on one file lock."""
+        if os.environ.get("BENCH_DATABASE", "sqlite") != "postgres":
+            return f"sqlite:///{self.tmp / 'db.sqlite3'}"
+        self.pg_database = f"byok_bench_{self.name}_{os.getpid()}"
+        _psql(f'DROP DATABASE IF EXISTS "{self.pg_database}"')
+        _psql(f'CREATE DATABASE "{self.pg_database}"')
+        return f"postgres://postgres@127.0.0.1:5432/{self.pg_database}"
+
     def stop(self) -> None:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C waits
         try:
@@ -552,6 +572,8 @@ class Stack:
                 from django.db import connections
 
                 connections.close_all()
+            if self.pg_database:
+                _psql(f'DROP DATABASE IF EXISTS "{self.pg_database}" WITH (FORCE)')
             self.errors = self._log_errors()
             for name, lines in self.errors.items():
                 say(f"{name} logged errors: " + " | ".join(lines[:3]))

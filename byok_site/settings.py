@@ -104,6 +104,8 @@ BYOK_CONTEXT_MAX_CHARS = env.int("BYOK_CONTEXT_MAX_CHARS", default=400_000)
 BYOK_MAX_OUTPUT_TOKENS = env.int("BYOK_MAX_OUTPUT_TOKENS", default=4096)
 BYOK_QUEUED_TURN_TIMEOUT = env.int("BYOK_QUEUED_TURN_TIMEOUT", default=120)
 BYOK_STREAM_BATCH_SECONDS = env.float("BYOK_STREAM_BATCH_SECONDS", default=0.025)
+# How often a worker asks Redis whether the user pressed stop (one MGET for all its turns).
+BYOK_CANCEL_POLL_SECONDS = env.float("BYOK_CANCEL_POLL_SECONDS", default=0.2)
 BYOK_TURN_STREAM_MAXLEN = env.int("BYOK_TURN_STREAM_MAXLEN", default=50_000)
 BYOK_TURN_STREAM_TTL = env.int("BYOK_TURN_STREAM_TTL", default=3600)
 BYOK_SSE_HEARTBEAT_SECONDS = env.float("BYOK_SSE_HEARTBEAT_SECONDS", default=15.0)
@@ -189,6 +191,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             ),
         }
     )
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A bounded connection pool per process (psycopg_pool): a worker running hundreds of
+    # turns in threads shares a few connections instead of holding one per thread, which
+    # would exhaust the server's max_connections. Connections go back to the pool at the end
+    # of each request and task (Django then needs CONN_MAX_AGE = 0).
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": env.int("DATABASE_POOL_SIZE", default=16),
+        "timeout": 30,
+    }
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)

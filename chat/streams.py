@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import heapq
+import itertools
 import logging
+import os
 import threading
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import redis
@@ -35,6 +41,107 @@ def cancel_key(message_id: object) -> str:
     return f"byok:turn:{message_id}:cancel"
 
 
+class StreamWriter:
+    """Writes the deltas of every turn running in this process, one Redis pipeline per tick.
+
+    A turn's first delta is written at once by the thread that received it (time to first
+    token is what users feel); later deltas wait at most `window` seconds and share one
+    round trip with every other running turn's. A turn's final event takes its own pending
+    deltas first, under the same lock, so entries never land out of order.
+    """
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._pending: dict[str, list[str]] = {}
+        self._lock = threading.Lock()  # guards _pending
+        self._io = threading.Lock()  # one writer at a time: keeps each stream in order
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.failed_keys: set[str] = set()
+
+    def add(self, key: str, text: str, *, now: bool = False) -> None:
+        if now:
+            with self._io:
+                with self._lock:
+                    texts = self._pending.pop(key, [])
+                texts.append(text)
+                self._write({key: texts}, expire=True)
+            return
+        with self._lock:
+            self._pending.setdefault(key, []).append(text)
+        self._ensure_thread()
+        self._wake.set()
+
+    def finish(self, key: str, fields: dict[str, str]) -> None:
+        """The turn's pending deltas, then its final entry, in one round trip."""
+        with self._io:
+            with self._lock:
+                texts = self._pending.pop(key, [])
+            self._write({key: texts}, final=fields)
+            self.failed_keys.discard(key)
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            with self._lock:
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(
+                        target=self._loop, name="turn-stream-writer", daemon=True
+                    )
+                    self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            time.sleep(self.window)  # gather a tick's worth of deltas from every turn
+            with self._io:
+                with self._lock:
+                    batch, self._pending = self._pending, {}
+                if batch:
+                    self._write(batch)
+
+    def _write(
+        self,
+        batch: dict[str, list[str]],
+        *,
+        final: dict[str, str] | None = None,
+        expire: bool = False,
+    ) -> None:
+        maxlen = settings.BYOK_TURN_STREAM_MAXLEN
+        ttl = settings.BYOK_TURN_STREAM_TTL
+        try:
+            pipe = get_redis().pipeline(transaction=False)
+            for key, texts in batch.items():
+                if texts:
+                    fields = {"type": EVENT_DELTA, "text": "".join(texts)}
+                    pipe.xadd(key, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+                if final is not None:
+                    pipe.xadd(key, final, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+                if expire or final is not None:
+                    pipe.expire(key, ttl)
+            pipe.execute()
+        except redis.RedisError:
+            fresh = set(batch) - self.failed_keys
+            if fresh:
+                logger.warning(
+                    "turn streams %s: Redis write failed; the replies are kept in the database",
+                    ", ".join(sorted(fresh)),
+                )
+                self.failed_keys.update(fresh)
+
+
+_writers: dict[int, StreamWriter] = {}
+
+
+def get_writer() -> StreamWriter:
+    """This process's stream writer (a fork gets its own)."""
+    pid = os.getpid()
+    writer = _writers.get(pid)
+    if writer is None:
+        writer = _writers.setdefault(pid, StreamWriter(settings.BYOK_STREAM_BATCH_SECONDS))
+    return writer
+
+
 class TurnPublisher:
     """Appends a turn's events to its stream. Never raises: a Redis outage must not lose the
     turn (the final text still lands in the database, and the SSE view serves it from there).
@@ -42,40 +149,24 @@ class TurnPublisher:
 
     def __init__(self, message_id: object) -> None:
         self.key = stream_key(message_id)
-        self.client = get_redis()
-        self.maxlen = settings.BYOK_TURN_STREAM_MAXLEN
-        self.ttl = settings.BYOK_TURN_STREAM_TTL
-        self.failed = False
-
-    def _add(self, fields: dict[str, str]) -> None:
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.xadd(self.key, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
-            pipe.expire(self.key, self.ttl)
-            pipe.execute()
-        except redis.RedisError:
-            if not self.failed:
-                logger.warning(
-                    "turn stream %s: Redis write failed; the reply is kept in the database",
-                    self.key,
-                )
-            self.failed = True
-
-    def reset(self) -> None:
-        try:
-            self.client.delete(self.key, cancel_key(self.key.removeprefix("byok:turn:")))
-        except redis.RedisError:
-            self.failed = True
+        self.writer = get_writer()
+        self.sent_any = False
 
     def delta(self, text: str) -> None:
+        """The first delta goes out at once; later ones with the next tick's batch."""
         if text:
-            self._add({"type": EVENT_DELTA, "text": text})
+            self.writer.add(self.key, text, now=not self.sent_any)
+            self.sent_any = True
 
     def done(self, *, status: str, html: str, notice: str = "") -> None:
-        self._add({"type": EVENT_DONE, "status": status, "html": html, "notice": notice})
+        self.writer.finish(
+            self.key, {"type": EVENT_DONE, "status": status, "html": html, "notice": notice}
+        )
 
     def error(self, *, message: str, action: str, html: str = "") -> None:
-        self._add({"type": EVENT_ERROR, "message": message, "action": action, "html": html})
+        self.writer.finish(
+            self.key, {"type": EVENT_ERROR, "message": message, "action": action, "html": html}
+        )
 
 
 def request_cancel(message_id: object) -> None:
@@ -89,10 +180,65 @@ def cancel_requested(message_id: object) -> bool:
         return False
 
 
+class CancelWatcher:
+    """One thread per process asks Redis, for every turn running here, whether its user
+    pressed stop: one MGET per poll, whatever the number of turns."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._watched: dict[str, Callable[[], None]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, message_id: object, on_cancel: Callable[[], None]) -> None:
+        """Call `on_cancel` (from the watcher's thread) once stop is pressed for the turn."""
+        with self._lock:
+            self._watched[cancel_key(message_id)] = on_cancel
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name="turn-cancel-watcher", daemon=True
+                )
+                self._thread.start()
+
+    def unwatch(self, message_id: object) -> None:
+        with self._lock:
+            self._watched.pop(cancel_key(message_id), None)
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            with self._lock:
+                watched = list(self._watched.items())
+            if not watched:
+                continue
+            try:
+                flags = get_redis().mget([key for key, _ in watched])
+            except redis.RedisError:
+                continue  # Redis is down: nobody can press stop meanwhile
+            for (key, on_cancel), flag in zip(watched, flags, strict=True):
+                if flag:
+                    with self._lock:
+                        self._watched.pop(key, None)
+                    on_cancel()
+
+
+_watchers: dict[int, CancelWatcher] = {}
+
+
+def get_cancel_watcher() -> CancelWatcher:
+    pid = os.getpid()
+    watcher = _watchers.get(pid)
+    if watcher is None:
+        watcher = _watchers.setdefault(pid, CancelWatcher(settings.BYOK_CANCEL_POLL_SECONDS))
+    return watcher
+
+
 # --- async side (the SSE view) -------------------------------------------------------------
 
 _async_clients: dict[tuple[str, int], aioredis.Redis] = {}
 _async_lock = threading.Lock()
+
+Entry = tuple[str, dict[str, str]]
 
 
 def get_async_redis() -> aioredis.Redis:
@@ -117,15 +263,6 @@ def get_async_redis() -> aioredis.Redis:
     return client
 
 
-async def read_after(message_id: object, last_id: str) -> list[tuple[str, dict[str, Any]]]:
-    """Entries after `last_id`, without waiting (the hub does the waiting)."""
-    client = get_async_redis()
-    result: Any = await client.xread({stream_key(message_id): last_id}, count=1000)
-    if not result:
-        return []
-    return [(str(entry_id), dict(fields)) for entry_id, fields in result[0][1]]
-
-
 async def stream_exists(message_id: object) -> bool:
     return bool(await get_async_redis().exists(stream_key(message_id)))
 
@@ -135,23 +272,71 @@ def _id_tuple(entry_id: str) -> tuple[int, int]:
     return int(first), int(second or 0)
 
 
+def _bulk(value: str) -> bytes:
+    data = value.encode()
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """A task of the hub's own, in a fresh context: it must not inherit (and outlive) the
+    context of the request that happened to start it, such as Django's ThreadSensitiveContext.
+    """
+    return asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
+
+
 class Subscription:
-    """One SSE client following one turn stream through the hub."""
+    """One SSE client following one turn stream through the hub.
+
+    No queue and no timer of its own (thousands are open at once): the hub appends entries
+    to `entries`, sets `heartbeat_due` once per heartbeat period, and wakes the one waiter.
+    """
+
+    __slots__ = (
+        "_waiter",
+        "closed",
+        "entries",
+        "heartbeat_due",
+        "key",
+        "last_id",
+        "stream_missing",
+    )
 
     def __init__(self, key: str, last_id: str) -> None:
         self.key = key
         self.last_id = last_id
-        self.queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self.entries: list[Entry] = []
+        self.heartbeat_due = False
+        self.stream_missing = False
+        self.closed = False
+        self._waiter: asyncio.Future[None] | None = None
 
-    async def next_batch(self, timeout: float) -> list[tuple[str, dict[str, Any]]]:
-        """Entries delivered since the last call, waiting up to `timeout` for the first."""
-        try:
-            first = await asyncio.wait_for(self.queue.get(), timeout)
-        except TimeoutError:
-            return []
-        batch = [first]
-        while not self.queue.empty():
-            batch.append(self.queue.get_nowait())
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def close(self) -> None:
+        """Ends `next_batch` at once (the client went away)."""
+        self.closed = True
+        self.wake()
+
+    async def next_batch(self) -> list[Entry] | None:
+        """The entries delivered since the last call, waiting for some.
+
+        `[]`: a heartbeat period passed with nothing new; `stream_missing` then says whether
+        the stream's key was gone (expired, or the turn has not started). None: closed.
+        Entries' field dicts are shared with other subscribers: do not change them.
+        """
+        while not (self.entries or self.heartbeat_due or self.closed):
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self.closed:
+            return None
+        self.heartbeat_due = False
+        batch, self.entries = self.entries, []
         return batch
 
 
@@ -159,54 +344,106 @@ class StreamHub:
     """One blocking reader per web process serves every open SSE stream.
 
     A blocking XREAD per stream would hold one Redis connection per open browser tab; here
-    one connection blocks on all followed streams at once and fans entries out to the
-    subscribers. A new subscription wakes the reader with CLIENT UNBLOCK, so it adds no
-    latency to the first token.
+    one connection blocks on all followed streams at once, each from its subscribers' last
+    id, and fans entries out — so a new subscriber's replay arrives the same way as live
+    entries, and opening a stream costs no Redis round trip of its own. New subscriptions
+    wake the reader with one CLIENT UNBLOCK, however many arrive together. One ticker task
+    gives every subscription its heartbeat, and asks Redis in one pipeline per tick which of
+    the streams due have vanished.
     """
 
     BLOCK_MS = 5000
+    COUNT = 1000
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.subscriptions: dict[str, set[Subscription]] = {}
+        self._due: list[tuple[float, int, Subscription]] = []  # a heap of heartbeat times
+        self._seq = itertools.count()
         self._reader: aioredis.Redis | None = None
         self._reader_id: int | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
-        self._blocked = False
+        self._blocked = False  # an XREAD is in flight...
+        self._stale = False  # ...and it lacks a subscription made since it was sent
+        self._names: dict[str, bytes] = {}  # each followed stream's name, RESP-encoded
+        self._xread_head = b"".join(
+            _bulk(word) for word in ("XREAD", "COUNT", str(self.COUNT), "BLOCK", str(self.BLOCK_MS))
+        ) + _bulk("STREAMS")
 
-    async def subscribe(self, key: str, last_id: str) -> Subscription:
+    def subscribe(self, key: str, last_id: str) -> Subscription:
         subscription = Subscription(key, last_id)
         self.subscriptions.setdefault(key, set()).add(subscription)
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
-        await self._interrupt()
+        heartbeat = settings.BYOK_SSE_HEARTBEAT_SECONDS
+        heapq.heappush(self._due, (time.monotonic() + heartbeat, next(self._seq), subscription))
+        self._stale = True
+        self._wake.set()
+        self._start("reader", self._read)
+        self._start("ticker", self._tick)
+        if self._blocked:
+            self._start("unblock", self._unblock)
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
+        subscription.close()
         followers = self.subscriptions.get(subscription.key)
         if followers is not None:
             followers.discard(subscription)
             if not followers:
                 del self.subscriptions[subscription.key]
+                self._names.pop(subscription.key, None)
 
-    async def _interrupt(self) -> None:
-        self._wake.set()
-        if self._blocked and self._reader_id is not None:
+    def _start(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        task = self._tasks.get(name)
+        if task is None or task.done():
+            self._tasks[name] = _spawn(loop())
+
+    async def _unblock(self) -> None:
+        """Interrupt the reader's XREAD so that its next one includes the new subscriptions.
+        Retried briefly: the XREAD may still be on its way to Redis (CLIENT UNBLOCK then
+        answers 0)."""
+        for _ in range(50):
+            if not (self._blocked and self._stale) or self._reader_id is None:
+                return
             try:
-                await get_async_redis().client_unblock(self._reader_id)
+                if await get_async_redis().client_unblock(self._reader_id):
+                    return
             except redis.RedisError:
                 logger.debug("stream hub: unblock failed", exc_info=True)
+                return  # the XREAD times out within BLOCK_MS anyway
+            await asyncio.sleep(0.002)
 
-    async def _connect(self) -> aioredis.Redis:
+    async def _connect(self) -> Any:
         if self._reader is None:
             self._reader = aioredis.Redis.from_url(
                 self.url, decode_responses=True, single_connection_client=True
             )
             self._reader_id = int(await self._reader.client_id())
-        return self._reader
+        return self._reader.connection
 
-    async def _run(self) -> None:
+    def _xread_command(self) -> bytes:
+        """XREAD BLOCK over every followed stream, each from its subscribers' lowest id.
+
+        Packed here rather than by redis-py, whose generic packer takes ~10 ms for 5,000
+        streams, on every new subscription and every new entry: the stream names' encoding
+        is kept, only the ids are encoded each time.
+        """
+        names: list[bytes] = []
+        ids: list[bytes] = []
+        for key, followers in self.subscriptions.items():
+            if len(followers) == 1:
+                cursor = next(iter(followers)).last_id
+            else:
+                cursor = min((s.last_id for s in followers), key=_id_tuple)
+            name = self._names.get(key)
+            if name is None:
+                name = self._names[key] = _bulk(key)
+            names.append(name)
+            ids.append(_bulk(cursor))
+        head = b"*%d\r\n" % (6 + 2 * len(names)) + self._xread_head
+        return b"".join([head, *names, *ids])
+
+    async def _read(self) -> None:
         while True:
             if not self.subscriptions:
                 self._wake.clear()
@@ -214,17 +451,19 @@ class StreamHub:
                     await asyncio.wait_for(self._wake.wait(), timeout=60)
                 except TimeoutError:
                     if not self.subscriptions:
+                        await self._reset()
                         return  # idle: the next subscription starts a new reader
                 continue
-            self._wake.clear()
-            cursors: dict[Any, Any] = {
-                key: min((s.last_id for s in followers), key=_id_tuple)
-                for key, followers in self.subscriptions.items()
-            }
             try:
-                reader = await self._connect()
+                connection = await self._connect()
+                # No await between reading the cursors and marking the XREAD in flight: a
+                # subscription made after this point sees `_blocked` and unblocks it.
+                self._wake.clear()
+                self._stale = False
+                command = self._xread_command()
                 self._blocked = True
-                result: Any = await reader.xread(cursors, count=1000, block=self.BLOCK_MS)
+                await connection.send_packed_command(command, check_health=False)
+                result: Any = await connection.read_response()
             except (redis.RedisError, OSError):
                 logger.warning("stream hub: Redis read failed; retrying", exc_info=True)
                 await self._reset()
@@ -232,12 +471,65 @@ class StreamHub:
                 continue
             finally:
                 self._blocked = False
-            for key, entries in result or []:
-                for subscription in list(self.subscriptions.get(key, ())):
-                    for entry_id, fields in entries:
-                        if _id_tuple(entry_id) > _id_tuple(subscription.last_id):
-                            subscription.queue.put_nowait((entry_id, dict(fields)))
-                            subscription.last_id = entry_id
+            # RESP3 (redis-py 8) answers a map of streams, RESP2 a list of pairs.
+            try:
+                for key, raw in result.items() if isinstance(result, dict) else result or ():
+                    self._deliver(key, raw)
+            except Exception:  # a reader that died would leave every stream silent
+                logger.exception("stream hub: unexpected XREAD answer")
+
+    def _deliver(self, key: str, raw_entries: list[list[Any]]) -> None:
+        followers = self.subscriptions.get(key)
+        if not followers or not raw_entries:
+            return
+        entries = [
+            (entry_id, dict(zip(fields[::2], fields[1::2], strict=True)))
+            for entry_id, fields in raw_entries
+        ]
+        last = _id_tuple(entries[-1][0])
+        for subscription in followers:
+            after = _id_tuple(subscription.last_id)
+            if last <= after:
+                continue
+            fresh = [entry for entry in entries if _id_tuple(entry[0]) > after]
+            subscription.entries.extend(fresh)
+            subscription.last_id = fresh[-1][0]
+            subscription.wake()
+
+    async def _tick(self) -> None:
+        while self._due:
+            heartbeat = settings.BYOK_SSE_HEARTBEAT_SECONDS
+            await asyncio.sleep(min(1.0, max(0.02, heartbeat / 4)))
+            now = time.monotonic()
+            due: list[Subscription] = []
+            while self._due and self._due[0][0] <= now:
+                subscription = heapq.heappop(self._due)[2]
+                if not subscription.closed:
+                    due.append(subscription)
+            if not due:
+                continue
+            missing = await self._missing({s.key for s in due})
+            now = time.monotonic()
+            for subscription in due:
+                if subscription.closed:
+                    continue
+                subscription.stream_missing = subscription.key in missing
+                subscription.heartbeat_due = True
+                subscription.wake()
+                heapq.heappush(self._due, (now + heartbeat, next(self._seq), subscription))
+
+    async def _missing(self, keys: set[str]) -> set[str]:
+        """Which of `keys` do not exist; none, when Redis cannot say."""
+        ordered = list(keys)
+        try:
+            async with get_async_redis().pipeline(transaction=False) as pipe:
+                for key in ordered:
+                    pipe.exists(key)
+                found = await pipe.execute()
+        except redis.RedisError:
+            logger.debug("stream hub: existence check failed", exc_info=True)
+            return set()
+        return {key for key, exists in zip(ordered, found, strict=True) if not exists}
 
     async def _reset(self) -> None:
         if self._reader is not None:

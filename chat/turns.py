@@ -12,11 +12,11 @@ never.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
 
+from django import db
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Case, IntegerField, Value, When
@@ -38,7 +38,7 @@ from keys.services import (
 )
 from providers.catalog import build_adapter, get_preset
 from providers.errors import InvalidChatRequest, InvalidEndpoint, ProviderError, ProviderErrorKind
-from providers.types import ChatMessage, ChatRequest, Finish, Role, TextDelta, Usage
+from providers.types import ChatAdapter, ChatMessage, ChatRequest, Finish, Role, TextDelta, Usage
 from usage import ratelimits
 from usage.prices import TokenCounts
 from usage.services import BudgetError, TurnUsage, budget_release, budget_reserve, usage_record
@@ -57,7 +57,6 @@ FALLBACK_KINDS = {
 }
 MAX_RETRIES = 2
 RETRY_BUDGET_SECONDS = 20.0
-CANCEL_POLL_SECONDS = 0.2
 
 _ACTIONS = {
     ProviderErrorKind.INVALID_KEY: "Check the key on the Keys page, or replace it.",
@@ -99,35 +98,6 @@ class TurnState:
     @property
     def got_tokens(self) -> bool:
         return self.first_token_at is not None
-
-
-class DeltaBatcher:
-    """Sends the first token at once, then batches deltas within a short window, so one
-    Redis write serves many tokens at high token rates without adding visible lag."""
-
-    def __init__(self, publisher: streams.TurnPublisher, window: float) -> None:
-        self.publisher = publisher
-        self.window = window
-        self.pending: list[str] = []
-        self.last_flush = 0.0
-        self.sent_any = False
-
-    def add(self, text: str) -> None:
-        self.pending.append(text)
-        if not self.sent_any or time.monotonic() - self.last_flush >= self.window:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.pending:
-            self.publisher.delta("".join(self.pending))
-            self.pending.clear()
-            self.sent_any = True
-        self.last_flush = time.monotonic()
-
-    def seconds_to_next_flush(self) -> float:
-        if not self.pending:
-            return CANCEL_POLL_SECONDS
-        return max(0.0, self.window - (time.monotonic() - self.last_flush))
 
 
 def candidate_keys(conversation: Conversation) -> list[ProviderKey]:
@@ -240,7 +210,6 @@ def _run(reply: Message, publisher: streams.TurnPublisher, state: TurnState) -> 
         return
     if conversation.provider_key_id and keys[0].pk != conversation.provider_key_id:
         state.notices.append(f"Your chosen key is not usable; “{keys[0].label}” answered instead.")
-    batcher = DeltaBatcher(publisher, settings.BYOK_STREAM_BATCH_SECONDS)
     last_error: ProviderError | None = None
     # Generous on purpose (about 3 characters a token): the reservation is a worst case.
     state.input_estimate = (
@@ -265,7 +234,7 @@ def _run(reply: Message, publisher: streams.TurnPublisher, state: TurnState) -> 
                 reply, publisher, state, kind="budget", text=error.message, action="usage"
             )
             return
-        last_error = _call_with_retries(reply, key, history, system_prompt, batcher, state)
+        last_error = _call_with_retries(reply, key, history, system_prompt, publisher, state)
         if last_error is None or state.got_tokens or state.cancelled:
             break
         _note_key_failure(key, last_error)
@@ -277,7 +246,6 @@ def _run(reply: Message, publisher: streams.TurnPublisher, state: TurnState) -> 
             )
             continue
         break
-    batcher.flush()
     if last_error is not None and not state.cancelled:
         _finish_provider_error(reply, publisher, state, last_error)
     else:
@@ -302,13 +270,13 @@ def _call_with_retries(
     key: ProviderKey,
     history: list[ChatMessage],
     system_prompt: str | None,
-    batcher: DeltaBatcher,
+    publisher: streams.TurnPublisher,
     state: TurnState,
 ) -> ProviderError | None:
     """Call the provider with `key`; retry before the first token when that can help."""
     budget_ends = time.monotonic() + RETRY_BUDGET_SECONDS
     for attempt in range(MAX_RETRIES + 1):
-        error = _call_once(reply, key, history, system_prompt, batcher, state)
+        error = _call_once(reply, key, history, system_prompt, publisher, state)
         if error is None or state.got_tokens or state.cancelled:
             return error
         if error.kind not in RETRYABLE_BEFORE_FIRST_TOKEN or attempt == MAX_RETRIES:
@@ -323,12 +291,13 @@ def _call_with_retries(
 
 
 def _sleep_unless_cancelled(message_id: object, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if streams.cancel_requested(message_id):
-            return True
-        time.sleep(min(CANCEL_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
-    return False
+    stop = threading.Event()
+    watcher = streams.get_cancel_watcher()
+    watcher.watch(message_id, stop.set)
+    try:
+        return stop.wait(seconds)
+    finally:
+        watcher.unwatch(message_id)
 
 
 @sensitive_variables("secret", "request")
@@ -337,7 +306,7 @@ def _call_once(
     key: ProviderKey,
     history: list[ChatMessage],
     system_prompt: str | None,
-    batcher: DeltaBatcher,
+    publisher: streams.TurnPublisher,
     state: TurnState,
 ) -> ProviderError | None:
     """One streaming call. Returns the error it ended with, or None."""
@@ -364,67 +333,96 @@ def _call_once(
         return ProviderError(ProviderErrorKind.NETWORK, error.user_message)
     del secret
     state.provider_calls += 1
-    events: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
-    stop = threading.Event()
+    return ProviderCall(reply.pk, publisher, state).run(adapter, request)
 
-    def pump() -> None:
+
+class ProviderCall:
+    """One streaming provider call, read by a thread of its own.
+
+    The reading thread does the per-token work (keep the text, hand it to the process's
+    stream writer); the turn's thread just waits for the end, a cancel (from the process's
+    cancel watcher) or the deadline, so a turn costs no CPU between tokens. A cancel ends the
+    turn at once; the reader notices at its next event (a silent provider is cut off by the
+    read timeout) and touches nothing after that.
+    """
+
+    def __init__(
+        self, message_id: object, publisher: streams.TurnPublisher, state: TurnState
+    ) -> None:
+        self.message_id = message_id
+        self.publisher = publisher
+        self.state = state
+        self.lock = threading.Lock()  # the reader holds it while it updates the turn
+        self.wake = threading.Event()
+        self.stopped = False
+        self.finished = False
+        self.cancelled = False
+        self.error: ProviderError | None = None
+
+    def run(self, adapter: ChatAdapter, request: ChatRequest) -> ProviderError | None:
+        if not db.connection.in_atomic_block:
+            # Seconds of streaming need no database: the connection goes back to the pool
+            # (PostgreSQL) for other turns, and is opened again to store the outcome.
+            db.connection.close()
+        watcher = streams.get_cancel_watcher()
+        watcher.watch(self.message_id, self._cancel)
+        reader = threading.Thread(
+            target=self._read, args=(adapter, request), name="turn-reader", daemon=True
+        )
+        reader.start()
+        try:
+            in_time = self.wake.wait(settings.BYOK_TURN_SOFT_LIMIT)
+        finally:
+            watcher.unwatch(self.message_id)
+            with self.lock:
+                self.stopped = True
+        if self.finished:
+            return self.error
+        if self.cancelled:
+            self.state.cancelled = True
+            return None
+        assert not in_time
+        return ProviderError(ProviderErrorKind.TIMEOUT)
+
+    def _cancel(self) -> None:
+        self.cancelled = True
+        self.wake.set()
+
+    def _read(self, adapter: ChatAdapter, request: ChatRequest) -> None:
+        state = self.state
         stream = adapter.stream_chat(request)
+        error: ProviderError | None = None
         try:
             for event in stream:
-                events.put(("event", event))
-                if stop.is_set():
-                    break
-            events.put(("end", None))
-        except ProviderError as error:
-            events.put(("error", error))
-        except InvalidEndpoint as error:
-            events.put(("error", ProviderError(ProviderErrorKind.NETWORK, error.user_message)))
+                with self.lock:
+                    if self.stopped:
+                        return
+                    if isinstance(event, TextDelta):
+                        if event.text:
+                            if state.first_token_at is None:
+                                state.first_token_at = time.monotonic()
+                            state.parts.append(event.text)
+                            self.publisher.delta(event.text)
+                    elif isinstance(event, Usage):
+                        state.usage = event
+                    elif isinstance(event, Finish):
+                        state.finish = event
+        except ProviderError as caught:
+            error = caught
+        except InvalidEndpoint as caught:
+            error = ProviderError(ProviderErrorKind.NETWORK, caught.user_message)
         except Exception:
-            logger.exception("provider stream crashed for turn %s", reply.pk)
-            events.put(("error", ProviderError(ProviderErrorKind.BAD_RESPONSE)))
+            logger.exception("provider stream crashed for turn %s", self.message_id)
+            error = ProviderError(ProviderErrorKind.BAD_RESPONSE)
         finally:
             close = getattr(stream, "close", None)
             if close is not None:
                 close()
-
-    worker = threading.Thread(target=pump, name=f"turn-{reply.pk}", daemon=True)
-    worker.start()
-    next_cancel_check = time.monotonic() + CANCEL_POLL_SECONDS
-    try:
-        while True:
-            timeout = min(
-                batcher.seconds_to_next_flush(), max(0.0, next_cancel_check - time.monotonic())
-            )
-            try:
-                kind, payload = events.get(timeout=timeout)
-            except queue.Empty:
-                kind, payload = "idle", None
-            if kind == "event":
-                if isinstance(payload, TextDelta) and payload.text:
-                    if state.first_token_at is None:
-                        state.first_token_at = time.monotonic()
-                    state.parts.append(payload.text)
-                    batcher.add(payload.text)
-                elif isinstance(payload, Usage):
-                    state.usage = payload
-                elif isinstance(payload, Finish):
-                    state.finish = payload
-            elif kind == "end":
-                return None
-            elif kind == "error":
-                assert isinstance(payload, ProviderError)
-                return payload
-            if batcher.pending and batcher.seconds_to_next_flush() == 0:
-                batcher.flush()
-            if time.monotonic() >= next_cancel_check:
-                next_cancel_check = time.monotonic() + CANCEL_POLL_SECONDS
-                if streams.cancel_requested(reply.pk):
-                    state.cancelled = True
-                    return None
-    finally:
-        # The pump stops at its next event; a silent provider is cut off by the read
-        # timeout. The turn itself is already settled.
-        stop.set()
+        with self.lock:
+            if not self.stopped:
+                self.error = error
+                self.finished = True
+                self.wake.set()
 
 
 def _timings(state: TurnState) -> dict[str, int | None]:

@@ -1,22 +1,27 @@
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import AsyncIterator
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.contrib.auth.views import redirect_to_login
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    HttpResponseNotAllowed,
+)
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.http import AuthenticatedRequest
-from chat import selectors, services, streams
+from chat import selectors, services
 from chat.forms import MessageForm, NewConversationForm, RenameForm
 from chat.models import Conversation, Message
-from chat.rendering import render_markdown
 from chat.services import ChatError
+from chat.sse import EventStreamResponse
 from keys.models import ProviderKey
 from keys.services import OwnerCipher
 from providers.catalog import PRESETS
@@ -222,87 +227,18 @@ def conversation_delete(request: AuthenticatedRequest, conversation_id: object) 
 # --- live stream (async) --------------------------------------------------------------------
 
 
-def _sse(event: str, data: dict[str, object], event_id: str | None = None) -> str:
-    lines = []
-    if event_id:
-        lines.append(f"id: {event_id}")
-    lines.append(f"event: {event}")
-    lines.append("data: " + json.dumps(data, separators=(",", ":")))
-    return "\n".join(lines) + "\n\n"
-
-
-def _stored_events(message: Message) -> str:
-    """A finished turn whose stream has expired: its stored outcome as final events."""
-    cipher = OwnerCipher(message.owner)
-    text = selectors.message_view(message, cipher).text
-    html = render_markdown(text)
-    if message.status == Message.Status.ERROR:
-        return _sse(
-            "error", {"message": message.error_message, "action": "", "html": html}, "stored"
-        )
-    return _sse(
-        "done", {"status": message.status, "html": html, "notice": message.notice}, "stored"
-    )
-
-
-async def _turn_events(message: Message, last_id: str) -> AsyncIterator[str]:
-    """Replay the turn's stream after `last_id`, then follow it live through the hub."""
-    heartbeat = settings.BYOK_SSE_HEARTBEAT_SECONDS
-    yield "retry: 2000\n\n"
-    if last_id == "0-0" and message.is_final and not await streams.stream_exists(message.pk):
-        yield await _stored(message)
-        return
-    for entry_id, fields in await streams.read_after(message.pk, last_id):
-        last_id = entry_id
-        kind = fields.pop("type", "delta")
-        yield _sse(kind, fields, entry_id)
-        if kind in streams.FINAL_EVENTS:
-            return
-    hub = streams.get_hub()
-    subscription = await hub.subscribe(streams.stream_key(message.pk), last_id)
-    try:
-        while True:
-            entries = await subscription.next_batch(timeout=heartbeat)
-            if not entries:
-                if not await streams.stream_exists(message.pk):
-                    fresh = await Message.objects.filter(pk=message.pk).afirst()
-                    if fresh is None:
-                        return
-                    if fresh.is_final:
-                        yield await _stored(fresh)
-                        return
-                yield ": keep-alive\n\n"
-                continue
-            for entry_id, fields in entries:
-                kind = fields.pop("type", "delta")
-                yield _sse(kind, fields, entry_id)
-                if kind in streams.FINAL_EVENTS:
-                    return
-    finally:
-        hub.unsubscribe(subscription)
-
-
-async def _stored(message: Message) -> str:
-    from asgiref.sync import sync_to_async
-
-    return await sync_to_async(_stored_events)(message)
-
-
-async def turn_stream(request: HttpRequest, message_id: object) -> StreamingHttpResponse:
-    """Server-sent events of one turn: replays from `Last-Event-ID`, then follows live."""
+async def turn_stream(request: HttpRequest, message_id: object) -> HttpResponseBase:
+    """Server-sent events of one turn (chat.sse): replays from `Last-Event-ID` (or
+    `?after=`), then follows live. Only the checks run here; the body streams detached."""
     if request.method != "GET":
-        from django.http import HttpResponseNotAllowed
-
-        return HttpResponseNotAllowed(["GET"])  # type: ignore[return-value]
+        return HttpResponseNotAllowed(["GET"])
     user = await request.auser()
     if not user.is_authenticated:
-        from django.contrib.auth.views import redirect_to_login
-
-        return redirect_to_login(request.get_full_path())  # type: ignore[return-value]
+        return redirect_to_login(request.get_full_path())
     message = (
         await Message.objects.for_owner(user)  # type: ignore[misc]
-        .select_related("owner")
         .filter(pk=message_id, role=Message.Role.ASSISTANT)
+        .only("id", "status")
         .afirst()
     )
     if message is None:
@@ -310,12 +246,7 @@ async def turn_stream(request: HttpRequest, message_id: object) -> StreamingHttp
     last_id = request.headers.get("Last-Event-ID") or request.GET.get("after") or "0-0"
     if last_id != "0-0" and not _valid_stream_id(last_id):
         last_id = "0-0"
-    response = StreamingHttpResponse(
-        _turn_events(message, last_id), content_type="text/event-stream"
-    )
-    response["Cache-Control"] = "no-cache, no-transform"
-    response["X-Accel-Buffering"] = "no"
-    return response
+    return EventStreamResponse(message.pk, last_id, final=message.is_final)
 
 
 def _valid_stream_id(value: str) -> bool:

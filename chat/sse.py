@@ -1,0 +1,233 @@
+"""Server-sent events of a turn, without a thread per open stream.
+
+Django's ASGI handler runs each request in a ThreadSensitiveContext, and the first sync
+middleware gives that context an executor thread of its own, which lives until the response
+has been sent: for a streaming response, one thread (and its database connection) per open
+stream. An `EventStreamResponse` is handed back by `byok_site.asgi` once the view and every
+middleware have run and that context has closed; its body is then streamed here in plain
+asyncio, from the process's `StreamHub`, with no thread, timer or Redis connection of its
+own. Under any other server it is an ordinary streaming response.
+
+Wire format (static/js/chat.js): `retry: 2000` first, then `id:`/`event:`/`data:` events
+(`delta`, then one `done` or `error`), and `: keep-alive` comments while nothing happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
+
+import redis
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections
+from django.http import StreamingHttpResponse
+
+from chat import selectors, streams
+from chat.models import Message
+from chat.rendering import render_markdown
+from keys.services import OwnerCipher
+
+logger = logging.getLogger(__name__)
+
+RETRY = "retry: 2000\n\n"
+KEEP_ALIVE = ": keep-alive\n\n"
+UNKNOWN = ""  # a status lookup that failed: carry on as if the turn were still running
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def sse(event: str, data: dict[str, Any], event_id: str | None = None) -> str:
+    lines = []
+    if event_id:
+        lines.append(f"id: {event_id}")
+    lines.append(f"event: {event}")
+    lines.append("data: " + json.dumps(data, separators=(",", ":")))
+    return "\n".join(lines) + "\n\n"
+
+
+def stored_events(message: Message) -> str:
+    """A finished turn whose stream has expired: its stored outcome as the final event."""
+    cipher = OwnerCipher(message.owner)
+    text = selectors.message_view(message, cipher).text
+    html = render_markdown(text)
+    if message.status == Message.Status.ERROR:
+        data = {"message": message.error_message, "action": "", "html": html}
+        return sse("error", data, "stored")
+    return sse("done", {"status": message.status, "html": html, "notice": message.notice}, "stored")
+
+
+def _stored_events_of(message_id: Any) -> str:
+    try:
+        message = Message.objects.select_related("owner").filter(pk=message_id).first()
+        return stored_events(message) if message is not None else ""
+    finally:
+        close_old_connections()  # this thread serves no request that would close it
+
+
+def _statuses_of(message_ids: list[str]) -> dict[str, str]:
+    # SECURITY: unscoped on purpose: each id was checked against its owner when the stream
+    # was opened, and only the status goes back, to that stream.
+    try:
+        found: dict[str, str] = {}
+        for start in range(0, len(message_ids), 500):
+            rows = Message.objects.filter(pk__in=message_ids[start : start + 500])
+            found.update((str(pk), status) for pk, status in rows.values_list("pk", "status"))
+        return found
+    finally:
+        close_old_connections()
+
+
+class StatusLookups:
+    """The statuses of turns whose streams have vanished, for many streams at once.
+
+    Idle streams of queued turns have no Redis stream yet, so every heartbeat asks the
+    database whether the turn has ended: here one query answers every stream that asks
+    in the same moment, not one query (and one thread hop) per stream.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, list[asyncio.Future[str | None]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def status(self, message_id: object) -> str | None:
+        """The turn's status, None when it is gone, UNKNOWN when the database failed."""
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(str(message_id), []).append(future)
+        if self._task is None or self._task.done():
+            # A fresh context: not the (closed) request context of whichever stream asked.
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), context=contextvars.Context()
+            )
+        return await future
+
+    async def _run(self) -> None:
+        while self._waiting:
+            await asyncio.sleep(0)  # let every stream woken in this tick ask first
+            batch, self._waiting = self._waiting, {}
+            try:
+                found: dict[str, str] | None = await sync_to_async(_statuses_of)(list(batch))
+            except Exception:
+                logger.warning("SSE: turn status lookup failed", exc_info=True)
+                found = None
+            for message_id, futures in batch.items():
+                result = UNKNOWN if found is None else found.get(message_id)
+                for future in futures:
+                    if not future.done():
+                        future.set_result(result)
+
+
+_lookups: dict[int, StatusLookups] = {}
+
+
+def get_status_lookups() -> StatusLookups:
+    loop_id = id(asyncio.get_running_loop())
+    lookups = _lookups.get(loop_id)
+    if lookups is None:
+        lookups = _lookups[loop_id] = StatusLookups()
+    return lookups
+
+
+class TurnEvents:
+    """The events of one turn after `last_id`: replay, then live, until `done` or `error`."""
+
+    __slots__ = ("closed", "final", "last_id", "message_id", "subscription")
+
+    def __init__(self, message_id: Any, last_id: str, *, final: bool) -> None:
+        self.message_id = message_id
+        self.last_id = last_id
+        self.final = final
+        self.subscription: streams.Subscription | None = None
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        if self.subscription is not None:
+            self.subscription.close()
+
+    async def events(self) -> AsyncGenerator[str]:
+        yield RETRY
+        if self.last_id == "0-0" and self.final and not await self._stream_exists():
+            yield await _stored(self.message_id)
+            return
+        if self.closed:
+            return
+        hub = streams.get_hub()
+        subscription = hub.subscribe(streams.stream_key(self.message_id), self.last_id)
+        self.subscription = subscription
+        try:
+            while True:
+                entries = await subscription.next_batch()
+                if entries is None:
+                    return
+                if not entries:  # a heartbeat period with nothing new
+                    if subscription.stream_missing:
+                        status = await get_status_lookups().status(self.message_id)
+                        if status is None:
+                            return  # the conversation was deleted
+                        if status in Message.FINAL:
+                            yield await _stored(self.message_id)
+                            return
+                    yield KEEP_ALIVE
+                    continue
+                chunk = []
+                for entry_id, fields in entries:
+                    kind = fields.get("type", streams.EVENT_DELTA)
+                    data = {name: value for name, value in fields.items() if name != "type"}
+                    chunk.append(sse(kind, data, entry_id))
+                    if kind in streams.FINAL_EVENTS:
+                        yield "".join(chunk)
+                        return
+                yield "".join(chunk)
+        finally:
+            hub.unsubscribe(subscription)
+
+    async def _stream_exists(self) -> bool:
+        try:
+            return await streams.stream_exists(self.message_id)
+        except redis.RedisError:
+            return False  # the turn is final: its stored outcome is the whole truth
+
+    async def serve(self, send: Send, receive: Receive) -> None:
+        """Stream the body over ASGI (the response start is sent already), ending at once
+        when the client disconnects."""
+        watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+        events = self.events()
+        try:
+            async for chunk in events:
+                message = {"type": "http.response.body", "body": chunk.encode(), "more_body": True}
+                await send(message)
+        except Exception:
+            logger.exception("SSE stream of %s failed; the browser will reconnect", self.message_id)
+        finally:
+            await events.aclose()
+            watcher.cancel()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.close()
+
+
+async def _stored(message_id: Any) -> str:
+    return await sync_to_async(_stored_events_of)(message_id)
+
+
+class EventStreamResponse(StreamingHttpResponse):
+    """A turn's server-sent events. `byok_site.asgi` serves it detached from Django's request
+    context (`detach()`); any other handler streams it like a StreamingHttpResponse."""
+
+    def __init__(self, message_id: object, last_id: str, *, final: bool) -> None:
+        self.turn_events = TurnEvents(message_id, last_id, final=final)
+        super().__init__(self.turn_events.events(), content_type="text/event-stream")
+        self["Cache-Control"] = "no-cache, no-transform"
+        self["X-Accel-Buffering"] = "no"
+
+    def detach(self) -> TurnEvents:
+        """The body, to be served once Django is done with the request."""
+        return self.turn_events

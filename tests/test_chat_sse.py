@@ -1,0 +1,223 @@
+"""The turn stream over real ASGI (uvicorn): served without holding a thread per open stream,
+with the site's headers, replay, heartbeats, and a prompt release when the browser goes."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from asgiref.sync import SyncToAsync
+from django.urls import reverse
+
+from byok_site.redis import get_redis
+from chat import services, streams
+from chat.models import Message
+from tests.chat_helpers import read_stream, send, session_cookie, start_chat
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def queued_replies(owner, fake, count: int, settings) -> list[Message]:
+    """Turns that stay queued (no worker runs), so their streams stay open and idle."""
+    settings.BYOK_MAX_CONCURRENT_TURNS = count + 10
+    settings.BYOK_RATE_TURNS_PER_MINUTE = count + 10
+    _, key = start_chat(owner, fake)
+    replies = []
+    for index in range(count):
+        conversation = services.conversation_create(owner=owner, key=key, model="gpt-test")
+        replies.append(send(conversation, f"question {index}")[1])
+    return replies
+
+
+class RawStream:
+    """One SSE connection on a plain socket: open until `close()`, bytes read on demand."""
+
+    def __init__(self, server, user, message: Message, headers: dict[str, str] | None = None):
+        url = urlsplit(server.url)
+        self.sock = socket.create_connection((url.hostname, url.port), timeout=10)
+        lines = [
+            f"GET /chat/m/{message.pk}/stream/ HTTP/1.1",
+            f"Host: {url.netloc}",
+            f"Cookie: sessionid={session_cookie(user)['sessionid']}",
+            "Accept: text/event-stream",
+            *(f"{name}: {value}" for name, value in (headers or {}).items()),
+        ]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.data = b""
+
+    def read_until(self, marker: bytes, timeout: float = 10) -> bytes:
+        deadline = time.monotonic() + timeout
+        while marker not in self.data:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                break
+            self.data += chunk
+        assert marker in self.data, self.data
+        return self.data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def subscriptions() -> int:
+    return sum(len(f) for hub in streams._hubs.values() for f in hub.subscriptions.values())
+
+
+def wait_for(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def test_open_streams_hold_no_thread_of_django_s_request_context(
+    alice, fake_provider, asgi_server, settings
+):
+    replies = queued_replies(alice, fake_provider, 30, settings)
+    threads_before = threading.active_count()
+    subscribed_before = subscriptions()
+    opened = [RawStream(asgi_server, alice, reply) for reply in replies]
+    try:
+        for stream in opened:
+            stream.read_until(b"retry: 2000")
+        assert wait_for(lambda: subscriptions() - subscribed_before == len(replies))
+        # Django's per-request executors (one thread each) are all gone while 30 stream.
+        assert wait_for(lambda: not SyncToAsync.context_to_thread_executor)
+        assert wait_for(lambda: threading.active_count() - threads_before <= 3), (
+            threading.active_count() - threads_before
+        )
+    finally:
+        for stream in opened:
+            stream.close()
+
+
+def test_the_stream_carries_the_site_headers_and_is_never_compressed(
+    alice, fake_provider, asgi_server, settings
+):
+    (reply,) = queued_replies(alice, fake_provider, 1, settings)
+    services.turn_cancel(message=reply)  # final, with a `done` entry in its stream
+    url = f"{asgi_server.url}{reverse('chat:stream', args=[reply.pk])}"
+    response = httpx.get(
+        url, cookies=session_cookie(alice), headers={"Accept-Encoding": "gzip"}, timeout=10
+    )
+    assert response.status_code == 200
+    headers = response.headers
+    assert headers["content-type"].startswith("text/event-stream")
+    assert headers["cache-control"] == "no-cache, no-transform"
+    assert headers["x-accel-buffering"] == "no"
+    assert "content-encoding" not in headers and "content-length" not in headers
+    assert "default-src 'self'" in headers["content-security-policy"]
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["x-frame-options"] == "DENY"
+    assert "x-byok" not in " ".join(headers).lower()  # nothing internal leaks out
+    assert response.text.startswith("retry: 2000\n\n")
+    assert "event: done" in response.text
+
+
+def test_a_reconnect_replays_after_last_event_id_then_follows_live(
+    alice, fake_provider, asgi_server, settings
+):
+    (reply,) = queued_replies(alice, fake_provider, 1, settings)
+    redis = get_redis()
+    key = streams.stream_key(reply.pk)
+    ids = [redis.xadd(key, {"type": "delta", "text": word}) for word in ("one ", "two ", "three")]
+    everything = read_stream(asgi_server, alice, reply, stop_after=3)
+    assert [e.data["text"] for e in everything] == ["one ", "two ", "three"]
+    assert [e.id for e in everything] == ids
+
+    stream = RawStream(asgi_server, alice, reply, {"Last-Event-ID": ids[0]})
+    try:
+        data = stream.read_until(b"three")
+        assert b"one " not in data and data.index(b"two ") < data.index(b"three")
+        redis.xadd(key, {"type": "done", "status": "done", "html": "<p>x</p>", "notice": ""})
+        assert b"event: done" in stream.read_until(b"0\r\n\r\n")  # then the response ends
+    finally:
+        stream.close()
+
+
+def test_a_bad_last_event_id_replays_from_the_start(alice, fake_provider, asgi_server, settings):
+    (reply,) = queued_replies(alice, fake_provider, 1, settings)
+    get_redis().xadd(streams.stream_key(reply.pk), {"type": "delta", "text": "first"})
+    for bad in ("nonsense", "1-2-3", "9" * 50):
+        events = read_stream(asgi_server, alice, reply, last_event_id=bad, stop_after=1)
+        assert events[0].data["text"] == "first"
+
+
+def test_an_idle_stream_gets_heartbeats_and_then_the_stored_outcome(
+    alice, fake_provider, asgi_server, settings
+):
+    settings.BYOK_SSE_HEARTBEAT_SECONDS = 0.3
+    (reply,) = queued_replies(alice, fake_provider, 1, settings)
+    stream = RawStream(asgi_server, alice, reply)
+    try:
+        stream.read_until(b"retry: 2000")
+        time.sleep(1.2)
+        assert stream.read_until(b": keep-alive").count(b": keep-alive") >= 2
+        # The turn ends and its stream is gone (expired, or Redis lost it): the next
+        # heartbeat finds that out and serves the stored outcome.
+        Message.objects.filter(pk=reply.pk).update(status=Message.Status.STOPPED)
+        data = stream.read_until(b"0\r\n\r\n")
+        assert b"id: stored\nevent: done" in data and b'"status":"stopped"' in data
+    finally:
+        stream.close()
+
+
+def test_a_disconnect_releases_the_subscription_at_once(
+    alice, fake_provider, asgi_server, settings
+):
+    settings.BYOK_SSE_HEARTBEAT_SECONDS = 60  # only the disconnect itself can end them
+    replies = queued_replies(alice, fake_provider, 5, settings)
+    before = subscriptions()
+    opened = [RawStream(asgi_server, alice, reply) for reply in replies]
+    for stream in opened:
+        stream.read_until(b"retry: 2000")
+    assert wait_for(lambda: subscriptions() - before == 5)
+    for stream in opened:
+        stream.close()
+    assert wait_for(lambda: subscriptions() == before, timeout=2)
+
+
+def test_many_streams_opening_at_once_cost_no_redis_round_trip_each(
+    alice, fake_provider, asgi_server, settings
+):
+    replies = queued_replies(alice, fake_provider, 40, settings)
+    redis = get_redis()
+
+    def calls(command: str) -> int:
+        return int(redis.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+    before = {c: calls(c) for c in ("xread", "client|unblock", "exists")}
+    opened = [RawStream(asgi_server, alice, reply) for reply in replies]
+    try:
+        for stream in opened:
+            stream.read_until(b"retry: 2000")
+        spent = {c: calls(c) - n for c, n in before.items()}
+        assert spent["exists"] == 0
+        # One reader: each XREAD (and the CLIENT UNBLOCK that interrupts it) serves every
+        # stream opened meanwhile; at most one of each per stream, whatever the timing.
+        assert spent["xread"] <= len(replies) + 1 and spent["client|unblock"] <= spent["xread"]
+    finally:
+        for stream in opened:
+            stream.close()
+
+
+def test_the_stream_is_the_owner_s_alone(alice, bob, fake_provider, asgi_server, settings):
+    (reply,) = queued_replies(alice, fake_provider, 1, settings)
+    url = f"{asgi_server.url}{reverse('chat:stream', args=[reply.pk])}"
+    as_bob = httpx.get(url, cookies=session_cookie(bob), timeout=5)
+    assert as_bob.status_code == 404
+    assert "text/event-stream" not in as_bob.headers["content-type"]
+    anonymous = httpx.get(url, timeout=5, follow_redirects=False)
+    assert anonymous.status_code == 302
+    assert anonymous.headers["location"].startswith("/accounts/login/")
+    deleted = httpx.delete(url, cookies=session_cookie(alice), timeout=5)
+    assert deleted.status_code in (403, 405)
+    key = streams.stream_key(reply.pk)
+    assert all(key not in hub.subscriptions for hub in streams._hubs.values())
