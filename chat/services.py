@@ -158,10 +158,13 @@ def _admit(conversation: Conversation, reply_id: uuid.UUID) -> None:
         raise ChatError(error.message, field="text") from None
 
 
-def message_send(*, conversation: Conversation, text: str) -> tuple[Message, Message]:
+def message_send(
+    *, conversation: Conversation, text: str, cipher: OwnerCipher | None = None
+) -> tuple[Message, Message]:
     """Add the user's message and a queued reply, and queue the turn (on commit).
 
     One transaction: either both messages exist and the task is queued, or nothing changed.
+    `cipher` is the owner's, if the caller has opened it already.
     """
     text = text.strip()
     if not text:
@@ -176,13 +179,15 @@ def message_send(*, conversation: Conversation, text: str) -> tuple[Message, Mes
     with transaction.atomic():
         # Serialises two tabs sending into the same conversation at once.
         locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        locked.owner = owner
         if locked.messages.filter(status__in=[Status.QUEUED, Status.RUNNING]).exists():
             raise ChatError(
                 "A reply is still being written. Wait for it, or stop it.", field="text"
             )
         reply_id = uuid.uuid4()
         _admit(locked, reply_id)
-        cipher = OwnerCipher(owner)
+        if cipher is None or cipher.owner_id != str(owner.pk):
+            cipher = OwnerCipher(owner)
         now = timezone.now()
         user_message = Message(
             conversation=locked, owner=owner, role=Role.USER, status=Status.DONE, created_at=now

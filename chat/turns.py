@@ -90,6 +90,7 @@ class TurnState:
     notices: list[str] = field(default_factory=list)
     input_estimate: int = 0
     cipher: OwnerCipher | None = None  # the owner's, opened once per turn
+    stored: bool = False  # the outcome and its usage are in the database (reservation settled)
 
     @property
     def text(self) -> str:
@@ -116,7 +117,10 @@ def candidate_keys(conversation: Conversation) -> list[ProviderKey]:
         )
         .order_by("chosen", "priority", "created_at")
     )
-    return list(usable)
+    keys = list(usable)
+    for key in keys:
+        key.owner = conversation.owner  # loaded already
+    return keys
 
 
 def build_history(reply: Message, cipher: OwnerCipher) -> tuple[list[ChatMessage], int]:
@@ -158,6 +162,7 @@ def run_turn(message_id: str) -> None:
     if not claimed:
         return  # already taken, finished, stopped or deleted: never call the provider twice
     reply = Message.objects.select_related("conversation", "owner").get(pk=message_id)
+    reply.conversation.owner = reply.owner  # the same user: no second query for it
     publisher = streams.TurnPublisher(reply.pk)
     state = TurnState()
     try:
@@ -173,7 +178,8 @@ def run_turn(message_id: str) -> None:
             action="retry",
         )
     finally:
-        budget_release(message_id=reply.pk)  # a no-op once the turn has settled
+        if not state.stored:
+            budget_release(message_id=reply.pk)  # storing the outcome settled it
         ratelimits.turn_release(user_id=reply.owner_id, message_id=reply.pk)
 
 
@@ -217,7 +223,8 @@ def _run(reply: Message, publisher: streams.TurnPublisher, state: TurnState) -> 
     ) // 3 + 16
     for index, key in enumerate(keys):
         state.key = key
-        budget_release(message_id=reply.pk)  # what an earlier key held
+        if index:
+            budget_release(message_id=reply.pk)  # what the previous key held
         try:
             budget_reserve(
                 owner=reply.owner,
@@ -311,7 +318,7 @@ def _call_once(
 ) -> ProviderError | None:
     """One streaming call. Returns the error it ended with, or None."""
     try:
-        secret = provider_key_open(key)
+        secret = provider_key_open(key, cipher=state.cipher)
         adapter = build_adapter(
             get_preset(key.preset), config=connection_config(), base_url=key.base_url
         )
@@ -503,6 +510,7 @@ def _store(reply: Message, state: TurnState, **fields: object) -> bool:
                     reply, state, str(fields["status"]), str(fields.get("error_kind", ""))
                 )
             )
+    state.stored = stored
     return stored
 
 

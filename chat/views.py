@@ -28,7 +28,9 @@ from providers.catalog import PRESETS
 
 
 def _conversation_for(request: AuthenticatedRequest, conversation_id: object) -> Conversation:
-    return get_object_or_404(Conversation.objects.for_owner(request.user), pk=conversation_id)
+    return get_object_or_404(
+        Conversation.objects.for_owner(request.user).select_related("owner"), pk=conversation_id
+    )
 
 
 def _reply_for(request: AuthenticatedRequest, message_id: object) -> Message:
@@ -124,16 +126,16 @@ def message_send(request: AuthenticatedRequest, conversation_id: object) -> Http
     form = MessageForm(request.POST)
     error = None
     if form.is_valid():
+        cipher = OwnerCipher(request.user)
         try:
             user_message, reply = services.message_send(
-                conversation=conversation, text=form.cleaned_data["text"]
+                conversation=conversation, text=form.cleaned_data["text"], cipher=cipher
             )
         except ChatError as failure:
             error = failure.message
         else:
             if request.headers.get("HX-Request"):
-                cipher = OwnerCipher(request.user)
-                conversation.refresh_from_db(fields=["sealed_title"])  # set by the first send
+                conversation = reply.conversation  # the title is set by the first send
                 items = [
                     selectors.message_view(user_message, cipher),
                     selectors.message_view(reply, cipher),

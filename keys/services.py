@@ -224,15 +224,20 @@ def _seal_secret(key: ProviderKey, secret: str) -> None:
 
 
 @sensitive_variables("dek")
-def provider_key_open(key: ProviderKey) -> str:
+def provider_key_open(key: ProviderKey, *, cipher: OwnerCipher | None = None) -> str:
     """The plaintext key, for one provider call inside a worker. Raises VaultError.
+
+    `cipher`, the owner's already opened one (a turn has it), saves unwrapping the DEK again.
 
     SECURITY: the caller must use it for one call and keep it out of logs, task arguments,
     exceptions and anything stored.
     """
     if key.status == Status.REVOKED or not key.sealed_secret:
         raise vault.VaultError("This key was revoked.")
-    dek = data_key_get_or_create(user=key.owner)
+    if cipher is not None and cipher.owner_id == str(key.owner_id):
+        dek = cipher._dek
+    else:
+        dek = data_key_get_or_create(user=key.owner)
     return vault.open_sealed(dek, bytes(key.sealed_secret), secret_context(key)).decode("utf-8")
 
 
