@@ -173,13 +173,6 @@ def request_cancel(message_id: object) -> None:
     get_redis().set(cancel_key(message_id), "1", ex=settings.BYOK_TURN_STREAM_TTL)
 
 
-def cancel_requested(message_id: object) -> bool:
-    try:
-        return bool(get_redis().exists(cancel_key(message_id)))
-    except redis.RedisError:
-        return False
-
-
 class CancelWatcher:
     """One thread per process asks Redis, for every turn running here, whether its user
     pressed stop: one MGET per poll, whatever the number of turns."""
