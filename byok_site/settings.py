@@ -202,9 +202,13 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         "max_size": env.int("DATABASE_POOL_SIZE", default=16),
         "timeout": 30,
     }
-else:
-    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
+else:  # pragma: no cover - another engine: plain persistent connections
+    DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+
+# The usage write is one statement, prepared once per connection (PostgreSQL). Off behind
+# a pooler that shares server sessions between clients (PgBouncer in transaction mode).
+BYOK_DB_PREPARED_STATEMENTS = env.bool("BYOK_DB_PREPARED_STATEMENTS", default=True)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -39,7 +41,7 @@ class CountingRedis:
                 self.pipelines += 1
             return execute(*a, **k)
 
-        pipe.execute = counted_execute
+        pipe.execute = counted_execute  # type: ignore[method-assign]
         return pipe
 
     def __getattr__(self, name):
@@ -62,7 +64,8 @@ def counting_redis(monkeypatch):
 
 
 def entries(key: str) -> list[dict[str, str]]:
-    return [fields for _, fields in get_redis().xrange(key)]
+    found: Any = get_redis().xrange(key)
+    return [dict(fields) for _, fields in found]
 
 
 def test_many_turns_share_one_pipeline_per_tick_and_keep_their_order(counting_redis):
@@ -118,8 +121,12 @@ def test_one_mget_per_poll_answers_for_every_running_turn(counting_redis):
     watcher = streams.CancelWatcher(interval=0.05)
     ids = [uuid.uuid4() for _ in range(20)]
     stopped: list[uuid.UUID] = []
+
+    def stopper(message_id: uuid.UUID) -> Callable[[], None]:
+        return lambda: stopped.append(message_id)
+
     for message_id in ids:
-        watcher.watch(message_id, lambda message_id=message_id: stopped.append(message_id))
+        watcher.watch(message_id, stopper(message_id))
     streams.request_cancel(ids[3])
     streams.request_cancel(ids[11])
     deadline = time.monotonic() + 2

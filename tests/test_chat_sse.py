@@ -127,7 +127,9 @@ def test_a_reconnect_replays_after_last_event_id_then_follows_live(
     (reply,) = queued_replies(alice, fake_provider, 1, settings)
     redis = get_redis()
     key = streams.stream_key(reply.pk)
-    ids = [redis.xadd(key, {"type": "delta", "text": word}) for word in ("one ", "two ", "three")]
+    ids = [
+        str(redis.xadd(key, {"type": "delta", "text": word})) for word in ("one ", "two ", "three")
+    ]
     everything = read_stream(asgi_server, alice, reply, stop_after=3)
     assert [e.data["text"] for e in everything] == ["one ", "two ", "three"]
     assert [e.id for e in everything] == ids

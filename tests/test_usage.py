@@ -338,6 +338,8 @@ def test_the_concurrent_turn_limit_holds_under_concurrency(alice, settings):
             admitted.append(index)
         except ratelimits.RateLimited:
             refused.append(index)
+        finally:
+            connection.close()  # give a pooled connection back (PostgreSQL)
 
     threads = [threading.Thread(target=attempt, args=(i,)) for i in range(20)]
     for thread in threads:

@@ -77,7 +77,10 @@ class UsageEvent(models.Model):
         STOPPED = "stopped", "Stopped"
         ERROR = "error", "Failed"
 
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    # Indexed by (owner, day) below; an index of its own would only cost every write.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
     message_id = models.UUIDField(unique=True)
     conversation_id = models.UUIDField(null=True, blank=True)
     key_id = models.UUIDField(null=True, blank=True)
@@ -115,7 +118,10 @@ class UsageEvent(models.Model):
 class UsageDaily(models.Model):
     """Rollup per user, day, key and model, updated in the same transaction as each event."""
 
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    # Indexed by the unique constraint (owner, day, ...): no index of its own.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
     day = models.DateField()
     key_id = models.UUIDField(default=NO_KEY)
     key_label = models.CharField(max_length=80, blank=True)
@@ -138,7 +144,7 @@ class UsageDaily(models.Model):
                 fields=["owner", "day", "key_id", "model"], name="usage_daily_unique"
             )
         ]
-        indexes = [models.Index(fields=["owner", "day"]), models.Index(fields=["day", "preset"])]
+        indexes = [models.Index(fields=["day", "preset"])]
 
     def __str__(self) -> str:
         return f"{self.owner_id} {self.day} {self.model}"
@@ -147,7 +153,10 @@ class UsageDaily(models.Model):
 class UsageConversationDaily(models.Model):
     """Rollup per user, day and conversation, for the "by conversation" table."""
 
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    # Indexed by the unique constraint (owner, day, ...): no index of its own.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
     day = models.DateField()
     conversation_id = models.UUIDField()
     turns = models.PositiveIntegerField(default=0)
@@ -164,10 +173,26 @@ class UsageConversationDaily(models.Model):
                 fields=["owner", "day", "conversation_id"], name="usage_conv_daily_unique"
             )
         ]
-        indexes = [models.Index(fields=["owner", "day"])]
 
     def __str__(self) -> str:
         return f"{self.owner_id} {self.day} {self.conversation_id}"
+
+
+class RollupStamp(models.Model):
+    """A random value that changes whenever the owner's usage rollups change.
+
+    usage_record sets a new one in the same statement or transaction that updates the
+    rollups, so a usage page cached under the stamp it read first can never be shown after
+    a newer turn committed: the next request reads the new stamp and misses the cache.
+    """
+
+    owner = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="+"
+    )
+    stamp = models.UUIDField(default=uuid.uuid4)
+
+    def __str__(self) -> str:
+        return f"rollup stamp of {self.owner_id}"
 
 
 class SpendCap(models.Model):

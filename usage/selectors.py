@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from django.db.models import Sum
+from django.db.models import OuterRef, Subquery, Sum
 from django.utils import timezone
 
 from accounts.models import User
 from usage.models import (
     NO_KEY,
     MonthlySpend,
+    RollupStamp,
     SpendCap,
     UsageConversationDaily,
     UsageDaily,
@@ -97,20 +98,6 @@ def usage_totals(*, owner: User, period: Period, key_id: uuid.UUID | None = None
     return Totals(**{name: value or 0 for name, value in values.items()})
 
 
-def usage_by(*, owner: User, period: Period, field: str) -> list[dict[str, object]]:
-    """Totals grouped by `model` or `key` (with the key's label), biggest cost first."""
-    group = ["preset", "model"] if field == "model" else ["key_id", "key_label"]
-    rows = (
-        _rollups(owner, period).values(*group).annotate(**_SUMS).order_by("-cost_micro", "-turns")
-    )
-    result = []
-    for row in rows:
-        if field == "key" and row["key_id"] == NO_KEY:
-            row["key_label"] = "No key (failed before a call)"
-        result.append(row)
-    return result
-
-
 def usage_by_conversation(
     *, owner: User, period: Period, limit: int = 50
 ) -> list[dict[str, object]]:
@@ -139,21 +126,79 @@ class DaySeries:
     tokens: dict[str, list[int]]
 
 
-def usage_by_day(*, owner: User, period: Period) -> DaySeries:
-    rows = (
-        _rollups(owner, period)
-        .values("day", "model")
-        .annotate(cost=Sum("cost_micro"), tokens=Sum("input_tokens") + Sum("output_tokens"))
+@dataclass(frozen=True)
+class UsageSummary:
+    """What the usage page shows of a period's rollups: totals, tables and the day series."""
+
+    totals: Totals
+    by_model: list[dict[str, object]]
+    by_key: list[dict[str, object]]
+    series: DaySeries
+
+
+_SUMMARY_FIELDS = (
+    "turns",
+    "errors",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "cost_micro",
+    "unpriced_turns",
+)
+
+
+def usage_summary(*, owner: User, period: Period) -> UsageSummary:
+    """Totals, totals by model and by key (biggest cost first) and the per-day series of a
+    period, from one read of its rollup rows (one per day, key and model)."""
+    rows = _rollups(owner, period).values_list(
+        "day", "preset", "model", "key_id", "key_label", *_SUMMARY_FIELDS
     )
+    totals = Totals()
+    by_model: dict[tuple[str, str], dict[str, object]] = {}
+    by_key: dict[tuple[uuid.UUID, str], dict[str, object]] = {}
     days = period.days
     index = {day: i for i, day in enumerate(days)}
     cost: dict[str, list[int]] = defaultdict(lambda: [0] * len(days))
     tokens: dict[str, list[int]] = defaultdict(lambda: [0] * len(days))
-    for row in rows:
-        cost[row["model"]][index[row["day"]]] += row["cost"] or 0
-        tokens[row["model"]][index[row["day"]]] += row["tokens"] or 0
+    for day, preset, model, key_id, key_label, *values in rows:
+        counts = dict(zip(_SUMMARY_FIELDS, values, strict=True))
+        for name, value in counts.items():
+            setattr(totals, name, getattr(totals, name) + value)
+        for groups, group, labels in (
+            (by_model, (preset, model), {"preset": preset, "model": model}),
+            (by_key, (key_id, key_label), {"key_id": key_id, "key_label": key_label}),
+        ):
+            row = groups.get(group)
+            if row is None:
+                row = groups[group] = {**labels, **dict.fromkeys(_SUMMARY_FIELDS, 0)}
+            for name, value in counts.items():
+                row[name] += value
+        cost[model][index[day]] += counts["cost_micro"]
+        tokens[model][index[day]] += counts["input_tokens"] + counts["output_tokens"]
+    for row in by_key.values():
+        if row["key_id"] == NO_KEY:
+            row["key_label"] = "No key (failed before a call)"
     models = sorted(cost, key=lambda m: -sum(cost[m]) - sum(tokens[m]) / 1e9)
-    return DaySeries(days, models, dict(cost), dict(tokens))
+    return UsageSummary(
+        totals=totals,
+        by_model=_biggest_first(by_model.values()),
+        by_key=_biggest_first(by_key.values()),
+        series=DaySeries(days, models, dict(cost), dict(tokens)),
+    )
+
+
+def _biggest_first(rows: Iterable[dict[str, object]]) -> list[dict[str, object]]:
+    return sorted(rows, key=lambda row: (-row["cost_micro"], -row["turns"]))  # type: ignore[operator]
+
+
+def rollup_stamp(*, owner: User) -> uuid.UUID | None:
+    """The owner's current rollup stamp (None before their first recorded turn).
+
+    Read it before the rollups it stands for: a turn committed in between then shows in
+    the figures and changes the stamp, so whatever is cached under this stamp is never
+    older than the stamp says.
+    """
+    return RollupStamp.objects.filter(owner=owner).values_list("stamp", flat=True).first()
 
 
 def day_events(*, owner: User, day: date) -> list[UsageEvent]:
@@ -227,11 +272,14 @@ class CapStatus:
 
 def cap_statuses(*, owner: User) -> list[CapStatus]:
     month = month_start(timezone.localdate())
-    spent = {
-        row.key_id: row.spent_micro for row in MonthlySpend.objects.filter(owner=owner, month=month)
-    }
+    spent = MonthlySpend.objects.filter(owner=owner, key_id=OuterRef("key_id"), month=month)
+    caps = (
+        SpendCap.objects.for_owner(owner)
+        .annotate(spent=Subquery(spent.values("spent_micro")[:1]))
+        .order_by("key_id")
+    )
     statuses = []
-    for cap in SpendCap.objects.for_owner(owner).order_by("key_id"):
-        used = spent.get(cap.key_id, 0)
+    for cap in caps:
+        used = cap.spent or 0  # type: ignore[attr-defined]  # annotated above
         statuses.append(CapStatus(cap, used, used / cap.limit_micro, next_month_start(month)))
     return statuses

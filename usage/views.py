@@ -1,25 +1,34 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
+from typing import TypeVar
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.http import AuthenticatedRequest
+from accounts.models import User
 from accounts.sudo import sudo_is_active, sudo_url
 from keys.models import ProviderKey
 from usage import selectors, services
-from usage.charts import stacked_bars
+from usage.charts import chart_html, stacked_bars
 from usage.forms import CapForm, UsagePreferencesForm
 from usage.models import NO_KEY, SpendCap, UsageSettings
 from usage.services import BudgetError, format_usd
+
+_T = TypeVar("_T")
 
 
 def _period(request: AuthenticatedRequest) -> tuple[selectors.Period, str | None]:
@@ -42,41 +51,116 @@ def _tokens(value: int) -> str:
     return f"{value:,}"
 
 
+# Rendered fragments of the usage page are cached under the owner's rollup stamp, which
+# every recorded turn renews: the first request after a turn misses and shows it. Bump the
+# version when a fragment's template or data change shape.
+_FRAGMENT_CACHE_VERSION = 1
+_FRAGMENT_CACHE_SECONDS = 24 * 3600
+
+
+def _cached(key: str | None, build: Callable[[], _T]) -> _T:
+    if key is None:  # no stamp: no turn recorded yet, nothing worth keeping
+        return build()
+    value = cache.get(key)
+    if value is None:
+        value = build()
+        cache.set(key, value, _FRAGMENT_CACHE_SECONDS)
+    return value
+
+
+def _link(name: str, sample: str) -> Callable[[object], str]:
+    """A URL maker for the view `name` with one argument, reversed once: a page of a few
+    hundred rows would otherwise spend more time reversing links than anything else."""
+    prefix, _, suffix = reverse(name, args=[sample]).partition(sample)
+    return lambda value: f"{prefix}{value}{suffix}"
+
+
+def _summary(owner: User, period: selectors.Period) -> tuple[str, list[dict[str, object]]]:
+    """The period's figures as HTML (totals, charts, tables by day, model and key), and its
+    rows by conversation (rendered apart: their titles are opened on every request)."""
+    summary = selectors.usage_summary(owner=owner, period=period)
+    series = summary.series
+    day_url = _link("usage:day", "2000-01-01")
+    key_url = _link("keys:detail", str(NO_KEY))
+    daily_rows = []
+    for index, day in enumerate(series.days):
+        url = day_url(day)
+        for model in series.models:
+            cost, tokens = series.cost[model][index], series.tokens[model][index]
+            if cost or tokens:
+                daily_rows.append(
+                    {"day": day, "model": model, "cost": cost, "tokens": tokens, "url": url}
+                )
+    for row in summary.by_key:
+        row["url"] = key_url(row["key_id"]) if row["key_id"] != NO_KEY else ""
+    html = render_to_string(
+        "usage/_summary.html",
+        {
+            "totals": summary.totals,
+            "by_model": summary.by_model,
+            "by_key": summary.by_key,
+            "daily_rows": daily_rows,
+            "cost_chart": chart_html(
+                stacked_bars(
+                    title="Cost per day by model",
+                    days=series.days,
+                    series=series.cost,
+                    order=series.models,
+                    fmt=format_usd,
+                )
+            ),
+            "token_chart": chart_html(
+                stacked_bars(
+                    title="Tokens per day by model",
+                    days=series.days,
+                    series=series.tokens,
+                    order=series.models,
+                    fmt=_tokens,
+                )
+            ),
+        },
+    )
+    conversation_url = _link("chat:conversation", str(NO_KEY))
+    conversations = selectors.usage_by_conversation(owner=owner, period=period)
+    for row in conversations:
+        row["url"] = conversation_url(row["conversation_id"])
+    return html, conversations
+
+
 @login_required
 @require_GET
 def usage_home(request: AuthenticatedRequest) -> HttpResponse:
     period, period_error = _period(request)
     owner = request.user
-    series = selectors.usage_by_day(owner=owner, period=period)
-    conversations = selectors.usage_by_conversation(owner=owner, period=period)
+    stamp = selectors.rollup_stamp(owner=owner)  # before the rollups: see rollup_stamp
+    key = None
+    if stamp is not None:
+        key = (
+            f"usage:home:{_FRAGMENT_CACHE_VERSION}:{owner.pk}:{stamp}:"
+            f"{period.start:%Y%m%d}:{period.end:%Y%m%d}"
+        )
+    summary_html, conversations = _cached(key, lambda: _summary(owner, period))
     # SECURITY: titles are sealed in chat; views sit above both apps and may open them.
+    # Opened on every request, so a renamed or deleted conversation shows at once; the
+    # table is cached per set of titles.
     from chat.selectors import conversation_titles
 
     titles = conversation_titles(owner=owner, ids=[row["conversation_id"] for row in conversations])
-    for row in conversations:
-        row["title"] = titles.get(row["conversation_id"], "Deleted conversation")
+    rows = [
+        {**row, "title": titles.get(row["conversation_id"], "Deleted conversation")}
+        for row in conversations
+    ]
+    titles_digest = hashlib.sha256(json.dumps([row["title"] for row in rows]).encode())
+    conversations_html = _cached(
+        key and f"{key}:conversations:{titles_digest.hexdigest()}",
+        lambda: render_to_string("usage/_conversations.html", {"by_conversation": rows}),
+    )
     context = {
         "period": period,
         "period_error": period_error,
-        "totals": selectors.usage_totals(owner=owner, period=period),
-        "by_model": selectors.usage_by(owner=owner, period=period, field="model"),
-        "by_key": selectors.usage_by(owner=owner, period=period, field="key"),
-        "by_conversation": conversations,
-        "series": series,
-        "cost_chart": stacked_bars(
-            title="Cost per day by model",
-            days=series.days,
-            series=series.cost,
-            order=series.models,
-            fmt=format_usd,
-        ),
-        "token_chart": stacked_bars(
-            title="Tokens per day by model",
-            days=series.days,
-            series=series.tokens,
-            order=series.models,
-            fmt=_tokens,
-        ),
+        # Both rendered from our own templates, which escape what they show.
+        "summary": mark_safe(summary_html),  # noqa: S308
+        "conversations": mark_safe(conversations_html),  # noqa: S308
         "caps": selectors.cap_statuses(owner=owner),
         "NO_KEY": NO_KEY,
     }

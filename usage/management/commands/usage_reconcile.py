@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from usage.models import NO_KEY, UsageConversationDaily, UsageDaily, UsageEvent
+from usage.services import usage_rollups_changed
 
 DAILY_FIELDS = (
     "turns",
@@ -59,6 +60,7 @@ class Command(BaseCommand):
                 conv["cost_micro"] += event.cost_micro or 0
                 conv["unpriced_turns"] += event.cost_micro is None
         problems = 0
+        self.repaired_owners: set[int] = set()
         with transaction.atomic():
             problems += self._compare(
                 UsageDaily,
@@ -76,6 +78,8 @@ class Command(BaseCommand):
                 check,
                 {},
             )
+            if not check:  # cached usage pages of these owners are stale now
+                usage_rollups_changed(owner_ids=sorted(self.repaired_owners))
         if problems == 0:
             self.stdout.write(
                 self.style.SUCCESS(
@@ -104,6 +108,8 @@ class Command(BaseCommand):
             seen.add(key)
             want = expected.get(key)
             have = {name: getattr(row, name) for name in fields}
+            if want is None or have != want:
+                self.repaired_owners.add(row.owner_id)
             if want is None:
                 problems += 1
                 self.stdout.write(f"{model.__name__} {key}: no events behind it")
@@ -118,6 +124,7 @@ class Command(BaseCommand):
             if key in seen:
                 continue
             problems += 1
+            self.repaired_owners.add(key[0])
             self.stdout.write(f"{model.__name__} {key}: missing")
             if not check:
                 values = dict(
