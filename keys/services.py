@@ -71,6 +71,8 @@ def connection_config() -> ConnectionConfig:
         connect_timeout=settings.BYOK_PROVIDER_CONNECT_TIMEOUT,
         read_timeout=settings.BYOK_PROVIDER_READ_TIMEOUT,
         call_deadline=settings.BYOK_PROVIDER_CALL_DEADLINE,
+        max_connections=settings.BYOK_PROVIDER_MAX_CONNECTIONS,
+        max_keepalive_connections=settings.BYOK_PROVIDER_KEEPALIVE_CONNECTIONS,
     )
 
 
