@@ -7,10 +7,17 @@ PostgreSQL database of its own, with the rollups the write path maintains, then 
 - usage_record(), the write per finished turn (event + both rollups + ledgers in one
   transaction): target <= 2 ms p95. It runs after the stream has ended, off the token path.
 
-The million rows are seeded in bulk SQL (INSERT ... SELECT over generate_series), and the
-rollups are built from them with the same grouping the write path uses; `usage_reconcile
---check` style equality is asserted on the heavy user. Seeding through usage_record itself
-would take about an hour here; its cost is what the second measurement shows.
+Every event goes through usage_record, the write a finished chat turn makes (one prepared
+statement: the event, both rollups, the operator rollups), with the clock set to the event's
+moment so the events spread over the 90 days. Users are bulk-created; each gets one provider
+key (bulk-created with a fake secret: nothing here opens it) and 20 conversations with sealed
+titles (the page opens those it lists). The events are written by BENCH_WORKERS (default 4)
+processes, each with its own users and its own database connection, 500 calls per
+transaction, with progress every 10 s. `usage_reconcile --check` then proves every rollup row
+equals its events, and the heavy user's rollup turns are checked against its event count.
+Here (2 cores) the million events take about 6 minutes (~2,850 a second, keys and
+conversations included), the whole seed about 7 with the check, VACUUM and CHECKPOINT;
+--quick about 1 minute.
 
     .venv/bin/python bench/bench_usage.py          # BENCH_QUICK=1 (or --quick): 100,000 events
     .venv/bin/python bench/bench_usage.py --keep   # keep the seeded database afterwards
@@ -22,13 +29,23 @@ Needs PostgreSQL on 127.0.0.1:5432 (user postgres); creates and drops `byok_benc
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import random
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from datetime import datetime, timedelta
+from datetime import time as dt_time
 from pathlib import Path
+from typing import TYPE_CHECKING
+from unittest import mock
+
+if TYPE_CHECKING:
+    from multiprocessing.sharedctypes import Synchronized
 
 ROOT = Path(__file__).resolve().parent.parent
 DB_NAME = "byok_bench_usage"
@@ -68,8 +85,148 @@ def database_exists() -> bool:
     return found.stdout.strip() == "1"
 
 
+MODELS = ("gpt-4.1", "gpt-4o-mini", "gpt-5-mini", "gpt-5", "gpt-4.1-mini")
+CONVERSATIONS_PER_USER = 20
+WORKERS = int(os.environ.get("BENCH_WORKERS", "4"))
+BATCH = 500  # usage_record calls per transaction while seeding
+
+
+def event_counts() -> list[int]:
+    """Events per user, heaviest first: user i gets the share of random()^3 landing on it
+    (the first user about 5.8% of all events, the last about 0.007%)."""
+    edges = [round(EVENTS * (i / USERS) ** (1 / 3)) for i in range(USERS + 1)]
+    return [edges[i + 1] - edges[i] for i in range(USERS)]
+
+
+def seed_worker(
+    worker: int,
+    shares: list[tuple[int, int]],
+    done: Synchronized[int],
+    in_step: threading.Barrier,
+) -> None:
+    """Seed the events of some users, each through usage_record, in its own process.
+
+    Users are split between the workers, so no two touch the same user's rows; the workers
+    walk the 90 days in step, each from its own starting day, so no two write the operator
+    rollups of one day (a row per day) at once; a deadlock left is retried. The clock is set
+    per event: usage_record takes the day and created_at from timezone.now().
+    """
+    import django
+
+    django.setup()
+    from django.db import OperationalError, connection, transaction
+    from django.utils import timezone
+
+    from accounts.models import User
+    from chat.models import Conversation
+    from chat.services import PURPOSE_TITLE
+    from keys.models import ProviderKey
+    from keys.services import OwnerCipher
+    from usage.prices import TokenCounts
+    from usage.services import TurnUsage, usage_record
+
+    rng = random.Random(worker)
+    owners = User.objects.in_bulk([owner_id for owner_id, _ in shares])
+    now = timezone.now()
+    today = timezone.localdate(now)
+    midnights = [
+        timezone.make_aware(datetime.combine(today - timedelta(days=ago), dt_time()))
+        for ago in range(DAYS)
+    ]
+    conversations: dict[int, list[uuid.UUID]] = {}
+    keys: dict[int, tuple[uuid.UUID, str]] = {}
+    new_keys, new_conversations = [], []
+    for owner_id, _ in shares:
+        owner = owners[owner_id]
+        # Nothing opens these keys: /usage and usage_record only carry the key's id and label.
+        key = ProviderKey(
+            owner=owner,
+            preset="openai",
+            label=f"Key {owner_id}",
+            base_url="https://api.openai.com/v1",
+            sealed_secret=b"bench: not a sealed secret",
+            fingerprint="sk-...bench",
+            status=ProviderKey.Status.VALID,
+        )
+        new_keys.append(key)
+        keys[owner_id] = (key.pk, key.label)
+        # Titles sealed for real: /usage opens those of its by-conversation table.
+        cipher = OwnerCipher(owner)
+        conversations[owner_id] = []
+        for n in range(CONVERSATIONS_PER_USER):
+            conversation = Conversation(owner=owner, preset="openai", model=MODELS[n % 5])
+            title = f"Bench chat {n}"
+            conversation.sealed_title = cipher.seal(PURPOSE_TITLE, conversation.pk, title)
+            new_conversations.append(conversation)
+            conversations[owner_id].append(conversation.pk)
+    ProviderKey.objects.bulk_create(new_keys, batch_size=1000)
+    Conversation.objects.bulk_create(new_conversations, batch_size=1000)
+
+    # Each worker walks the days from its own starting day, all in step (a barrier per day):
+    # while one writes a day's operator rollups, the others are 22 days away from it. Newest
+    # day first: a user's last active day is then set once and seldom moves, and moving it
+    # is what touches an older day's activity row (where another worker may be).
+    start = worker * DAYS // WORKERS
+    days: list[list[tuple[float, int, int]]] = [[] for _ in range(DAYS)]
+    for owner_id, count in shares:
+        for _ in range(count):
+            ago = rng.randrange(DAYS)
+            days[(ago - start) % DAYS].append((rng.random(), ago, owner_id))
+    clock = [now]
+
+    def record(batch: list[tuple[float, int, int]], offset: int) -> None:
+        with transaction.atomic():
+            for g, (fraction, ago, owner_id) in enumerate(batch, offset):
+                span = 86400 if ago else (now - midnights[0]).total_seconds()
+                clock[0] = midnights[ago] + timedelta(seconds=fraction * span)
+                key_id, key_label = keys[owner_id]
+                error = g % 50 == 0
+                usage_record(
+                    turn=TurnUsage(
+                        owner=owners[owner_id],
+                        message_id=uuid.uuid4(),
+                        conversation_id=conversations[owner_id][g % 20],
+                        key_id=key_id,
+                        key_label=key_label,
+                        preset="openai",
+                        model=MODELS[g % 5],
+                        status="error" if error else "done",
+                        error_kind="unavailable" if error else "",
+                        tokens=TokenCounts(
+                            input=800 + g % 1200, output=200 + g % 600, cached=g % 300
+                        ),
+                        reasoning_tokens=0,
+                        ttft_ms=300 + g % 700,
+                        latency_ms=1500 + g % 4000,
+                    )
+                )
+
+    g = 0
+    with mock.patch("django.utils.timezone.now", lambda: clock[0]):
+        for day in days:
+            day.sort()
+            for first in range(0, len(day), BATCH):
+                batch = day[first : first + BATCH]
+                for attempt in range(20):
+                    try:
+                        record(batch, g)
+                        break
+                    except OperationalError:  # a deadlock after all: run the batch again
+                        if attempt == 19:
+                            raise
+                        print(f"  worker {worker}: deadlock, retrying a batch", flush=True)
+                        time.sleep(rng.random())
+                g += len(batch)
+                with done.get_lock():
+                    done.value += len(batch)
+            in_step.wait(timeout=600)
+    connection.close()
+
+
 def seed() -> float:
-    """Users, events and their rollups in bulk SQL; returns the seconds it took."""
+    """Users, then every event through usage_record in parallel processes; returns the
+    seconds it took (vacuum and checkpoint included)."""
+    from django.core.management import call_command
     from django.db import connection
 
     from accounts.models import User
@@ -80,59 +237,56 @@ def seed() -> float:
         [User(email=f"u{i}@bench.local", password="!") for i in range(1, USERS + 1)],  # noqa: S106
         batch_size=2000,
     )
-    first_id = User.objects.order_by("id").values_list("id", flat=True).first()
+    user_ids = list(User.objects.order_by("id").values_list("id", flat=True))
+    # Heaviest users first, each to the worker with the fewest events so far.
+    shares: list[list[tuple[int, int]]] = [[] for _ in range(WORKERS)]
+    totals = [0] * WORKERS
+    for owner_id, count in zip(user_ids, event_counts(), strict=True):
+        lightest = totals.index(min(totals))
+        shares[lightest].append((owner_id, count))
+        totals[lightest] += count
+    connection.close()  # nothing open is handed to the workers
+    context = multiprocessing.get_context("spawn")
+    done = context.Value("q", 0)
+    in_step = context.Barrier(WORKERS)
+    workers = [
+        context.Process(target=seed_worker, args=(n, shares[n], done, in_step))
+        for n in range(WORKERS)
+    ]
+    for process in workers:
+        process.start()
+    events_started = last_time = time.monotonic()
+    last_done = 0
+    while any(process.is_alive() for process in workers):
+        time.sleep(1)
+        if any(process.exitcode for process in workers):
+            in_step.abort()  # the others stop waiting for the failed one
+        now = time.monotonic()
+        value = done.value
+        if now - last_time >= 10 or (value == EVENTS and last_done != EVENTS):
+            rate = (value - last_done) / (now - last_time)
+            print(
+                f"  seeded {value:,} / {EVENTS:,} events: {rate:,.0f}/s now, "
+                f"{value / (now - events_started):,.0f}/s overall"
+                + (" (the workers are creating keys and conversations)" if not value else ""),
+                flush=True,
+            )
+            last_time, last_done = now, value
+    for process in workers:
+        process.join()
+        if process.exitcode != 0:
+            raise SystemExit(f"a seeding worker failed (exit code {process.exitcode})")
+    events_seconds = time.monotonic() - events_started
+    print(
+        f"  {done.value:,} events through usage_record in {events_seconds:.0f} s "
+        f"({done.value / events_seconds:,.0f}/s, {WORKERS} processes)",
+        flush=True,
+    )
+    # usage_reconcile --check: every rollup row equals its events (exits 1 if not).
+    checked = time.monotonic()
+    call_command("usage_reconcile", "--check")
+    print(f"  usage_reconcile --check: {time.monotonic() - checked:.0f} s", flush=True)
     with connection.cursor() as cursor:
-        # Owner index skewed by random()^3: the first users are heavy, most are light.
-        # Only integers of this script are interpolated.
-        cursor.execute(
-            f"""
-            INSERT INTO usage_usageevent (
-                owner_id, message_id, conversation_id, key_id, key_label, preset, model, status,
-                error_kind, input_tokens, output_tokens, cached_tokens, cache_write_tokens,
-                reasoning_tokens, price_input, price_output, price_cache_read, cost_micro,
-                ttft_ms, latency_ms, day, created_at)
-            SELECT {first_id} + o, gen_random_uuid(),
-                   md5(o || '-' || (g % 20))::uuid, md5('key-' || o)::uuid, 'Key ' || o,
-                   'openai',
-                   (ARRAY['gpt-4.1','gpt-4o-mini','gpt-5-mini','gpt-5','gpt-4.1-mini'])[1 + g % 5],
-                   CASE WHEN g % 50 = 0 THEN 'error' ELSE 'done' END, '',
-                   800 + g % 1200, 200 + g % 600, g % 300, 0, 0,
-                   2000000, 8000000, 500000, (800 + g % 1200) * 2 + (200 + g % 600) * 8,
-                   300 + g % 700, 1500 + g % 4000,
-                   current_date - (g % {DAYS}), now() - ((g % {DAYS}) || ' days')::interval
-            FROM (SELECT g, floor({USERS} * power(random(), 3))::int AS o
-                  FROM generate_series(1, {EVENTS}) AS g) AS s
-            """  # noqa: S608
-        )
-        cursor.execute(
-            """
-            INSERT INTO usage_usagedaily (owner_id, day, key_id, key_label, preset, model, turns,
-                errors, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_micro,
-                unpriced_turns)
-            SELECT owner_id, day, key_id, max(key_label), max(preset), model, count(*),
-                   count(*) FILTER (WHERE status = 'error'), sum(input_tokens),
-                   sum(output_tokens), sum(cached_tokens), sum(reasoning_tokens),
-                   sum(cost_micro), 0
-            FROM usage_usageevent GROUP BY owner_id, day, key_id, model
-            """
-        )
-        cursor.execute(
-            """
-            INSERT INTO usage_usageconversationdaily (owner_id, day, conversation_id, turns,
-                input_tokens, output_tokens, cost_micro, unpriced_turns)
-            SELECT owner_id, day, conversation_id, count(*), sum(input_tokens),
-                   sum(output_tokens), sum(cost_micro), 0
-            FROM usage_usageevent GROUP BY owner_id, day, conversation_id
-            """
-        )
-        # What usage_record keeps beside the rollups: each owner's rollup stamp.
-        cursor.execute(
-            """
-            INSERT INTO usage_rollupstamp (owner_id, stamp)
-            SELECT owner_id, gen_random_uuid()
-            FROM (SELECT DISTINCT owner_id FROM usage_usagedaily) AS owners
-            """
-        )
         cursor.execute("ANALYZE")
     # Measure a settled database, not one still writing a million rows' pages out: vacuum
     # (hint bits, visibility map) and checkpoint now rather than during the measurements.
