@@ -37,6 +37,7 @@ from keys.services import (
     provider_key_open,
 )
 from providers.catalog import build_adapter, get_preset
+from providers.connections import StreamAbort, current_stream_abort
 from providers.errors import InvalidChatRequest, InvalidEndpoint, ProviderError, ProviderErrorKind
 from providers.types import ChatAdapter, ChatMessage, ChatRequest, Finish, Role, TextDelta, Usage
 from usage import ratelimits
@@ -349,8 +350,8 @@ class ProviderCall:
     The reading thread does the per-token work (keep the text, hand it to the process's
     stream writer); the turn's thread just waits for the end, a cancel (from the process's
     cancel watcher) or the deadline, so a turn costs no CPU between tokens. A cancel ends the
-    turn at once; the reader notices at its next event (a silent provider is cut off by the
-    read timeout) and touches nothing after that.
+    turn at once and shuts the call's socket down, which ends the provider call even while
+    the provider is silent; the reader touches nothing of the turn after that.
     """
 
     def __init__(
@@ -365,6 +366,7 @@ class ProviderCall:
         self.finished = False
         self.cancelled = False
         self.error: ProviderError | None = None
+        self.abort = StreamAbort()
 
     def run(self, adapter: ChatAdapter, request: ChatRequest) -> ProviderError | None:
         if not db.connection.in_atomic_block:
@@ -385,6 +387,7 @@ class ProviderCall:
                 self.stopped = True
         if self.finished:
             return self.error
+        self.abort.abort()  # cancelled or out of time: end the provider call now
         if self.cancelled:
             self.state.cancelled = True
             return None
@@ -397,6 +400,7 @@ class ProviderCall:
 
     def _read(self, adapter: ChatAdapter, request: ChatRequest) -> None:
         state = self.state
+        current_stream_abort.set(self.abort)  # this thread's own context
         stream = adapter.stream_chat(request)
         error: ProviderError | None = None
         try:
@@ -419,7 +423,8 @@ class ProviderCall:
         except InvalidEndpoint as caught:
             error = ProviderError(ProviderErrorKind.NETWORK, caught.user_message)
         except Exception:
-            logger.exception("provider stream crashed for turn %s", self.message_id)
+            if not self.abort.aborted:
+                logger.exception("provider stream crashed for turn %s", self.message_id)
             error = ProviderError(ProviderErrorKind.BAD_RESPONSE)
         finally:
             close = getattr(stream, "close", None)

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from providers.connections import ConnectionConfig, Deadline, shared_client
+from providers.connections import ConnectionConfig, Deadline, current_stream_abort, shared_client
 from providers.connections import translated_transport_errors as _translated
 from providers.errors import ProviderError, ProviderErrorKind, parse_retry_after
 from providers.netguard import canonical_base_url, check_endpoint
@@ -137,6 +137,9 @@ class HttpAdapter(ABC):
                 "GET", url, params=params, headers=headers, timeout=deadline.timeout(self.config)
             )
             response = client.send(request, stream=True)
+            abort = current_stream_abort.get()
+            if abort is not None:
+                abort.attach(response)
             try:
                 if response.status_code != 200:
                     raise self._error_from_response(response, deadline, api_key)
@@ -174,6 +177,9 @@ class HttpAdapter(ABC):
                 timeout=deadline.timeout(self.config),
             )
             response = client.send(request, stream=True)
+            abort = current_stream_abort.get()
+            if abort is not None:
+                abort.attach(response)
             try:
                 if response.status_code != 200:
                     raise self._error_from_response(response, deadline, api_key)

@@ -10,7 +10,9 @@ settings and passes it in.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
+import socket
 import ssl
 import threading
 import time
@@ -22,6 +24,49 @@ import httpx
 
 from providers.errors import InvalidEndpoint, ProviderError, ProviderErrorKind
 from providers.netguard import GuardedNetworkBackend, Resolver, system_resolver
+
+
+class StreamAbort:
+    """Lets another thread end a streaming call at once, even while it waits for a silent
+    provider: the call's socket is shut down, which wakes the blocked read (it then fails
+    like a dropped connection).
+
+    The thread that reads sets it as `current_stream_abort` before iterating the adapter's
+    stream; `HttpAdapter._stream_events` attaches the response it opens.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self.aborted = False
+
+    def attach(self, response: httpx.Response) -> None:
+        network_stream = response.extensions.get("network_stream")
+        sock = network_stream.get_extra_info("socket") if network_stream is not None else None
+        with self._lock:
+            self._socket = sock if isinstance(sock, socket.socket) else None
+            aborted = self.aborted
+        if aborted:
+            self._shut(self._socket)
+
+    def abort(self) -> None:
+        with self._lock:
+            self.aborted = True
+            sock = self._socket
+        self._shut(sock)
+
+    @staticmethod
+    def _shut(sock: socket.socket | None) -> None:
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                # The plain socket's shutdown, also under TLS: SSLSocket.shutdown would drop
+                # its SSL object under the reading thread's feet.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+current_stream_abort: contextvars.ContextVar[StreamAbort | None] = contextvars.ContextVar(
+    "current_stream_abort", default=None
+)
 
 
 @dataclass(frozen=True, slots=True)

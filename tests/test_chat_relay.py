@@ -150,3 +150,33 @@ def test_a_watcher_with_nothing_to_watch_asks_redis_nothing(counting_redis):
     before = counting_redis.calls.get("mget", 0)
     time.sleep(0.2)
     assert counting_redis.calls.get("mget", 0) == before
+
+
+def reader_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "turn-reader" and t.is_alive()]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stop_ends_the_provider_call_even_while_the_provider_is_silent(
+    alice, fake_provider, celery_worker
+):
+    from chat import services
+    from chat.models import Message
+    from tests.chat_helpers import send, start_chat, wait_final
+
+    fake_provider.script(text="never seen", first_token_delay=30, path="/chat/completions")
+    conversation, _ = start_chat(alice, fake_provider)
+    _, reply = send(conversation)
+    deadline = time.monotonic() + 10
+    while not reader_threads() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert reader_threads(), "the provider call should be under way"
+    stopped_at = time.monotonic()
+    services.turn_cancel(message=reply)
+    reply = wait_final(reply, timeout=5)
+    assert reply.status == Message.Status.STOPPED
+    while reader_threads() and time.monotonic() - stopped_at < 5:
+        time.sleep(0.02)
+    # Without the socket shutdown the reader would wait out the provider's 30 s silence.
+    assert not reader_threads()
+    assert time.monotonic() - stopped_at < 1.5
