@@ -19,11 +19,10 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, URLResolver, path, reverse
-from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from ops import selectors
-from usage.charts import Chart, stacked_bars
+from usage.charts import Chart, chart_html, stacked_bars
 from usage.services import format_usd
 
 
@@ -40,54 +39,7 @@ def _usd(value: object) -> str:
 
 
 def chart_svg(chart: Chart) -> SafeString:
-    """`usage/_chart.html`'s markup, built in Python: a 30-day chart has hundreds of bars,
-    and the template engine would spend most of the dashboard's time on them."""
-    if chart.empty:
-        return format_html(
-            '<figure class="chart"><figcaption>{}</figcaption>'
-            '<p class="muted">Nothing in this period yet.</p></figure>',
-            chart.title,
-        )
-    grid = format_html_join(
-        "",
-        '<line x1="64" x2="{}" y1="{}" y2="{}" class="grid"></line>',
-        ((chart.width, y, y) for y in chart.gridlines),
-    )
-    y_labels = format_html_join(
-        "",
-        '<text x="{}" y="{}" class="axis" text-anchor="end">{}</text>',
-        ((label.x, label.y, label.text) for label in chart.y_labels),
-    )
-    bars = format_html_join(
-        "",
-        '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"><title>{}</title></rect>',
-        ((s.x, s.y, s.width, s.height, s.colour, s.label) for s in chart.segments),
-    )
-    x_labels = format_html_join(
-        "",
-        '<text x="{}" y="{}" class="axis" text-anchor="middle">{}</text>',
-        ((label.x, label.y, label.text) for label in chart.x_labels),
-    )
-    legend = format_html_join(
-        "",
-        '<li><svg class="swatch" viewBox="0 0 10 10" aria-hidden="true">'
-        '<rect width="10" height="10" rx="2" fill="{}"></rect></svg>{}</li>',
-        ((colour, name) for name, colour in chart.legend),
-    )
-    return format_html(
-        '<figure class="chart"><figcaption>{}</figcaption>'
-        '<svg viewBox="0 0 {} {}" role="img" aria-label="{} (the table has the totals)" '
-        'preserveAspectRatio="none">{}{}{}{}</svg><ul class="legend">{}</ul></figure>',
-        chart.title,
-        chart.width,
-        chart.height,
-        chart.title,
-        grid,
-        y_labels,
-        bars,
-        x_labels,
-        legend,
-    )
+    return chart_html(chart, table_note="the table has the totals")
 
 
 def changelist(model: str, **filters: object) -> str:

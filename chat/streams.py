@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -25,6 +25,7 @@ from django.conf import settings
 
 from byok_site.redis import get_redis
 
+T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 EVENT_DELTA = "delta"
@@ -130,16 +131,24 @@ class StreamWriter:
                 self.failed_keys.update(fresh)
 
 
-_writers: dict[int, StreamWriter] = {}
+_per_process: dict[tuple[int, type], Any] = {}
+_per_process_lock = threading.Lock()
+
+
+def _one_per_process(kind: type[T], make: Callable[[], T]) -> T:
+    """The process's only `kind` (its threads share it; a forked child makes its own)."""
+    key = (os.getpid(), kind)
+    found = _per_process.get(key)
+    if found is None:
+        with _per_process_lock:
+            found = _per_process.get(key)
+            if found is None:
+                found = _per_process[key] = make()
+    return cast(T, found)
 
 
 def get_writer() -> StreamWriter:
-    """This process's stream writer (a fork gets its own)."""
-    pid = os.getpid()
-    writer = _writers.get(pid)
-    if writer is None:
-        writer = _writers.setdefault(pid, StreamWriter(settings.BYOK_STREAM_BATCH_SECONDS))
-    return writer
+    return _one_per_process(StreamWriter, lambda: StreamWriter(settings.BYOK_STREAM_BATCH_SECONDS))
 
 
 class TurnPublisher:
@@ -215,15 +224,8 @@ class CancelWatcher:
                     on_cancel()
 
 
-_watchers: dict[int, CancelWatcher] = {}
-
-
 def get_cancel_watcher() -> CancelWatcher:
-    pid = os.getpid()
-    watcher = _watchers.get(pid)
-    if watcher is None:
-        watcher = _watchers.setdefault(pid, CancelWatcher(settings.BYOK_CANCEL_POLL_SECONDS))
-    return watcher
+    return _one_per_process(CancelWatcher, lambda: CancelWatcher(settings.BYOK_CANCEL_POLL_SECONDS))
 
 
 # --- async side (the SSE view) -------------------------------------------------------------
