@@ -323,7 +323,7 @@ def profile(client) -> None:
 def main() -> None:
     reuse = os.environ.get("BENCH_REUSE") == "1"  # measure again on a kept database
     if not reuse:
-        psql(f"DROP DATABASE IF EXISTS {DB_NAME}")
+        psql(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
         psql(f"CREATE DATABASE {DB_NAME}")
         subprocess.run(
             [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, check=True
@@ -378,8 +378,10 @@ def main() -> None:
         fragment = measure(client, "/admin/dashboard/health/")
         busy_after = machine_busy(1.0)
     connection.close()
+    if hasattr(connection, "close_pool"):  # PostgreSQL's connection pool keeps connections
+        connection.close_pool()
     if os.environ.get("BENCH_KEEP") != "1":  # BENCH_KEEP=1, then BENCH_REUSE=1: re-measure
-        psql(f"DROP DATABASE IF EXISTS {DB_NAME}")
+        psql(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
 
     page_p95, fragment_p95 = p95(page), p95(fragment)
     results = {

@@ -91,7 +91,6 @@ class TurnState:
     notices: list[str] = field(default_factory=list)
     input_estimate: int = 0
     cipher: OwnerCipher | None = None  # the owner's, opened once per turn
-    stored: bool = False  # the outcome and its usage are in the database (reservation settled)
 
     @property
     def text(self) -> str:
@@ -179,8 +178,8 @@ def run_turn(message_id: str) -> None:
             action="retry",
         )
     finally:
-        if not state.stored:
-            budget_release(message_id=reply.pk)  # storing the outcome settled it
+        # A no-op once the turn has settled; after the final event, off the user's path.
+        budget_release(message_id=reply.pk)
         ratelimits.turn_release(user_id=reply.owner_id, message_id=reply.pk)
 
 
@@ -515,7 +514,6 @@ def _store(reply: Message, state: TurnState, **fields: object) -> bool:
                     reply, state, str(fields["status"]), str(fields.get("error_kind", ""))
                 )
             )
-    state.stored = stored
     return stored
 
 
