@@ -155,8 +155,10 @@ MIDDLEWARE = [
     "accounts.middleware.StaffTwoFactorMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
-    # Last, as django-axes asks: it turns a locked-out login into the lockout page.
+    # Last but one, as django-axes asks: it turns a locked-out login into the lockout page.
     "axes.middleware.AxesMiddleware",
+    # Innermost: makes the whole chain run in one thread hop (see its docstring).
+    "byok_site.middleware.SyncChain",
 ]
 
 ROOT_URLCONF = "byok_site.urls"

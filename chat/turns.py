@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from django import db
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Case, IntegerField, Value, When
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
@@ -103,21 +102,14 @@ class TurnState:
 
 def candidate_keys(conversation: Conversation) -> list[ProviderKey]:
     """The conversation's key first, then the owner's other usable keys for the same provider."""
-    usable = (
+    keys = list(
         ProviderKey.objects.for_owner(conversation.owner)
         .filter(preset=conversation.preset)
         .usable()
         .exclude(status__in=[KeyStatus.INVALID, KeyStatus.NO_CREDIT])
-        .annotate(
-            chosen=Case(
-                When(pk=conversation.provider_key_id, then=Value(0)),
-                default=Value(1),
-                output_field=IntegerField(),
-            )
-        )
-        .order_by("chosen", "priority", "created_at")
+        .order_by("priority", "created_at")
     )
-    keys = list(usable)
+    keys.sort(key=lambda key: key.pk != conversation.provider_key_id)  # stable: chosen first
     for key in keys:
         key.owner = conversation.owner  # loaded already
     return keys
@@ -368,9 +360,11 @@ class ProviderCall:
         self.abort = StreamAbort()
 
     def run(self, adapter: ChatAdapter, request: ChatRequest) -> ProviderError | None:
-        if not db.connection.in_atomic_block:
+        if db.connection.settings_dict["OPTIONS"].get("pool") and not (
+            db.connection.in_atomic_block
+        ):
             # Seconds of streaming need no database: the connection goes back to the pool
-            # (PostgreSQL) for other turns, and is opened again to store the outcome.
+            # for other turns, and is taken again to store the outcome.
             db.connection.close()
         watcher = streams.get_cancel_watcher()
         watcher.watch(self.message_id, self._cancel)
