@@ -187,7 +187,9 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL + busy timeout + IMMEDIATE write transactions: the web and worker processes can
-    # write concurrently without "database is locked" (ARCHITECTURE §1).
+    # write concurrently without "database is locked" (ARCHITECTURE §1). The backend is
+    # Django's, with a process's writers queued in Python (byok_site/sqlite/base.py).
+    DATABASES["default"]["ENGINE"] = "byok_site.sqlite"
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
             "timeout": 20,
