@@ -14,6 +14,7 @@ import heapq
 import itertools
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -36,6 +37,18 @@ FINAL_EVENTS = frozenset({EVENT_DONE, EVENT_ERROR})
 
 def stream_key(message_id: object) -> str:
     return f"byok:turn:{message_id}"
+
+
+_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}", re.ASCII)
+_MAX_ID_PART = 2**64 - 1
+
+
+def valid_stream_id(value: str) -> bool:
+    """A stream entry id Redis accepts: `<ms>-<seq>`, ASCII digits, each part < 2**64."""
+    if not _STREAM_ID.fullmatch(value):
+        return False
+    first, _, second = value.partition("-")
+    return int(first) <= _MAX_ID_PART and int(second) <= _MAX_ID_PART
 
 
 def cancel_key(message_id: object) -> str:
@@ -66,7 +79,7 @@ class StreamWriter:
                 with self._lock:
                     texts = self._pending.pop(key, [])
                 texts.append(text)
-                self._write({key: texts}, expire=True)
+                self._write({key: texts})
             return
         with self._lock:
             self._pending.setdefault(key, []).append(text)
@@ -95,18 +108,20 @@ class StreamWriter:
             self._wake.wait()
             self._wake.clear()
             time.sleep(self.window)  # gather a tick's worth of deltas from every turn
-            with self._io:
-                with self._lock:
-                    batch, self._pending = self._pending, {}
-                if batch:
-                    self._write(batch)
+            try:
+                with self._io:
+                    with self._lock:
+                        batch, self._pending = self._pending, {}
+                    if batch:
+                        self._write(batch)
+            except Exception:  # the writer must outlive any one batch
+                logger.exception("turn stream writer: a batch failed")
 
     def _write(
         self,
         batch: dict[str, list[str]],
         *,
         final: dict[str, str] | None = None,
-        expire: bool = False,
     ) -> None:
         maxlen = settings.BYOK_TURN_STREAM_MAXLEN
         ttl = settings.BYOK_TURN_STREAM_TTL
@@ -118,8 +133,7 @@ class StreamWriter:
                     pipe.xadd(key, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
                 if final is not None:
                     pipe.xadd(key, final, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-                if expire or final is not None:
-                    pipe.expire(key, ttl)
+                pipe.expire(key, ttl)  # every write: a stream always expires
             pipe.execute()
         except redis.RedisError:
             fresh = set(batch) - self.failed_keys
@@ -217,6 +231,9 @@ class CancelWatcher:
                 flags = get_redis().mget([key for key, _ in watched])
             except redis.RedisError:
                 continue  # Redis is down: nobody can press stop meanwhile
+            except Exception:  # the watcher must outlive any one poll
+                logger.exception("turn cancel watcher: a poll failed")
+                continue
             for (key, on_cancel), flag in zip(watched, flags, strict=True):
                 if flag:
                     with self._lock:
@@ -367,7 +384,8 @@ class StreamHub:
         ) + _bulk("STREAMS")
 
     def subscribe(self, key: str, last_id: str) -> Subscription:
-        subscription = Subscription(key, last_id)
+        # One XREAD serves every stream: a cursor Redis rejects would silence them all.
+        subscription = Subscription(key, last_id if valid_stream_id(last_id) else "0-0")
         self.subscriptions.setdefault(key, set()).add(subscription)
         heartbeat = settings.BYOK_SSE_HEARTBEAT_SECONDS
         heapq.heappush(self._due, (time.monotonic() + heartbeat, next(self._seq), subscription))

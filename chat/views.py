@@ -17,7 +17,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.http import AuthenticatedRequest
-from chat import selectors, services
+from chat import selectors, services, streams
 from chat.forms import MessageForm, NewConversationForm, RenameForm
 from chat.models import Conversation, Message
 from chat.services import ChatError
@@ -246,11 +246,6 @@ async def turn_stream(request: HttpRequest, message_id: object) -> HttpResponseB
     if message is None:
         raise Http404("No such message.")
     last_id = request.headers.get("Last-Event-ID") or request.GET.get("after") or "0-0"
-    if last_id != "0-0" and not _valid_stream_id(last_id):
+    if not streams.valid_stream_id(last_id):
         last_id = "0-0"
     return EventStreamResponse(message.pk, last_id, final=message.is_final)
-
-
-def _valid_stream_id(value: str) -> bool:
-    first, _, second = value.partition("-")
-    return first.isdigit() and second.isdigit() and len(value) < 42

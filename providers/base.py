@@ -204,6 +204,8 @@ class HttpAdapter(ABC):
                     yield from events
                     deadline.check()
             finally:
+                if abort is not None:
+                    abort.detach()  # before the connection can serve another call
                 response.close()
 
     def _error_from_response(

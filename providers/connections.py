@@ -49,6 +49,12 @@ class StreamAbort:
         if aborted:
             self._shut(self._socket)
 
+    def detach(self) -> None:
+        """The call is over: its connection may go back to the pool and serve another call,
+        so its socket must never be shut down from here any more."""
+        with self._lock:
+            self._socket = None
+
     def abort(self) -> None:
         with self._lock:
             self.aborted = True

@@ -7,6 +7,7 @@ about every running turn's stop button with one MGET per poll.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import uuid
@@ -180,3 +181,31 @@ def test_stop_ends_the_provider_call_even_while_the_provider_is_silent(
     # Without the socket shutdown the reader would wait out the provider's 30 s silence.
     assert not reader_threads()
     assert time.monotonic() - stopped_at < 1.5
+
+
+class _Response:
+    """What StreamAbort reads from an httpx response: its network stream's socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        stream = type("Stream", (), {"get_extra_info": lambda self, name: sock})()
+        self.extensions = {"network_stream": stream}
+
+
+def test_an_abort_shuts_the_call_s_socket_but_never_one_given_back_to_the_pool():
+    from providers.connections import StreamAbort
+
+    mine, provider = socket.socketpair()
+    abort = StreamAbort()
+    abort.attach(_Response(mine))  # type: ignore[arg-type]
+    abort.abort()
+    assert mine.recv(1) == b"", "a shut-down socket reads as closed at once"
+
+    reused, other_end = socket.socketpair()
+    late = StreamAbort()
+    late.attach(_Response(reused))  # type: ignore[arg-type]
+    late.detach()  # the call ended: its connection may now serve another call
+    late.abort()
+    other_end.sendall(b"x")
+    assert reused.recv(1) == b"x", "another call's connection must stay usable"
+    for sock in (mine, provider, reused, other_end):
+        sock.close()

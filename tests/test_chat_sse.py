@@ -147,9 +147,46 @@ def test_a_reconnect_replays_after_last_event_id_then_follows_live(
 def test_a_bad_last_event_id_replays_from_the_start(alice, fake_provider, asgi_server, settings):
     (reply,) = queued_replies(alice, fake_provider, 1, settings)
     get_redis().xadd(streams.stream_key(reply.pk), {"type": "delta", "text": "first"})
-    for bad in ("nonsense", "1-2-3", "9" * 50):
+    # Digits Redis would refuse too (above 2**64 - 1; non-ASCII ones: see the next test).
+    for bad in ("nonsense", "1-2-3", "9" * 50, "99999999999999999999-0"):
         events = read_stream(asgi_server, alice, reply, last_event_id=bad, stop_after=1)
         assert events[0].data["text"] == "first"
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        ("0-0", True),
+        ("1732900000000-5", True),
+        ("18446744073709551615-18446744073709551615", True),
+        ("18446744073709551616-0", False),  # above 2**64 - 1
+        ("\u0661-0", False),  # an Arabic-Indic one: str.isdigit() says yes, Redis says no
+        ("12", False),
+        ("-1", False),
+        ("1-", False),
+    ],
+)
+def test_only_stream_ids_redis_accepts_are_followed(value, valid):
+    assert streams.valid_stream_id(value) is valid
+
+
+def test_a_bad_cursor_from_one_user_never_silences_another_user_s_stream(
+    alice, bob, fake_provider, asgi_server, settings
+):
+    """The hub reads every followed stream in one XREAD: a cursor Redis rejects would make
+    that read fail for every stream of the process."""
+    (mine,) = queued_replies(alice, fake_provider, 1, settings)
+    (theirs,) = queued_replies(bob, fake_provider, 1, settings)
+    attacker = RawStream(asgi_server, alice, mine, {"Last-Event-ID": "99999999999999999999-0"})
+    victim = RawStream(asgi_server, bob, theirs)
+    try:
+        attacker.read_until(b"retry: 2000")
+        victim.read_until(b"retry: 2000")
+        get_redis().xadd(streams.stream_key(theirs.pk), {"type": "delta", "text": "still here"})
+        assert b"still here" in victim.read_until(b"still here", timeout=5)
+    finally:
+        attacker.close()
+        victim.close()
 
 
 def test_an_idle_stream_gets_heartbeats_and_then_the_stored_outcome(
