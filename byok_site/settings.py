@@ -205,11 +205,10 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # would exhaust the server's max_connections. Connections go back to the pool at the end
     # of each request and task (Django then needs CONN_MAX_AGE = 0).
     DATABASES["default"]["CONN_MAX_AGE"] = 0
-    from psycopg_pool import ConnectionPool
-
+    # Django then has the pool check each connection before handing it out: one the server
+    # dropped (restart, idle timeout) is replaced instead of failing the first query.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        # A connection the server dropped (restart, idle timeout) is replaced, not handed out.
-        "check": ConnectionPool.check_connection,
         "min_size": 1,
         "max_size": env.int("DATABASE_POOL_SIZE", default=16),
         "timeout": 30,
