@@ -75,11 +75,7 @@ class StreamWriter:
 
     def add(self, key: str, text: str, *, now: bool = False) -> None:
         if now:
-            with self._io:
-                with self._lock:
-                    texts = self._pending.pop(key, [])
-                texts.append(text)
-                self._write({key: texts})
+            self._write_now(key, text)
             return
         with self._lock:
             self._pending.setdefault(key, []).append(text)
@@ -88,11 +84,17 @@ class StreamWriter:
 
     def finish(self, key: str, fields: dict[str, str]) -> None:
         """The turn's pending deltas, then its final entry, in one round trip."""
+        self._write_now(key, final=fields)
+        self.failed_keys.discard(key)
+
+    def _write_now(self, key: str, text: str = "", final: dict[str, str] | None = None) -> None:
+        """One turn's pending deltas (plus `text`) without waiting for the tick."""
         with self._io:
             with self._lock:
                 texts = self._pending.pop(key, [])
-            self._write({key: texts}, final=fields)
-            self.failed_keys.discard(key)
+            if text:
+                texts.append(text)
+            self._write({key: texts}, final=final)
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
