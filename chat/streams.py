@@ -61,14 +61,20 @@ class StreamWriter:
     A turn's first delta is written at once by the thread that received it (time to first
     token is what users feel); later deltas wait at most `window` seconds and share one
     round trip with every other running turn's. A turn's final event takes its own pending
-    deltas first, under the same lock, so entries never land out of order.
+    deltas first, so entries never land out of order.
+
+    Order is kept per stream, not by one lock over all writes: a stream has at most one
+    write in flight (`_busy`), and each write takes everything pending for it at that
+    moment. So the first delta of a new turn never waits behind the tick's pipeline or
+    another turn's write; the tick leaves a busy stream's deltas for the next tick.
     """
 
     def __init__(self, window: float) -> None:
         self.window = window
         self._pending: dict[str, list[str]] = {}
-        self._lock = threading.Lock()  # guards _pending
-        self._io = threading.Lock()  # one writer at a time: keeps each stream in order
+        self._busy: set[str] = set()  # streams with a write in flight
+        self._lock = threading.Lock()  # guards _pending and _busy
+        self._idle = threading.Condition(self._lock)  # a stream's write has ended
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.failed_keys: set[str] = set()
@@ -89,12 +95,22 @@ class StreamWriter:
 
     def _write_now(self, key: str, text: str = "", final: dict[str, str] | None = None) -> None:
         """One turn's pending deltas (plus `text`) without waiting for the tick."""
-        with self._io:
-            with self._lock:
-                texts = self._pending.pop(key, [])
+        with self._lock:
+            while key in self._busy:  # an earlier write of this stream must land first
+                self._idle.wait()
+            texts = self._pending.pop(key, [])
+            self._busy.add(key)
+        try:
             if text:
                 texts.append(text)
             self._write({key: texts}, final=final)
+        finally:
+            self._release([key])
+
+    def _release(self, keys: list[str]) -> None:
+        with self._lock:
+            self._busy.difference_update(keys)
+            self._idle.notify_all()
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -111,13 +127,25 @@ class StreamWriter:
             self._wake.clear()
             time.sleep(self.window)  # gather a tick's worth of deltas from every turn
             try:
-                with self._io:
-                    with self._lock:
-                        batch, self._pending = self._pending, {}
-                    if batch:
-                        self._write(batch)
+                self._tick()
             except Exception:  # the writer must outlive any one batch
                 logger.exception("turn stream writer: a batch failed")
+
+    def _tick(self) -> None:
+        with self._lock:
+            batch = {k: v for k, v in self._pending.items() if k not in self._busy}
+            for key in batch:
+                del self._pending[key]
+            self._busy.update(batch)
+            left = bool(self._pending)  # busy streams' deltas: the next tick's
+        if left:
+            self._wake.set()
+        if not batch:
+            return
+        try:
+            self._write(batch)
+        finally:
+            self._release(list(batch))
 
     def _write(
         self,

@@ -516,10 +516,11 @@ def provider_key_delete(*, key: ProviderKey, info: RequestInfo) -> None:
 def provider_key_mark_used(*, key: ProviderKey) -> None:
     """Record a use of the key: last-used time and the per-day use count in the audit log."""
     now = timezone.now()
-    ProviderKey.objects.filter(pk=key.pk).update(last_used_at=now)
-    audit_count_use(
-        owner=key.owner, action=Action.KEY_USED, target_id=str(key.pk), target_label=key.label
-    )
+    with transaction.atomic():  # one write transaction, not two
+        ProviderKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        audit_count_use(
+            owner=key.owner, action=Action.KEY_USED, target_id=str(key.pk), target_label=key.label
+        )
 
 
 # --- verification (worker side) ----------------------------------------------------------

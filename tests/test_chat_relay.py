@@ -118,6 +118,43 @@ def test_a_final_event_carries_the_deltas_still_waiting_for_a_tick(counting_redi
     ]
 
 
+def test_a_slow_write_holds_back_only_its_own_stream(monkeypatch):
+    """A new turn's first delta goes out while another stream's write is still in flight;
+    the slow stream's own later entries wait for it, so its order holds."""
+    writer = streams.StreamWriter(window=0.01)
+    slow, fast = f"byok:turn:{uuid.uuid4()}", f"byok:turn:{uuid.uuid4()}"
+    release = threading.Event()
+    real_write = writer._write
+
+    def write(batch, *, final=None):
+        if slow in batch and not release.is_set():
+            assert release.wait(5)
+        real_write(batch, final=final)
+
+    monkeypatch.setattr(writer, "_write", write)
+    first = threading.Thread(target=writer.add, args=(slow, "s0 "), kwargs={"now": True})
+    first.start()
+    time.sleep(0.05)
+    writer.add(slow, "s1 ")  # pending behind the write in flight
+    finished = threading.Thread(
+        target=writer.finish, args=(slow, {"type": "done", "status": "done", "html": ""})
+    )
+    finished.start()
+    started = time.monotonic()
+    writer.add(fast, "f0", now=True)
+    assert time.monotonic() - started < 1.0, "the other stream's write held this one back"
+    assert [f.get("text") for f in entries(fast)] == ["f0"]
+    assert entries(slow) == []  # still in flight
+    release.set()
+    first.join(5)
+    finished.join(5)
+    assert [(f["type"], f.get("text")) for f in entries(slow)] == [
+        ("delta", "s0 "),
+        ("delta", "s1 "),
+        ("done", None),
+    ]
+
+
 def test_one_mget_per_poll_answers_for_every_running_turn(counting_redis):
     watcher = streams.CancelWatcher(interval=0.05)
     ids = [uuid.uuid4() for _ in range(20)]

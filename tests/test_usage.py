@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import threading
+import uuid
 from datetime import timedelta
 
 import pytest
 from django.core import mail
 from django.core.management import call_command
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -31,7 +33,7 @@ from usage.models import (
     UsageEvent,
 )
 from usage.prices import Price, TokenCounts, cost_micro
-from usage.services import spend_cap_set
+from usage.services import budget_release, spend_cap_set
 
 pytestmark = pytest.mark.django_db
 
@@ -143,6 +145,35 @@ def test_a_turn_is_recorded_once_with_its_rollups(alice, fake_provider):
         key.label,
     )
     assert UsageConversationDaily.objects.get(owner=alice).conversation_id == conversation.pk
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_finished_turn_writes_in_two_transactions_without_savepoints(alice, fake_provider):
+    """What a worker writes per turn, once the day's rows exist: the claim, one transaction
+    for the outcome with its usage, one for the key's last use; releasing a reservation the
+    turn never made is a read. Fewer write transactions is less queueing for SQLite's one
+    writer (and fewer round trips on PostgreSQL)."""
+    price("custom", "gpt-test")
+    conversation, _ = start_chat(alice, fake_provider)
+    run(conversation, fake_provider, usage=USAGE)  # creates the day's rollup rows
+    fake_provider.script(path=CHAT_PATHS["custom"], usage=USAGE)
+    _, reply = send(conversation, "And this one?")
+    with CaptureQueriesContext(connection) as queries:
+        turns.run_turn(str(reply.pk))
+    statements = [query["sql"].split()[0].upper() for query in queries.captured_queries]
+    assert "SAVEPOINT" not in statements, statements
+    if connection.vendor == "sqlite":
+        assert statements.count("BEGIN") == 2, statements
+    assert statements[-1] == "SELECT", "the reservation check is a read"
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.DONE
+    assert UsageEvent.objects.filter(message_id=reply.pk).count() == 1
+
+
+def test_releasing_a_turn_that_holds_nothing_is_one_read(db):
+    with CaptureQueriesContext(connection) as queries:
+        budget_release(message_id=uuid.uuid4())
+    assert [query["sql"].split()[0] for query in queries.captured_queries] == ["SELECT"]
 
 
 def test_failed_and_stopped_turns_are_recorded_too(alice, fake_provider):

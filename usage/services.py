@@ -123,7 +123,9 @@ def _record_step_by_step(turn: TurnUsage, today: date) -> bool:
     key_id = turn.key_id or NO_KEY
     model = turn.model[:200]
     key_label = turn.key_label[:80]
-    with transaction.atomic():
+    # savepoint=False: inside the caller's transaction (the turn's outcome) a savepoint would
+    # cost two more statements while SQLite's write lock is held; a failure here fails both.
+    with transaction.atomic(savepoint=False):
         inserted = _insert_ignoring_duplicate(
             UsageEvent,
             conflict=("message_id",),
@@ -587,7 +589,14 @@ def budget_reserve(
 
 
 def budget_release(*, message_id: uuid.UUID) -> None:
-    """Give back a turn's reservation without spending it (the call never happened)."""
+    """Give back a turn's reservation without spending it (the call never happened).
+
+    Most turns hold none (no cap, or settled when the turn was stored): a plain read finds
+    that without a write transaction, which on SQLite would queue for the write lock. Only
+    the turn's own thread makes a reservation, so nothing can appear after the read.
+    """
+    if not Reservation.objects.filter(message_id=message_id).exists():
+        return
     with transaction.atomic():
         reservation = Reservation.objects.select_for_update().filter(message_id=message_id).first()
         if reservation is None:
