@@ -1,14 +1,18 @@
-"""SQLite: a process's writers queue on one lock in Python, not in SQLite's busy handler."""
+"""SQLite: writers queue on a lock in Python and on a file lock across processes, not in
+SQLite's busy handler."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 from django.db import connection, connections, transaction
 
 from accounts.models import AuditEvent
-from byok_site.sqlite.base import WRITE_LOCK
+from byok_site.sqlite.base import WRITE_LOCK, lock_file_path
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -79,3 +83,93 @@ def test_many_threads_writing_at_once_all_land(alice):
     assert not errors
     assert AuditEvent.objects.filter(owner=alice).count() == 12 * 10 * 2
     assert lock_is_free()
+
+
+HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.readline()
+fcntl.flock(fd, fcntl.LOCK_UN)
+print("free", flush=True)
+sys.stdin.readline()
+"""
+
+PROBE = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except BlockingIOError:
+    print("busy")
+else:
+    print("free")
+"""
+
+
+def _lock_path() -> str:
+    path = lock_file_path(str(connection.settings_dict["NAME"]))
+    assert path is not None, "the test database is a file"
+    return path
+
+
+def test_a_write_in_another_process_holds_this_one_back_until_it_ends(alice):
+    """Processes queue on the `.writers` file lock, and the next one goes at once (SQLite's
+    busy handler would sleep up to 100 ms between tries)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, _lock_path()],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        written: list[float] = []
+
+        def write() -> None:
+            try:
+                with transaction.atomic():
+                    record(alice, "waited")
+                written.append(time.monotonic())
+            finally:
+                connections.close_all()
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        time.sleep(0.3)
+        assert not written, "the write went ahead while another process held the lock"
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "free"
+        freed = time.monotonic()
+        thread.join(5)
+        assert written and written[0] - freed < 0.1
+    finally:
+        holder.kill()
+        holder.wait()
+    assert AuditEvent.objects.filter(owner=alice, action="waited").exists()
+
+
+def test_a_write_transaction_holds_the_file_lock_against_other_processes(alice):
+    def probe() -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", PROBE, _lock_path()], capture_output=True, text=True, check=True
+        )
+        return result.stdout.strip()
+
+    assert probe() == "free"
+    with transaction.atomic():
+        record(alice, "held")
+        assert probe() == "busy"
+    assert probe() == "free"
+    record(alice, "autocommit")  # a single write statement takes and gives back the lock too
+    assert probe() == "free"
+
+
+def test_lock_file_paths():
+    assert lock_file_path(":memory:") is None
+    assert lock_file_path("file:memorydb_default?mode=memory&cache=shared") is None
+    assert lock_file_path("/srv/byok/db.sqlite3") == "/srv/byok/db.sqlite3.writers"
+    assert lock_file_path("file:/srv/byok/db.sqlite3?mode=rw") == "/srv/byok/db.sqlite3.writers"
