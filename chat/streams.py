@@ -69,8 +69,10 @@ class StreamWriter:
     another turn's write; the tick leaves a busy stream's deltas for the next tick.
     """
 
+    MIN_WINDOW = 0.005  # a tick waiting on a stream's write in flight must not spin
+
     def __init__(self, window: float) -> None:
-        self.window = window
+        self.window = max(window, self.MIN_WINDOW)
         self._pending: dict[str, list[str]] = {}
         self._busy: set[str] = set()  # streams with a write in flight
         self._lock = threading.Lock()  # guards _pending and _busy

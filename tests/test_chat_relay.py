@@ -125,11 +125,24 @@ def test_a_slow_write_holds_back_only_its_own_stream(monkeypatch):
     slow, fast = f"byok:turn:{uuid.uuid4()}", f"byok:turn:{uuid.uuid4()}"
     release = threading.Event()
     real_write = writer._write
+    in_flight: dict[str, int] = {}
+    overlaps: list[str] = []
+    guard = threading.Lock()
 
     def write(batch, *, final=None):
-        if slow in batch and not release.is_set():
-            assert release.wait(5)
-        real_write(batch, final=final)
+        with guard:
+            for key in batch:
+                in_flight[key] = in_flight.get(key, 0) + 1
+                if in_flight[key] > 1:
+                    overlaps.append(key)  # two writes of one stream at once: order at risk
+        try:
+            if slow in batch and not release.is_set():
+                assert release.wait(5)
+            real_write(batch, final=final)
+        finally:
+            with guard:
+                for key in batch:
+                    in_flight[key] -= 1
 
     monkeypatch.setattr(writer, "_write", write)
     first = threading.Thread(target=writer.add, args=(slow, "s0 "), kwargs={"now": True})
@@ -145,6 +158,7 @@ def test_a_slow_write_holds_back_only_its_own_stream(monkeypatch):
     assert time.monotonic() - started < 1.0, "the other stream's write held this one back"
     assert [f.get("text") for f in entries(fast)] == ["f0"]
     assert entries(slow) == []  # still in flight
+    time.sleep(0.1)  # ticks come meanwhile: they must leave the busy stream alone
     release.set()
     first.join(5)
     finished.join(5)
@@ -153,6 +167,7 @@ def test_a_slow_write_holds_back_only_its_own_stream(monkeypatch):
         ("delta", "s1 "),
         ("done", None),
     ]
+    assert overlaps == []
 
 
 def test_one_mget_per_poll_answers_for_every_running_turn(counting_redis):

@@ -3,6 +3,7 @@ SQLite's busy handler."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -12,6 +13,7 @@ import pytest
 from django.db import connection, connections, transaction
 
 from accounts.models import AuditEvent
+from byok_site.sqlite import base as backend
 from byok_site.sqlite.base import WRITE_LOCK, lock_file_path
 
 pytestmark = [
@@ -168,8 +170,52 @@ def test_a_write_transaction_holds_the_file_lock_against_other_processes(alice):
     assert probe() == "free"
 
 
-def test_lock_file_paths():
+def test_lock_file_paths(tmp_path):
     assert lock_file_path(":memory:") is None
+    assert lock_file_path("file::memory:?cache=shared") is None
     assert lock_file_path("file:memorydb_default?mode=memory&cache=shared") is None
     assert lock_file_path("/srv/byok/db.sqlite3") == "/srv/byok/db.sqlite3.writers"
-    assert lock_file_path("file:/srv/byok/db.sqlite3?mode=rw") == "/srv/byok/db.sqlite3.writers"
+    assert lock_file_path("file:/srv/byok/my%20db.sqlite3?mode=rw") == (
+        "/srv/byok/my db.sqlite3.writers"
+    )
+    real = tmp_path / "db.sqlite3"
+    real.touch()
+    (tmp_path / "link.sqlite3").symlink_to(real)
+    assert lock_file_path(str(tmp_path / "link.sqlite3")) == f"{real}.writers"
+
+
+def test_a_lock_file_that_cannot_be_opened_never_blocks_or_keeps_the_lock(caplog):
+    assert backend._take(0.5, "/nonexistent-directory/db.sqlite3.writers")
+    backend._give_back()
+    assert lock_is_free(), "the process lock was kept after the lock file failed to open"
+    assert "cannot queue" in caplog.text
+
+
+def test_a_forked_child_writes_even_if_a_parent_thread_held_the_lock():
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with WRITE_LOCK:
+            taken.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert taken.wait(5)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's thread does not exist here
+            code = 1
+            try:
+                started = time.monotonic()
+                if backend._take(2.0, None) and time.monotonic() - started < 1.0:
+                    backend._give_back()
+                    backend._give_back()  # one too many (a stale connection): harmless
+                    code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        release.set()
+        holder.join(5)

@@ -593,7 +593,10 @@ def budget_release(*, message_id: uuid.UUID) -> None:
 
     Most turns hold none (no cap, or settled when the turn was stored): a plain read finds
     that without a write transaction, which on SQLite would queue for the write lock. Only
-    the turn's own thread makes a reservation, so nothing can appear after the read.
+    the turn's own worker thread makes a reservation (`budget_reserve`, right after its
+    claim), and that thread releases it itself before the turn ends; the other callers (the
+    web closing a queued turn, the reaper failing one long past its time limit) come before
+    any reservation or long after it.
     """
     if not Reservation.objects.filter(message_id=message_id).exists():
         return

@@ -25,12 +25,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import threading
 import time
 from typing import Any
+from urllib.parse import unquote
 
 from django.db.backends.sqlite3 import base, creation
+
+logger = logging.getLogger(__name__)
 
 WRITE_LOCK = threading.RLock()
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
@@ -41,14 +45,18 @@ _depth = 0
 _held_fd: int | None = None
 _files: dict[str, int] = {}  # database path -> open lock file, one per process
 _files_lock = threading.Lock()
+_unusable: set[str] = set()  # lock files that could not be opened (warned once each)
 _POLL_FIRST = 0.0002
 _POLL_MAX = 0.002
 
 
 def _forget_after_fork() -> None:
-    # A child shares its parent's open lock files (and their locks): it opens its own.
-    global _depth, _held_fd, _files_lock
-    _files_lock = threading.Lock()  # another thread may have held it at the fork
+    # A child shares its parent's open lock files (and their locks): it opens its own. The
+    # locks of the parent's threads mean nothing here; inherited connections that believe
+    # they hold them give back nothing (_give_back at depth 0).
+    global WRITE_LOCK, _depth, _held_fd, _files_lock
+    WRITE_LOCK = threading.RLock()
+    _files_lock = threading.Lock()
     for fd in _files.values():
         os.close(fd)  # closing never unlocks the parent's lock; LOCK_UN would
     _files.clear()
@@ -59,25 +67,33 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def lock_file_path(database: str) -> str | None:
-    """`<database>.writers`, or None for an in-memory database."""
-    if not database or database == ":memory:" or "mode=memory" in database:
+    """`<database>.writers` (the real path, so every process finds the same file), or None
+    for an in-memory database."""
+    if not database or ":memory:" in database or "mode=memory" in database:
         return None
     if database.startswith("file:"):
-        database = database[5:].split("?", 1)[0]
-    return f"{os.path.abspath(database)}.writers"
+        database = unquote(database[5:].split("?", 1)[0])
+    return f"{os.path.realpath(database)}.writers"
 
 
 def _lock_fd(path: str) -> int:
     with _files_lock:
         fd = _files.get(path)
         if fd is None:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # Group-writable (less the umask): a management command run by another user of
+            # the database's group must be able to queue too.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
             _files[path] = fd
         return fd
 
 
 def _flock(fd: int, deadline: float) -> bool:
-    """Take the file lock, polling until `deadline`; False if it never came free."""
+    """Take the file lock, polling until `deadline`; False if it never came free.
+
+    Not a fair queue: a process whose threads write back to back can take the lock again
+    before a polling process looks (it looks every 2 ms at most, where SQLite's busy handler
+    sleeps up to 100 ms).
+    """
     pause = _POLL_FIRST
     while True:
         try:
@@ -93,7 +109,8 @@ def _flock(fd: int, deadline: float) -> bool:
 def _take(timeout: float, path: str | None) -> bool:
     """Take the process's write lock (and, at its first level, the file lock).
 
-    After `timeout`, go on anyway: SQLite's own lock (and its busy timeout) decides.
+    After `timeout`, go on anyway: SQLite's own lock (and its busy timeout) decides. So does
+    a lock file that cannot be opened (logged once): the write is never refused here.
     """
     global _depth, _held_fd
     deadline = time.monotonic() + timeout
@@ -101,18 +118,30 @@ def _take(timeout: float, path: str | None) -> bool:
         return False
     _depth += 1
     if _depth == 1 and path is not None:
-        fd = _lock_fd(path)
-        if _flock(fd, deadline):
-            _held_fd = fd
+        try:
+            fd = _lock_fd(path)
+            if _flock(fd, deadline):
+                _held_fd = fd
+        except OSError as error:
+            if path not in _unusable:
+                _unusable.add(path)
+                logger.warning(
+                    "SQLite writers cannot queue on %s (%s); SQLite's busy timeout decides",
+                    path,
+                    error.strerror,
+                )
     return True
 
 
 def _give_back() -> None:
     global _depth, _held_fd
+    if _depth <= 0:
+        return  # a lock taken before this process was forked: nothing of it is held here
     _depth -= 1
     if _depth == 0 and _held_fd is not None:
-        fcntl.flock(_held_fd, fcntl.LOCK_UN)
-        _held_fd = None
+        fd, _held_fd = _held_fd, None
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
     WRITE_LOCK.release()
 
 
@@ -147,9 +176,10 @@ class DatabaseCreation(creation.DatabaseCreation):
         path = lock_file_path(test_database_name)
         if path is not None:
             with _files_lock:
-                fd = _files.pop(path, None)
-            if fd is not None:
-                os.close(fd)
+                fd = _files.get(path)
+                if fd is not None and fd != _held_fd:  # never close a lock still held
+                    del _files[path]
+                    os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)  # the test database is gone; its lock file goes with it
 
@@ -162,11 +192,16 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def _lock_timeout(self) -> float:
         return float(self.settings_dict["OPTIONS"].get("timeout", 20))
 
+    _lock_path_for: tuple[str, str | None] | None = None
+
     @property
     def _lock_path(self) -> str | None:
-        if self.is_in_memory_db():
-            return None
-        return lock_file_path(str(self.settings_dict["NAME"]))
+        # Cached per database name: the test runner renames the database after start-up.
+        name = str(self.settings_dict["NAME"])
+        if self._lock_path_for is None or self._lock_path_for[0] != name:
+            path = None if self.is_in_memory_db() else lock_file_path(name)
+            self._lock_path_for = (name, path)
+        return self._lock_path_for[1]
 
     def create_cursor(self, name: str | None = None) -> Any:
         cursor = self.connection.cursor(factory=SQLiteCursorWrapper)
