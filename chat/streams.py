@@ -397,6 +397,7 @@ class StreamHub:
     """
 
     BLOCK_MS = 5000
+    READ_MARGIN = 10.0  # seconds a blocked XREAD's answer may take beyond BLOCK_MS
     COUNT = 1000
 
     def __init__(self, url: str) -> None:
@@ -461,7 +462,13 @@ class StreamHub:
     async def _connect(self) -> Any:
         if self._reader is None:
             self._reader = aioredis.Redis.from_url(
-                self.url, decode_responses=True, single_connection_client=True
+                self.url,
+                decode_responses=True,
+                single_connection_client=True,
+                socket_connect_timeout=2,
+                # Longer than the XREAD's own BLOCK: redis-py's default (5 s) equals it, so
+                # every quiet 5 s ended in a read timeout, a reconnect and a half-second pause.
+                socket_timeout=self.BLOCK_MS / 1000 + self.READ_MARGIN,
             )
             self._reader_id = int(await self._reader.client_id())
         return self._reader.connection

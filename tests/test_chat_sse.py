@@ -208,6 +208,25 @@ def test_an_idle_stream_gets_heartbeats_and_then_the_stored_outcome(
         stream.close()
 
 
+def test_a_quiet_stream_outlives_the_hub_s_blocking_read_without_a_reconnect(
+    alice, fake_provider, asgi_server, settings, caplog
+):
+    """The hub's XREAD blocks for BLOCK_MS; its connection must wait longer than that. With
+    redis-py's default socket timeout (5 s, the same as BLOCK_MS) every quiet 5 s ended in
+    a read timeout, a reconnect and half a second in which no stream moved."""
+    settings.BYOK_SSE_HEARTBEAT_SECONDS = 60
+    (reply,) = queued_replies(alice, fake_provider, 1, settings)
+    stream = RawStream(asgi_server, alice, reply)
+    try:
+        stream.read_until(b"retry: 2000")
+        time.sleep(streams.StreamHub.BLOCK_MS / 1000 + 0.7)
+        get_redis().xadd(streams.stream_key(reply.pk), {"type": "delta", "text": "awake"})
+        assert b"awake" in stream.read_until(b"awake", timeout=2)
+    finally:
+        stream.close()
+    assert "Redis read failed" not in caplog.text
+
+
 def test_a_disconnect_releases_the_subscription_at_once(
     alice, fake_provider, asgi_server, settings
 ):
