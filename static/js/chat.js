@@ -118,12 +118,22 @@
     }
   }
 
-  function keepScrolled() {
-    var list = document.getElementById("messages");
-    if (!list) return;
-    var nearBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 200;
-    if (nearBottom) window.scrollTo(0, document.body.scrollHeight);
+  // The page follows the newest message while the reader stays at the bottom: on opening a
+  // conversation, after sending, and as a reply grows. Scrolling up to read stops it until
+  // the reader comes back down (or sends again).
+  var following = true;
+
+  function nearBottom() {
+    return window.innerHeight + window.scrollY >= document.body.scrollHeight - 120;
   }
+
+  function keepScrolled(force) {
+    if (!document.getElementById("messages")) return;
+    if (force) following = true;
+    if (following) window.scrollTo(0, document.body.scrollHeight);
+  }
+
+  window.addEventListener("scroll", function () { following = nearBottom(); }, { passive: true });
 
   function decorateCode(root) {
     root.querySelectorAll("pre").forEach(function (pre) {
@@ -151,6 +161,7 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     attach(document);
+    keepScrolled(true);  // a conversation opens at its newest message
     var form = composer();
     if (!form) return;
     var textarea = form.querySelector("textarea");
@@ -166,6 +177,7 @@
         document.getElementById("composer-error").textContent = "";
         var empty = document.getElementById("empty-chat");
         if (empty) empty.remove();
+        keepScrolled(true);  // the reader's own message and the reply coming
         // Only the newest reply can be regenerated.
         var replies = document.querySelectorAll("article.message.assistant");
         replies.forEach(function (reply, index) {

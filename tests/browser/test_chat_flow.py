@@ -75,3 +75,39 @@ def test_an_error_is_shown_in_words_with_a_retry(chat_page, fake_provider):
     reply = page.locator("article.message.assistant").last
     expect(reply.locator("[data-role=error]")).to_contain_text("rejected", timeout=10_000)
     expect(reply.get_by_role("button", name="Retry")).to_be_visible()
+
+
+def in_view(page, locator) -> bool:
+    box = locator.bounding_box()
+    height = page.evaluate("window.innerHeight")
+    return box is not None and box["y"] < height and box["y"] + box["height"] > 0
+
+
+def test_the_page_follows_the_newest_message_unless_the_reader_scrolls_up(
+    chat_page, fake_provider, asgi_server
+):
+    page = chat_page
+    page.set_viewport_size({"width": 1000, "height": 600})
+    long_text = " ".join(["line"] * 400)
+    for _ in range(3):  # a conversation taller than the window
+        fake_provider.script(text=long_text, path="/chat/completions")
+        page.get_by_label("Message").fill("Tell me more")
+        page.get_by_label("Message").press("Enter")
+        reply = page.locator("article.message.assistant").last
+        expect(reply.get_by_role("button", name="Regenerate")).to_be_visible(timeout=15_000)
+        assert in_view(page, reply.locator("[data-role=body]")), "the reply was sent off-screen"
+    page.reload()
+    last = page.locator("article.message.assistant").last
+    expect(last).to_be_visible()
+    assert in_view(page, last), "a conversation opens at its newest message"
+    # A reader who scrolls up to read is left there while a reply streams in.
+    fake_provider.script(
+        text=" ".join(["slow"] * 200), tokens_per_second=40, path="/chat/completions"
+    )
+    page.get_by_label("Message").fill("Slowly now")
+    page.get_by_label("Message").press("Enter")
+    reply = page.locator("article.message.assistant").last
+    expect(reply.locator(".streaming")).to_contain_text("slow", timeout=10_000)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.wait_for_timeout(800)
+    assert page.evaluate("window.scrollY") < 50, "the page pulled the reader back down"
