@@ -8,6 +8,9 @@ from keys.models import ProviderKey
 
 class KeyChoiceField(forms.ModelChoiceField):
     def label_from_instance(self, obj: ProviderKey) -> str:
+        # A key labelled after its provider (the default) names the provider once.
+        if obj.label == obj.preset_name:
+            return f"{obj.label} ({obj.fingerprint})"
         return f"{obj.label} · {obj.preset_name} ({obj.fingerprint})"
 
 

@@ -109,6 +109,17 @@ def test_starting_a_conversation_with_a_key_and_model(alice_client, alice, fake_
     assert "Be brief." in page
 
 
+def test_the_key_picker_names_a_provider_once(alice_client, alice, fake_provider):
+    from tests.keys_helpers import add_key
+
+    add_key(alice, fake_provider, label="Custom OpenAI-compatible")  # the preset's own name
+    add_key(alice, fake_provider, label="Work")
+    html = alice_client.get(reverse("chat:home")).content.decode()
+    assert "Custom OpenAI-compatible · Custom OpenAI-compatible" not in html
+    assert "Custom OpenAI-compatible (" in html
+    assert "Work · Custom OpenAI-compatible (" in html
+
+
 def test_another_users_key_cannot_be_picked(alice_client, bob, fake_provider):
     from tests.keys_helpers import add_key
 
