@@ -132,11 +132,17 @@ def _still_checking(key: ProviderKey) -> bool:
 @login_required
 @require_GET
 def key_status(request: AuthenticatedRequest, key_id: object) -> HttpResponse:
-    """htmx: the status badge, which polls itself while the key is being checked."""
+    """htmx: the status badge, which polls itself while the key is being checked (and, on
+    the key's page, the "last checked" time next to it)."""
     key = _key_for(request, key_id)
-    return render(
-        request, "keys/_status.html", {"key": key, "still_checking": _still_checking(key)}
-    )
+    details = request.GET.get("details") == "1"  # polled from the key's own page
+    context = {
+        "key": key,
+        "still_checking": _still_checking(key),
+        "details": details,
+        "details_oob": details,
+    }
+    return render(request, "keys/_status.html", context)
 
 
 @login_required

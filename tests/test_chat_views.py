@@ -160,6 +160,8 @@ def test_sending_renders_both_bubbles_and_seals_the_text(alice_client, alices_ch
     assert "Second **question**" in html  # the user's own text, escaped, not rendered
     assert 'data-stream-url="/chat/m/' in html
     assert 'id="chat-title" hx-swap-oob="true">Alice&#x27;s secret question</h1>' in html
+    sidebar = f'id="sidebar-title-{conversation.pk}" hx-swap-oob="true">Alice&#x27;s secret'
+    assert sidebar in html  # the sidebar's entry gets the title too, without a reload
     for message in Message.objects.filter(conversation=conversation):
         assert b"question" not in bytes(message.sealed_content)
 

@@ -140,6 +140,21 @@ def test_the_status_fragment_stops_polling_once_checked(alice_client, alices_key
     assert "hx-trigger" not in html
 
 
+def test_the_key_page_s_last_checked_time_follows_the_badge(alice_client, alices_key):
+    from django.utils import timezone
+
+    ProviderKey.objects.filter(pk=alices_key.pk).update(status="checking", last_verified_at=None)
+    page = alice_client.get(reverse("keys:detail", args=[alices_key.pk])).content.decode()
+    assert "?details=1" in page and "hx-swap-oob" not in page
+    ProviderKey.objects.filter(pk=alices_key.pk).update(
+        status="valid", last_verified_at=timezone.now()
+    )
+    url = reverse("keys:status", args=[alices_key.pk])
+    fragment = alice_client.get(url, {"details": "1"}).content.decode()
+    assert f'id="last-checked-{alices_key.pk}" hx-swap-oob="true">0' in fragment  # "0 minutes ago"
+    assert "hx-swap-oob" not in alice_client.get(url).content.decode()  # the keys list's poll
+
+
 def test_a_check_that_takes_too_long_offers_a_retry(alice_client, alices_key):
     from datetime import timedelta
 

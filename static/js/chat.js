@@ -120,20 +120,31 @@
 
   // The page follows the newest message while the reader stays at the bottom: on opening a
   // conversation, after sending, and as a reply grows. Scrolling up to read stops it until
-  // the reader comes back down (or sends again).
+  // the reader comes back down (or sends again). Whether the reader went up is read from the
+  // position itself, not only from scroll events, which can arrive after the next delta.
   var following = true;
+  var autoY = null;  // where the page last scrolled itself to
 
   function nearBottom() {
     return window.innerHeight + window.scrollY >= document.body.scrollHeight - 120;
   }
 
+  function readerMoved() {
+    if (autoY !== null && window.scrollY < autoY - 40) following = false;
+    else if (nearBottom()) following = true;
+  }
+
   function keepScrolled(force) {
     if (!document.getElementById("messages")) return;
     if (force) following = true;
-    if (following) window.scrollTo(0, document.body.scrollHeight);
+    else readerMoved();
+    if (following) {
+      window.scrollTo(0, document.body.scrollHeight);
+      autoY = window.scrollY;
+    }
   }
 
-  window.addEventListener("scroll", function () { following = nearBottom(); }, { passive: true });
+  window.addEventListener("scroll", readerMoved, { passive: true });
 
   function decorateCode(root) {
     root.querySelectorAll("pre").forEach(function (pre) {

@@ -40,6 +40,7 @@ def test_text_arrives_in_pieces_survives_a_reload_and_finishes(chat_page, fake_p
     partial = reply.locator(".streaming").inner_text()
     assert "piece39" not in partial  # arrived in pieces, before the end
     expect(page.get_by_label("Message")).to_be_disabled()
+    expect(page.locator("[aria-current=page] .title")).to_have_text("Tell me something long")
 
     page.reload()
     reply = page.locator("article.message.assistant").last
@@ -89,11 +90,14 @@ def test_the_page_follows_the_newest_message_unless_the_reader_scrolls_up(
     page = chat_page
     page.set_viewport_size({"width": 1000, "height": 600})
     long_text = " ".join(["line"] * 400)
-    for _ in range(3):  # a conversation taller than the window
+    replies = page.locator("article.message.assistant")
+    for turn in range(1, 4):  # a conversation taller than the window
         fake_provider.script(text=long_text, path="/chat/completions")
+        expect(page.get_by_label("Message")).to_be_enabled()
         page.get_by_label("Message").fill("Tell me more")
         page.get_by_label("Message").press("Enter")
-        reply = page.locator("article.message.assistant").last
+        expect(replies).to_have_count(turn)
+        reply = replies.last
         expect(reply.get_by_role("button", name="Regenerate")).to_be_visible(timeout=15_000)
         assert in_view(page, reply.locator("[data-role=body]")), "the reply was sent off-screen"
     page.reload()
@@ -106,7 +110,8 @@ def test_the_page_follows_the_newest_message_unless_the_reader_scrolls_up(
     )
     page.get_by_label("Message").fill("Slowly now")
     page.get_by_label("Message").press("Enter")
-    reply = page.locator("article.message.assistant").last
+    expect(replies).to_have_count(4)
+    reply = replies.last
     expect(reply.locator(".streaming")).to_contain_text("slow", timeout=10_000)
     page.evaluate("window.scrollTo(0, 0)")
     page.wait_for_timeout(800)
