@@ -16,8 +16,9 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpcore
 import httpx
@@ -32,7 +33,10 @@ class StreamAbort:
     like a dropped connection).
 
     The thread that reads sets it as `current_stream_abort` before iterating the adapter's
-    stream; `HttpAdapter._stream_events` attaches the response it opens.
+    stream. The socket is known from the moment the request is written on it
+    (`_AbortableStream`, so a stop also ends a call still waiting for the provider's
+    headers); `HttpAdapter._stream_events` attaches the response too, and detaches before
+    the connection can go back to the pool.
     """
 
     def __init__(self) -> None:
@@ -43,11 +47,16 @@ class StreamAbort:
     def attach(self, response: httpx.Response) -> None:
         network_stream = response.extensions.get("network_stream")
         sock = network_stream.get_extra_info("socket") if network_stream is not None else None
+        self.attach_socket(sock if isinstance(sock, socket.socket) else None)
+
+    def attach_socket(self, sock: socket.socket | None) -> None:
+        """Follow `sock`: called as the request is written (`_AbortableStream`), before any
+        answer, and again with the response; a stop that came first shuts it at once."""
         with self._lock:
-            self._socket = sock if isinstance(sock, socket.socket) else None
+            self._socket = sock
             aborted = self.aborted
         if aborted:
-            self._shut(self._socket)
+            self._shut(sock)
 
     def detach(self) -> None:
         """The call is over: its connection may go back to the pool and serve another call,
@@ -113,6 +122,70 @@ class ConnectionConfig:
             raise ValueError("ConnectionConfig needs at least one connection in its pool")
 
 
+class _AbortableStream(httpcore.NetworkStream):
+    """A connection's stream that hands its socket to the calling thread's StreamAbort as
+    each request is written, so a stop also ends a call still waiting for the provider's
+    first answer (status line and headers), not only one already streaming."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        abort = current_stream_abort.get()
+        if abort is not None:
+            sock = self._inner.get_extra_info("socket")
+            abort.attach_socket(sock if isinstance(sock, socket.socket) else None)
+        self._inner.write(buffer, timeout)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        return _AbortableStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _AbortableBackend(httpcore.NetworkBackend):
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_tcp(
+            host, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+        )
+        return _AbortableStream(stream)
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        return _AbortableStream(
+            self._inner.connect_unix_socket(path, timeout=timeout, socket_options=socket_options)
+        )
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
 _clients: dict[ConnectionConfig, httpx.Client] = {}
 _clients_lock = threading.Lock()
 
@@ -135,9 +208,11 @@ class _GuardedTransport(httpx.HTTPTransport):
             http1=True,
             http2=False,
             retries=0,
-            network_backend=GuardedNetworkBackend(
-                allow_private_endpoints=config.allow_private_endpoints,
-                resolver=config.resolver,
+            network_backend=_AbortableBackend(
+                GuardedNetworkBackend(
+                    allow_private_endpoints=config.allow_private_endpoints,
+                    resolver=config.resolver,
+                )
             ),
         )
 

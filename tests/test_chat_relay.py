@@ -210,14 +210,22 @@ def reader_threads() -> list[threading.Thread]:
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "silence",
+    [
+        {"first_token_delay": 30},  # answered, then silent before the first token
+        {"response_delay": 30},  # not even a status line yet
+    ],
+    ids=["before-the-first-token", "before-the-response-headers"],
+)
 def test_stop_ends_the_provider_call_even_while_the_provider_is_silent(
-    alice, fake_provider, celery_worker
+    alice, fake_provider, celery_worker, silence
 ):
     from chat import services
     from chat.models import Message
     from tests.chat_helpers import send, start_chat, wait_final
 
-    fake_provider.script(text="never seen", first_token_delay=30, path="/chat/completions")
+    fake_provider.script(text="never seen", path="/chat/completions", **silence)
     conversation, _ = start_chat(alice, fake_provider)
     _, reply = send(conversation)
     deadline = time.monotonic() + 10

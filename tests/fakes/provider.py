@@ -99,7 +99,9 @@ class Script:
     blocked prompt: one event with promptFeedback.blockReason and no candidates. `thinking`
     streams reasoning first, the way each vendor marks it (Anthropic thinking blocks, Gemini
     `thought` parts, DeepSeek `reasoning_content`), which is not part of the reply text.
-    `path` restricts the script to requests whose path contains it.
+    `response_delay` waits that many seconds before answering at all (no status line, no
+    headers): a provider slow to accept a request. `path` restricts the script to requests
+    whose path contains it.
     """
 
     text: str | None = None
@@ -125,6 +127,7 @@ class Script:
     stream_error_after_tokens: int = 0
     line_ending: str = "\n"
     chunk_bytes: int | None = None
+    response_delay: float = 0.0
     path: str | None = None
 
     @classmethod
@@ -606,6 +609,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _serve(self, request: RecordedRequest, script: Script) -> None:
+        if script.response_delay:
+            time.sleep(script.response_delay)
         protocol, action, model = _route(request)
         if action is None:
             self._send_json(404, {"error": {"message": f"no route for {request.path}"}})
