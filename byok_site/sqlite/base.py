@@ -80,9 +80,9 @@ def _lock_fd(path: str) -> int:
     with _files_lock:
         fd = _files.get(path)
         if fd is None:
-            # Group-writable (less the umask): a management command run by another user of
-            # the database's group must be able to queue too.
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+            # Opened read-only (flock needs no more): a management command run by another
+            # user of the database's group can queue too; owner-writable, group-readable.
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
             _files[path] = fd
         return fd
 
