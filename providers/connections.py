@@ -16,7 +16,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ import httpcore
 import httpx
 
 from providers.errors import InvalidEndpoint, ProviderError, ProviderErrorKind
-from providers.netguard import GuardedNetworkBackend, Resolver, system_resolver
+from providers.netguard import ForwardingStream, GuardedNetworkBackend, Resolver, system_resolver
 
 
 class StreamAbort:
@@ -122,13 +122,10 @@ class ConnectionConfig:
             raise ValueError("ConnectionConfig needs at least one connection in its pool")
 
 
-class _AbortableStream(httpcore.NetworkStream):
+class _AbortableStream(ForwardingStream):
     """A connection's stream that hands its socket to the calling thread's StreamAbort as
     each request is written, so a stop also ends a call still waiting for the provider's
     first answer (status line and headers), not only one already streaming."""
-
-    def __init__(self, inner: httpcore.NetworkStream) -> None:
-        self._inner = inner
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         abort = current_stream_abort.get()
@@ -137,53 +134,20 @@ class _AbortableStream(httpcore.NetworkStream):
             abort.attach_socket(sock if isinstance(sock, socket.socket) else None)
         self._inner.write(buffer, timeout)
 
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, timeout)
-
-    def close(self) -> None:
-        self._inner.close()
-
     def start_tls(
         self,
         ssl_context: ssl.SSLContext,
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.NetworkStream:
-        return _AbortableStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
+        return _AbortableStream(super().start_tls(ssl_context, server_hostname, timeout))
 
 
-class _AbortableBackend(httpcore.NetworkBackend):
-    def __init__(self, inner: httpcore.NetworkBackend) -> None:
-        self._inner = inner
+class _AbortableBackend(GuardedNetworkBackend):
+    """The guarded backend, whose connections hand their socket to the call's StreamAbort."""
 
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        stream = self._inner.connect_tcp(
-            host, port, timeout=timeout, local_address=local_address, socket_options=socket_options
-        )
-        return _AbortableStream(stream)
-
-    def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        return _AbortableStream(
-            self._inner.connect_unix_socket(path, timeout=timeout, socket_options=socket_options)
-        )
-
-    def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
+    def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+        return _AbortableStream(super().connect_tcp(*args, **kwargs))
 
 
 _clients: dict[ConnectionConfig, httpx.Client] = {}
@@ -209,10 +173,8 @@ class _GuardedTransport(httpx.HTTPTransport):
             http2=False,
             retries=0,
             network_backend=_AbortableBackend(
-                GuardedNetworkBackend(
-                    allow_private_endpoints=config.allow_private_endpoints,
-                    resolver=config.resolver,
-                )
+                allow_private_endpoints=config.allow_private_endpoints,
+                resolver=config.resolver,
             ),
         )
 

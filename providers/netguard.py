@@ -307,21 +307,18 @@ def vetted_addresses(
     return addresses
 
 
-class _TlsRequiredStream(httpcore.NetworkStream):
-    """A TCP stream to a public address: usable only once TLS has been started on it.
-
-    httpx calls `start_tls` for https before sending anything; for plain http it would write
-    the request (with the key in a header) straight away, which this refuses.
-    """
+class ForwardingStream(httpcore.NetworkStream):
+    """An httpcore network stream that hands everything to `inner`: subclasses change what
+    they need."""
 
     def __init__(self, inner: httpcore.NetworkStream) -> None:
         self._inner = inner
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        raise InvalidEndpoint("Use an https:// URL for a public host.")
+        return self._inner.read(max_bytes, timeout)
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        raise InvalidEndpoint("Use an https:// URL for a public host.")
+        self._inner.write(buffer, timeout)
 
     def close(self) -> None:
         self._inner.close()
@@ -336,6 +333,20 @@ class _TlsRequiredStream(httpcore.NetworkStream):
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
+
+
+class _TlsRequiredStream(ForwardingStream):
+    """A TCP stream to a public address: usable only once TLS has been started on it.
+
+    httpx calls `start_tls` for https before sending anything; for plain http it would write
+    the request (with the key in a header) straight away, which this refuses.
+    """
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        raise InvalidEndpoint("Use an https:// URL for a public host.")
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        raise InvalidEndpoint("Use an https:// URL for a public host.")
 
 
 class GuardedNetworkBackend(httpcore.NetworkBackend):

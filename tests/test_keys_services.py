@@ -300,6 +300,10 @@ def test_verifying_a_revoked_or_deleted_key_does_nothing(alice, fake_provider):
 def test_the_beat_job_expires_keys_and_rechecks_old_ones(alice, fake_provider, celery_worker):
     expiring = add_key(alice, fake_provider, label="Old")
     stale = add_key(alice, fake_provider, label="Stale")
+    # The first checks run on the worker; one that loaded the key after its expiry date was
+    # set would mark it expired itself, and the beat job would have nothing left to expire.
+    wait_for_status(expiring)
+    wait_for_status(stale)
     ProviderKey.objects.filter(pk=expiring.pk).update(expires_on=timezone.localdate())
     ProviderKey.objects.filter(pk=stale.pk).update(
         status=Status.VALID, last_verified_at=timezone.now() - timedelta(days=3)
