@@ -20,6 +20,7 @@ from chat import services as chat_services
 from chat import turns
 from chat.models import Message
 from tests.chat_helpers import CHAT_PATHS, send, start_chat, vendor_chat
+from tests.usage_helpers import price
 from usage import ratelimits
 from usage.models import (
     NO_KEY,
@@ -38,22 +39,6 @@ from usage.services import budget_release, spend_cap_set
 pytestmark = pytest.mark.django_db
 
 USAGE = {"input_tokens": 1200, "output_tokens": 345, "cached_tokens": 200}
-
-
-def price(preset, model, *, input=3.0, output=15.0, cache_read=0.3, cache_write=None):
-    def micro(value):
-        return None if value is None else round(value * 1_000_000)
-
-    ModelPrice.objects.update_or_create(
-        preset=preset,
-        model=model,
-        defaults={
-            "input_per_mtok": micro(input),
-            "output_per_mtok": micro(output),
-            "cache_read_per_mtok": micro(cache_read),
-            "cache_write_per_mtok": micro(cache_write),
-        },
-    )
 
 
 def run(conversation, fake, preset="custom", **script):

@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from ops.models import ActivityDaily, ErrorDaily, LatencyDaily, ProviderDaily, UserActivity
+from tests.usage_helpers import price
 from usage import services
 from usage.models import (
     NO_KEY,
@@ -46,22 +47,6 @@ postgresql_only = pytest.mark.skipif(
 KEY = uuid.UUID("11111111-2222-3333-4444-555555555555")
 
 
-def price(model, *, input=3.0, output=15.0, cache_read=0.3, cache_write=None, preset="custom"):
-    def micro(value):
-        return None if value is None else round(value * 1_000_000)
-
-    ModelPrice.objects.update_or_create(
-        preset=preset,
-        model=model,
-        defaults={
-            "input_per_mtok": micro(input),
-            "output_per_mtok": micro(output),
-            "cache_read_per_mtok": micro(cache_read),
-            "cache_write_per_mtok": micro(cache_write),
-        },
-    )
-
-
 _ids = itertools.count(1)
 
 
@@ -87,6 +72,20 @@ def turn(owner, **changes):
     }
     values.update(changes)
     return TurnUsage(**values)
+
+
+def reserve(owner, usage, *, input_estimate, max_output):
+    """Hold `usage`'s worst case under the owner's caps, as the worker does before a call."""
+    budget_reserve(
+        owner=owner,
+        message_id=usage.message_id,
+        key_id=usage.key_id,
+        key_label=usage.key_label,
+        preset=usage.preset,
+        model=usage.model,
+        input_tokens_estimate=input_estimate,
+        max_output_tokens=max_output,
+    )
 
 
 # What the write path changes, without surrogate keys, timestamps and random stamps.
@@ -137,8 +136,8 @@ def step_by_step(turn_usage):
 
 
 def mixed_turns(record, alice, bob):
-    price("gpt-test")
-    price("gpt-cache", input=1.0, output=2.0, cache_read=0.1, cache_write=1.25)
+    price("custom", "gpt-test")
+    price("custom", "gpt-cache", input=1.0, output=2.0, cache_read=0.1, cache_write=1.25)
     first = turn(alice)
     done = [
         record(first),
@@ -155,35 +154,17 @@ def mixed_turns(record, alice, bob):
 
 
 def turns_under_caps(record, alice, bob):
-    price("gpt-test", input=1.0, output=1.0, cache_read=None)
+    price("custom", "gpt-test", input=1.0, output=1.0, cache_read=None)
     spend_cap_set(owner=alice, key_id=None, limit_micro=100_000)
     spend_cap_set(owner=alice, key_id=KEY, limit_micro=60_000)
     done = []
     for output in (20_000, 30_000, 1_000):  # the second crosses 80% of the key's cap
         usage = turn(alice, tokens=TokenCounts(input=1_000, output=output))
-        budget_reserve(
-            owner=alice,
-            message_id=usage.message_id,
-            key_id=KEY,
-            key_label="Work key",
-            preset="custom",
-            model="gpt-test",
-            input_tokens_estimate=1_000,
-            max_output_tokens=5_000,
-        )
+        reserve(alice, usage, input_estimate=1_000, max_output=5_000)
         done.append(record(usage))
     # A turn whose key cap was removed while it ran: its reservation still comes off both.
     last = turn(alice, tokens=TokenCounts(input=10, output=10))
-    budget_reserve(
-        owner=alice,
-        message_id=last.message_id,
-        key_id=KEY,
-        key_label="Work key",
-        preset="custom",
-        model="gpt-test",
-        input_tokens_estimate=10,
-        max_output_tokens=10,
-    )
+    reserve(alice, last, input_estimate=10, max_output=10)
     spend_cap_remove(owner=alice, key_id=KEY)
     done.append(record(last))
     # A turn reserved last month settles into last month's ledger.
@@ -230,7 +211,7 @@ def test_without_prepared_statements_it_writes_the_same(alice, bob, settings):
 
 @postgresql_only
 def test_a_turn_is_recorded_in_one_statement(alice):
-    price("gpt-test")
+    price("custom", "gpt-test")
     usage_record(turn=turn(alice))  # the connection prepares the statement once
     with transaction.atomic(), CaptureQueriesContext(connection) as queries:
         assert usage_record(turn=turn(alice)) is True
@@ -272,7 +253,7 @@ def test_the_cost_computed_in_sql_equals_cost_micro(alice):
 
 
 def test_recording_a_turn_twice_changes_nothing(alice):
-    price("gpt-test")
+    price("custom", "gpt-test")
     spend_cap_set(owner=alice, key_id=None, limit_micro=10_000_000)
     usage = turn(alice)
     assert usage_record(turn=usage) is True
@@ -301,7 +282,7 @@ def rollup_reads(client):
 
 
 def test_the_usage_page_reads_the_rollups_again_only_after_they_change(alice_client, alice):
-    price("gpt-test")
+    price("custom", "gpt-test")
     usage_record(turn=turn(alice))
     one_turn, two_turns = '<span class="value">1</span>', '<span class="value">2</span>'
     html, reads = rollup_reads(alice_client)
@@ -314,7 +295,7 @@ def test_the_usage_page_reads_the_rollups_again_only_after_they_change(alice_cli
 
 
 def test_a_cached_usage_page_is_never_shown_to_another_user(client, alice, bob):
-    price("gpt-test")
+    price("custom", "gpt-test")
     usage_record(turn=turn(alice, key_label="Alices key"))
     usage_record(turn=turn(bob, key_label="Bobs key"))
     client.force_login(alice)
@@ -325,7 +306,7 @@ def test_a_cached_usage_page_is_never_shown_to_another_user(client, alice, bob):
 
 
 def test_a_repaired_rollup_shows_on_the_usage_page(alice_client, alice):
-    price("gpt-test")
+    price("custom", "gpt-test")
     usage_record(turn=turn(alice))
     UsageDaily.objects.filter(owner=alice).update(cost_micro=99_000_000)
     assert "$99.00" in alice_client.get(reverse("usage:home")).content.decode()

@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote
 
@@ -145,6 +146,17 @@ def _give_back() -> None:
     WRITE_LOCK.release()
 
 
+@contextlib.contextmanager
+def _queued(timeout: float, path: str | None) -> Iterator[None]:
+    """One autocommit write statement, queued like a transaction."""
+    taken = _take(timeout, path)
+    try:
+        yield
+    finally:
+        if taken:
+            _give_back()
+
+
 class SQLiteCursorWrapper(base.SQLiteCursorWrapper):
     lock_timeout = 20.0
     lock_path: str | None = None
@@ -152,22 +164,14 @@ class SQLiteCursorWrapper(base.SQLiteCursorWrapper):
     def execute(self, query: str, params: Any = None) -> Any:
         if self.connection.in_transaction or not query.lstrip()[:7].upper().startswith(_WRITES):
             return super().execute(query, params)
-        taken = _take(self.lock_timeout, self.lock_path)
-        try:
+        with _queued(self.lock_timeout, self.lock_path):
             return super().execute(query, params)
-        finally:
-            if taken:
-                _give_back()
 
     def executemany(self, query: str, param_list: Any) -> Any:
         if self.connection.in_transaction:
             return super().executemany(query, param_list)
-        taken = _take(self.lock_timeout, self.lock_path)
-        try:
+        with _queued(self.lock_timeout, self.lock_path):
             return super().executemany(query, param_list)
-        finally:
-            if taken:
-                _give_back()
 
 
 class DatabaseCreation(creation.DatabaseCreation):
