@@ -35,8 +35,8 @@ from keys.services import (
     provider_key_mark_used,
     provider_key_open,
 )
+from providers import aio
 from providers.catalog import build_adapter, get_preset
-from providers.connections import StreamAbort, current_stream_abort
 from providers.errors import InvalidChatRequest, InvalidEndpoint, ProviderError, ProviderErrorKind
 from providers.types import ChatAdapter, ChatMessage, ChatRequest, Finish, Role, TextDelta, Usage
 from usage import ratelimits
@@ -336,13 +336,14 @@ def _call_once(
 
 
 class ProviderCall:
-    """One streaming provider call, read by a thread of its own.
+    """One streaming provider call, read on the process's relay loop (`providers.aio`).
 
-    The reading thread does the per-token work (keep the text, hand it to the process's
-    stream writer); the turn's thread just waits for the end, a cancel (from the process's
-    cancel watcher) or the deadline, so a turn costs no CPU between tokens. A cancel ends the
-    turn at once and shuts the call's socket down, which ends the provider call even while
-    the provider is silent; the reader touches nothing of the turn after that.
+    The loop does the per-token work for every running turn (keep the text, hand it to the
+    process's stream writer); the turn's thread just waits for the end, a cancel (from the
+    process's cancel watcher) or the deadline, so a turn costs no CPU between tokens and no
+    thread of its own while it streams. A cancel ends the turn at once and cancels the
+    call's task, which closes its connection even while the provider is silent (before its
+    first byte too); the task touches nothing of the turn after that.
     """
 
     def __init__(
@@ -351,13 +352,12 @@ class ProviderCall:
         self.message_id = message_id
         self.publisher = publisher
         self.state = state
-        self.lock = threading.Lock()  # the reader holds it while it updates the turn
+        self.lock = threading.Lock()  # the loop holds it while it updates the turn
         self.wake = threading.Event()
         self.stopped = False
         self.finished = False
         self.cancelled = False
         self.error: ProviderError | None = None
-        self.abort = StreamAbort()
 
     def run(self, adapter: ChatAdapter, request: ChatRequest) -> ProviderError | None:
         if db.connection.settings_dict["OPTIONS"].get("pool") and not (
@@ -368,10 +368,7 @@ class ProviderCall:
             db.connection.close()
         watcher = streams.get_cancel_watcher()
         watcher.watch(self.message_id, self._cancel)
-        reader = threading.Thread(
-            target=self._read, args=(adapter, request), name="turn-reader", daemon=True
-        )
-        reader.start()
+        task = aio.submit(self._read(adapter, request))
         try:
             in_time = self.wake.wait(settings.BYOK_TURN_SOFT_LIMIT)
         finally:
@@ -380,7 +377,7 @@ class ProviderCall:
                 self.stopped = True
         if self.finished:
             return self.error
-        self.abort.abort()  # cancelled or out of time: end the provider call now
+        task.cancel()  # cancelled or out of time: end the provider call now
         if self.cancelled:
             self.state.cancelled = True
             return None
@@ -391,13 +388,11 @@ class ProviderCall:
         self.cancelled = True
         self.wake.set()
 
-    def _read(self, adapter: ChatAdapter, request: ChatRequest) -> None:
+    async def _read(self, adapter: ChatAdapter, request: ChatRequest) -> None:
         state = self.state
-        current_stream_abort.set(self.abort)  # this thread's own context
-        stream = adapter.stream_chat(request)
         error: ProviderError | None = None
         try:
-            for event in stream:
+            async for event in adapter.astream_chat(request):
                 with self.lock:
                     if self.stopped:
                         return
@@ -415,14 +410,12 @@ class ProviderCall:
             error = caught
         except InvalidEndpoint as caught:
             error = ProviderError(ProviderErrorKind.NETWORK, caught.user_message)
+        except InvalidChatRequest as caught:
+            error = ProviderError(ProviderErrorKind.BAD_REQUEST, caught.user_message)
         except Exception:
-            if not self.abort.aborted:
+            if not self.stopped:
                 logger.exception("provider stream crashed for turn %s", self.message_id)
             error = ProviderError(ProviderErrorKind.BAD_RESPONSE)
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
         with self.lock:
             if not self.stopped:
                 self.error = error

@@ -11,15 +11,14 @@ event types are ignored, as Anthropic asks of clients.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from providers.base import (
     HttpAdapter,
     JSONObject,
+    ReplyParser,
+    StreamCall,
     as_dict,
     as_int,
     as_list,
-    drain_finished_stream,
     json_object,
 )
 from providers.connections import ConnectionConfig
@@ -32,6 +31,7 @@ from providers.errors import (
     looks_like_context_overflow,
     looks_like_no_credit,
 )
+from providers.sse import ServerSentEvent
 from providers.types import (
     ChatEvent,
     ChatRequest,
@@ -75,12 +75,7 @@ class AnthropicMessagesAdapter(HttpAdapter):
     def __init__(self, *, base_url: str, config: ConnectionConfig) -> None:
         super().__init__(base_url=base_url, config=config)
 
-    def stream_chat(self, request: ChatRequest) -> Iterator[ChatEvent]:
-        """Stream one reply: `TextDelta`s, then `Usage` (when reported), then `Finish`.
-
-        The request is sent when iteration starts. Raises `ProviderError`; an `error` event
-        or a dropped connection raises after the deltas that arrived.
-        """
+    def _chat_call(self, request: ChatRequest) -> StreamCall:
         body: JSONObject = {
             "model": request.model,
             "max_tokens": request.max_tokens,
@@ -91,52 +86,7 @@ class AnthropicMessagesAdapter(HttpAdapter):
             body["system"] = request.system_prompt
         if request.temperature is not None:
             body["temperature"] = request.temperature
-
-        usage = _UsageCounter()
-        stop_reason: str | None = None
-        saw_stop = False
-        events = self._stream_events("/v1/messages", api_key=request.api_key, body=body)
-        try:
-            for event in events:
-                data = json_object(event.data)
-                # The event name and data.type agree on Anthropic; a compatible server may
-                # send only one of them.
-                kind = data.get("type") if isinstance(data.get("type"), str) else event.event
-                if kind == "error" or event.event == "error":
-                    raise self._error_from_payload(
-                        status=None, payload=data, retry_after=None, api_key=request.api_key
-                    )
-                if kind == "message_start":
-                    usage.update(as_dict(as_dict(data.get("message")).get("usage")))
-                elif kind == "content_block_start":
-                    block = as_dict(data.get("content_block"))
-                    text = block.get("text")
-                    if block.get("type") == "text" and isinstance(text, str) and text:
-                        yield TextDelta(text)
-                elif kind == "content_block_delta":
-                    delta = as_dict(data.get("delta"))
-                    text = delta.get("text")
-                    if delta.get("type") == "text_delta" and isinstance(text, str) and text:
-                        yield TextDelta(text)
-                elif kind == "message_delta":
-                    reason = as_dict(data.get("delta")).get("stop_reason")
-                    if isinstance(reason, str):
-                        stop_reason = reason
-                    usage.update(as_dict(data.get("usage")))
-                elif kind == "message_stop":
-                    saw_stop = True
-                    break
-            if not saw_stop and stop_reason is None:
-                raise ProviderError(
-                    ProviderErrorKind.NETWORK,
-                    "The connection to the provider dropped before the reply finished.",
-                )
-            if usage.reported:
-                yield usage.result()
-            yield Finish(_FINISH_REASONS.get(stop_reason or "", FinishReason.OTHER), stop_reason)
-            drain_finished_stream(events)
-        finally:
-            events.close()
+        return StreamCall("/v1/messages", body, _ReplyParser(self, request.api_key))
 
     def verify(self, api_key: str) -> None:
         """Succeed if Anthropic accepts `api_key` (GET /v1/models needs a valid key)."""
@@ -198,6 +148,58 @@ class AnthropicMessagesAdapter(HttpAdapter):
         if kind is ProviderErrorKind.INVALID_KEY:
             return error_for_status(status if status in (401, 403) else 401)
         return ProviderError(kind, provider_message=message, retry_after=retry_after, status=status)
+
+
+class _ReplyParser(ReplyParser):
+    """Named events; text in `content_block_start` / `content_block_delta`, the stop reason
+    and cumulative usage in `message_delta`; `message_stop` ends the reply."""
+
+    def __init__(self, adapter: AnthropicMessagesAdapter, api_key: str) -> None:
+        self.adapter = adapter
+        self.api_key = api_key
+        self.usage = _UsageCounter()
+        self.stop_reason: str | None = None
+
+    def feed(self, event: ServerSentEvent) -> list[ChatEvent]:
+        data = json_object(event.data)
+        # The event name and data.type agree on Anthropic; a compatible server may send only
+        # one of them.
+        kind = data.get("type") if isinstance(data.get("type"), str) else event.event
+        if kind == "error" or event.event == "error":
+            raise self.adapter._error_from_payload(
+                status=None, payload=data, retry_after=None, api_key=self.api_key
+            )
+        if kind == "message_start":
+            self.usage.update(as_dict(as_dict(data.get("message")).get("usage")))
+        elif kind == "content_block_start":
+            block = as_dict(data.get("content_block"))
+            text = block.get("text")
+            if block.get("type") == "text" and isinstance(text, str) and text:
+                return [TextDelta(text)]
+        elif kind == "content_block_delta":
+            delta = as_dict(data.get("delta"))
+            text = delta.get("text")
+            if delta.get("type") == "text_delta" and isinstance(text, str) and text:
+                return [TextDelta(text)]
+        elif kind == "message_delta":
+            reason = as_dict(data.get("delta")).get("stop_reason")
+            if isinstance(reason, str):
+                self.stop_reason = reason
+            self.usage.update(as_dict(data.get("usage")))
+        elif kind == "message_stop":
+            self.complete = True
+        return []
+
+    def end(self) -> list[ChatEvent]:
+        if not self.complete and self.stop_reason is None:
+            raise ProviderError(
+                ProviderErrorKind.NETWORK,
+                "The connection to the provider dropped before the reply finished.",
+            )
+        events: list[ChatEvent] = [self.usage.result()] if self.usage.reported else []
+        reason = _FINISH_REASONS.get(self.stop_reason or "", FinishReason.OTHER)
+        events.append(Finish(reason, self.stop_reason))
+        return events
 
 
 class _UsageCounter:

@@ -9,16 +9,18 @@ from __future__ import annotations
 import contextlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Generator, Mapping
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from providers.connections import ConnectionConfig, Deadline, current_stream_abort, shared_client
+from providers.connections import ConnectionConfig, Deadline, shared_client
 from providers.connections import translated_transport_errors as _translated
 from providers.errors import ProviderError, ProviderErrorKind, parse_retry_after
 from providers.netguard import canonical_base_url, check_endpoint
 from providers.sse import ServerSentEvent, SSEDecoder, SSEProtocolError
+from providers.types import ChatEvent, ChatRequest
 
 # Error bodies are a few hundred bytes; model lists a few hundred kilobytes. Anything far
 # larger is not what we asked for, and reading it whole would let an endpoint exhaust memory.
@@ -86,6 +88,36 @@ def retry_after_from_headers(headers: Mapping[str, str]) -> float | None:
     return parse_retry_after(headers.get("retry-after"))
 
 
+class ReplyParser(ABC):
+    """Turns one reply's server-sent events into chat events, one event at a time.
+
+    No I/O: the same parser serves the blocking client (`HttpAdapter.stream_chat`) and the
+    worker's event loop (`HttpAdapter.astream_chat`). `complete` turns true when the
+    protocol's end-of-reply marker arrives; nothing after it is read as reply.
+    """
+
+    complete: bool = False
+
+    @abstractmethod
+    def feed(self, event: ServerSentEvent) -> list[ChatEvent]:
+        """The chat events `event` carries. Raises `ProviderError` for an in-stream error."""
+
+    @abstractmethod
+    def end(self) -> list[ChatEvent]:
+        """What follows the last text (`Usage`, `Finish`) once the stream has ended; raises
+        `network` when the reply was cut off before the protocol said it was finished."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamCall:
+    """One streaming request of a protocol: where it goes, what it sends, how to read it."""
+
+    path: str
+    body: JSONObject
+    parser: ReplyParser
+    params: Mapping[str, str] | None = None
+
+
 class HttpAdapter(ABC):
     """Base of the protocol adapters: one canonical base URL, one connection config."""
 
@@ -109,6 +141,60 @@ class HttpAdapter(ABC):
         api_key: str,
     ) -> ProviderError:
         """Classify an error: an HTTP error response, or (status None) an in-stream error."""
+
+    @abstractmethod
+    def _chat_call(self, request: ChatRequest) -> StreamCall:
+        """The streaming request for `request`, with a fresh parser for its reply."""
+
+    # -- streaming a reply -----------------------------------------------------------------------
+
+    def stream_chat(self, request: ChatRequest) -> Iterator[ChatEvent]:
+        """Stream one reply: `TextDelta`s, then `Usage` (when reported), then `Finish`.
+
+        The request is sent when iteration starts. Raises `ProviderError` (or
+        `InvalidChatRequest` / `InvalidEndpoint` before anything is sent); a stream that
+        breaks off raises after the deltas that arrived.
+        """
+        call = self._chat_call(request)
+        events = self._stream_events(
+            call.path, api_key=request.api_key, body=call.body, params=call.params
+        )
+        parser = call.parser
+        try:
+            for event in events:
+                yield from parser.feed(event)
+                if parser.complete:
+                    break
+            yield from parser.end()
+            if parser.complete:
+                drain_finished_stream(events)
+        finally:
+            events.close()
+
+    async def astream_chat(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
+        """`stream_chat` on an asyncio event loop (the worker's relay loop): same events,
+        same errors, same network guard. Cancelling the task ends the provider call."""
+        from providers import aio  # aiohttp is loaded only where an event loop streams
+
+        call = self._chat_call(request)
+        parser = call.parser
+        async with aio.event_stream(
+            self,
+            url=self._url(call.path),
+            headers=self._headers(request.api_key, streaming=True),
+            body=call.body,
+            params=call.params,
+            api_key=request.api_key,
+        ) as stream:
+            async for event in stream:
+                for chat_event in parser.feed(event):
+                    yield chat_event
+                if parser.complete:
+                    break
+            for chat_event in parser.end():
+                yield chat_event
+            if parser.complete:
+                await stream.drain()
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -137,9 +223,6 @@ class HttpAdapter(ABC):
                 "GET", url, params=params, headers=headers, timeout=deadline.timeout(self.config)
             )
             response = client.send(request, stream=True)
-            abort = current_stream_abort.get()
-            if abort is not None:
-                abort.attach(response)
             try:
                 if response.status_code != 200:
                     raise self._error_from_response(response, deadline, api_key)
@@ -177,23 +260,12 @@ class HttpAdapter(ABC):
                 timeout=deadline.timeout(self.config),
             )
             response = client.send(request, stream=True)
-            abort = current_stream_abort.get()
-            if abort is not None:
-                abort.attach(response)
             try:
                 if response.status_code != 200:
                     raise self._error_from_response(response, deadline, api_key)
-                content_type = response.headers.get("content-type", "").lower()
-                if content_type.startswith("application/json"):
-                    # Some OpenAI-compatible servers answer an error with 200 and a JSON body.
-                    payload = json_object(_read_limited(response, deadline, MAX_ERROR_BODY_BYTES))
-                    if "error" in payload:
-                        raise self._error_from_payload(
-                            status=None, payload=payload, retry_after=None, api_key=api_key
-                        )
-                    raise ProviderError(
-                        ProviderErrorKind.BAD_RESPONSE,
-                        "The provider answered without streaming the reply.",
+                if is_json_content(response.headers):
+                    raise self.error_from_unstreamed_body(
+                        _read_limited(response, deadline, MAX_ERROR_BODY_BYTES), api_key
                     )
                 decoder = SSEDecoder()
                 for chunk in response.iter_bytes():
@@ -204,8 +276,6 @@ class HttpAdapter(ABC):
                     yield from events
                     deadline.check()
             finally:
-                if abort is not None:
-                    abort.detach()  # before the connection can serve another call
                 response.close()
 
     def _error_from_response(
@@ -217,17 +287,39 @@ class HttpAdapter(ABC):
             # The status alone still classifies the error; an unreadable body must not turn
             # a 429 into a network error.
             raw = b""
+        return self.error_from_status(response.status_code, response.headers, raw, api_key)
+
+    def error_from_status(
+        self, status: int, headers: Mapping[str, str], raw: bytes, api_key: str
+    ) -> ProviderError:
+        """Classify a non-200 answer from its status, headers and (bounded) body."""
         payload: JSONObject | None
         try:
             payload = json_object(raw) if raw else None
         except ProviderError:
             payload = None
         return self._error_from_payload(
-            status=response.status_code,
+            status=status,
             payload=payload,
-            retry_after=retry_after_from_headers(response.headers),
+            retry_after=retry_after_from_headers(headers),
             api_key=api_key,
         )
+
+    def error_from_unstreamed_body(self, raw: bytes, api_key: str) -> ProviderError:
+        """A 200 answer with a JSON body where a stream was expected: some OpenAI-compatible
+        servers answer an error that way."""
+        payload = json_object(raw)
+        if "error" in payload:
+            return self._error_from_payload(
+                status=None, payload=payload, retry_after=None, api_key=api_key
+            )
+        return ProviderError(
+            ProviderErrorKind.BAD_RESPONSE, "The provider answered without streaming the reply."
+        )
+
+
+def is_json_content(headers: Mapping[str, str]) -> bool:
+    return headers.get("content-type", "").lower().startswith("application/json")
 
 
 def drain_finished_stream(events: Generator[ServerSentEvent, None, None]) -> None:

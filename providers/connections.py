@@ -10,78 +10,18 @@ settings and passes it in.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import os
-import socket
 import ssl
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpcore
 import httpx
 
 from providers.errors import InvalidEndpoint, ProviderError, ProviderErrorKind
-from providers.netguard import ForwardingStream, GuardedNetworkBackend, Resolver, system_resolver
-
-
-class StreamAbort:
-    """Lets another thread end a streaming call at once, even while it waits for a silent
-    provider: the call's socket is shut down, which wakes the blocked read (it then fails
-    like a dropped connection).
-
-    The thread that reads sets it as `current_stream_abort` before iterating the adapter's
-    stream. The socket is known from the moment the request is written on it
-    (`_AbortableStream`, so a stop also ends a call still waiting for the provider's
-    headers); `HttpAdapter._stream_events` attaches the response too, and detaches before
-    the connection can go back to the pool.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._socket: socket.socket | None = None
-        self.aborted = False
-
-    def attach(self, response: httpx.Response) -> None:
-        network_stream = response.extensions.get("network_stream")
-        sock = network_stream.get_extra_info("socket") if network_stream is not None else None
-        self.attach_socket(sock if isinstance(sock, socket.socket) else None)
-
-    def attach_socket(self, sock: socket.socket | None) -> None:
-        """Follow `sock`: called as the request is written (`_AbortableStream`), before any
-        answer, and again with the response; a stop that came first shuts it at once."""
-        with self._lock:
-            self._socket = sock
-            aborted = self.aborted
-        if aborted:
-            self._shut(sock)
-
-    def detach(self) -> None:
-        """The call is over: its connection may go back to the pool and serve another call,
-        so its socket must never be shut down from here any more."""
-        with self._lock:
-            self._socket = None
-
-    def abort(self) -> None:
-        with self._lock:
-            self.aborted = True
-            sock = self._socket
-        self._shut(sock)
-
-    @staticmethod
-    def _shut(sock: socket.socket | None) -> None:
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                # The plain socket's shutdown, also under TLS: SSLSocket.shutdown would drop
-                # its SSL object under the reading thread's feet.
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-current_stream_abort: contextvars.ContextVar[StreamAbort | None] = contextvars.ContextVar(
-    "current_stream_abort", default=None
-)
+from providers.netguard import GuardedNetworkBackend, Resolver, system_resolver
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,34 +62,6 @@ class ConnectionConfig:
             raise ValueError("ConnectionConfig needs at least one connection in its pool")
 
 
-class _AbortableStream(ForwardingStream):
-    """A connection's stream that hands its socket to the calling thread's StreamAbort as
-    each request is written, so a stop also ends a call still waiting for the provider's
-    first answer (status line and headers), not only one already streaming."""
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        abort = current_stream_abort.get()
-        if abort is not None:
-            sock = self._inner.get_extra_info("socket")
-            abort.attach_socket(sock if isinstance(sock, socket.socket) else None)
-        self._inner.write(buffer, timeout)
-
-    def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.NetworkStream:
-        return _AbortableStream(super().start_tls(ssl_context, server_hostname, timeout))
-
-
-class _AbortableBackend(GuardedNetworkBackend):
-    """The guarded backend, whose connections hand their socket to the call's StreamAbort."""
-
-    def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
-        return _AbortableStream(super().connect_tcp(*args, **kwargs))
-
-
 _clients: dict[ConnectionConfig, httpx.Client] = {}
 _clients_lock = threading.Lock()
 
@@ -172,7 +84,7 @@ class _GuardedTransport(httpx.HTTPTransport):
             http1=True,
             http2=False,
             retries=0,
-            network_backend=_AbortableBackend(
+            network_backend=GuardedNetworkBackend(
                 allow_private_endpoints=config.allow_private_endpoints,
                 resolver=config.resolver,
             ),

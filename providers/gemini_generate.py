@@ -15,9 +15,17 @@ output but counted apart). A blocked prompt has no candidates, only
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
-from providers.base import HttpAdapter, JSONObject, as_dict, as_int, as_list, json_object
+from providers.base import (
+    HttpAdapter,
+    JSONObject,
+    ReplyParser,
+    StreamCall,
+    as_dict,
+    as_int,
+    as_list,
+    json_object,
+)
 from providers.connections import ConnectionConfig
 from providers.errors import (
     InvalidChatRequest,
@@ -28,6 +36,7 @@ from providers.errors import (
     error_for_status,
     looks_like_context_overflow,
 )
+from providers.sse import ServerSentEvent
 from providers.types import (
     ChatEvent,
     ChatRequest,
@@ -74,12 +83,8 @@ class GeminiAdapter(HttpAdapter):
     def __init__(self, *, base_url: str, config: ConnectionConfig) -> None:
         super().__init__(base_url=base_url, config=config)
 
-    def stream_chat(self, request: ChatRequest) -> Iterator[ChatEvent]:
-        """Stream one reply: `TextDelta`s, then `Usage` (when reported), then `Finish`.
-
-        The request is sent when iteration starts. Raises `InvalidChatRequest` for a model id
-        that cannot be put in the URL, `ProviderError` for everything the provider does.
-        """
+    def _chat_call(self, request: ChatRequest) -> StreamCall:
+        """Raises `InvalidChatRequest` for a model id that cannot be put in the URL."""
         model = request.model.removeprefix("models/")
         if not _MODEL_ID.match(model):
             raise InvalidChatRequest("That model id is not valid for Gemini.")
@@ -97,54 +102,12 @@ class GeminiAdapter(HttpAdapter):
             body["systemInstruction"] = {"parts": [{"text": request.system_prompt}]}
         if request.temperature is not None:
             body["generationConfig"]["temperature"] = request.temperature
-
-        usage: Usage | None = None
-        finish_reason: str | None = None
-        block_reason: str | None = None
-        events = self._stream_events(
+        return StreamCall(
             f"/models/{model}:streamGenerateContent",
-            api_key=request.api_key,
-            body=body,
+            body,
+            _ReplyParser(self, request.api_key),
             params={"alt": "sse"},
         )
-        try:
-            for event in events:
-                chunk = json_object(event.data)
-                if chunk.get("error"):
-                    raise self._error_from_payload(
-                        status=None, payload=chunk, retry_after=None, api_key=request.api_key
-                    )
-                metadata = chunk.get("usageMetadata")
-                if isinstance(metadata, dict):
-                    usage = _usage(metadata)
-                blocked = as_dict(chunk.get("promptFeedback")).get("blockReason")
-                if isinstance(blocked, str):
-                    block_reason = blocked
-                candidates = as_list(chunk.get("candidates"))
-                if not candidates:
-                    continue
-                candidate = as_dict(candidates[0])
-                for part in map(as_dict, as_list(as_dict(candidate.get("content")).get("parts"))):
-                    text = part.get("text")
-                    if isinstance(text, str) and text and not part.get("thought"):
-                        yield TextDelta(text)
-                if isinstance(candidate.get("finishReason"), str):
-                    finish_reason = candidate["finishReason"]
-        finally:
-            events.close()
-        if finish_reason is None and block_reason is None:
-            # Gemini has no end-of-stream marker; a stream that stops without a finishReason
-            # was cut off.
-            raise ProviderError(
-                ProviderErrorKind.NETWORK,
-                "The connection to the provider dropped before the reply finished.",
-            )
-        if usage is not None:
-            yield usage
-        if finish_reason is None:
-            yield Finish(FinishReason.CONTENT_FILTER, block_reason)
-        else:
-            yield Finish(_FINISH_REASONS.get(finish_reason, FinishReason.OTHER), finish_reason)
 
     def verify(self, api_key: str) -> None:
         """Succeed if Gemini accepts `api_key` (listing models needs a valid key)."""
@@ -208,6 +171,57 @@ class GeminiAdapter(HttpAdapter):
         if rpc_status in ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND"):
             return bad_request(message)
         return ProviderError(ProviderErrorKind.UNAVAILABLE, provider_message=message)
+
+
+class _ReplyParser(ReplyParser):
+    """Each event is a whole `GenerateContentResponse`. Gemini has no end-of-stream marker:
+    a stream that stops without a `finishReason` (or a prompt block) was cut off."""
+
+    def __init__(self, adapter: GeminiAdapter, api_key: str) -> None:
+        self.adapter = adapter
+        self.api_key = api_key
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.block_reason: str | None = None
+
+    def feed(self, event: ServerSentEvent) -> list[ChatEvent]:
+        chunk = json_object(event.data)
+        if chunk.get("error"):
+            raise self.adapter._error_from_payload(
+                status=None, payload=chunk, retry_after=None, api_key=self.api_key
+            )
+        metadata = chunk.get("usageMetadata")
+        if isinstance(metadata, dict):
+            self.usage = _usage(metadata)
+        blocked = as_dict(chunk.get("promptFeedback")).get("blockReason")
+        if isinstance(blocked, str):
+            self.block_reason = blocked
+        candidates = as_list(chunk.get("candidates"))
+        if not candidates:
+            return []
+        candidate = as_dict(candidates[0])
+        deltas: list[ChatEvent] = []
+        for part in map(as_dict, as_list(as_dict(candidate.get("content")).get("parts"))):
+            text = part.get("text")
+            if isinstance(text, str) and text and not part.get("thought"):
+                deltas.append(TextDelta(text))
+        if isinstance(candidate.get("finishReason"), str):
+            self.finish_reason = candidate["finishReason"]
+        return deltas
+
+    def end(self) -> list[ChatEvent]:
+        if self.finish_reason is None and self.block_reason is None:
+            raise ProviderError(
+                ProviderErrorKind.NETWORK,
+                "The connection to the provider dropped before the reply finished.",
+            )
+        events: list[ChatEvent] = [] if self.usage is None else [self.usage]
+        if self.finish_reason is None:
+            events.append(Finish(FinishReason.CONTENT_FILTER, self.block_reason))
+        else:
+            reason = _FINISH_REASONS.get(self.finish_reason, FinishReason.OTHER)
+            events.append(Finish(reason, self.finish_reason))
+        return events
 
 
 def _usage(metadata: JSONObject) -> Usage:

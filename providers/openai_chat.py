@@ -12,15 +12,14 @@ puts mid-stream failures in an `error` member of a chunk.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from providers.base import (
     HttpAdapter,
     JSONObject,
+    ReplyParser,
+    StreamCall,
     as_dict,
     as_int,
     as_list,
-    drain_finished_stream,
     json_object,
 )
 from providers.connections import ConnectionConfig
@@ -33,6 +32,7 @@ from providers.errors import (
     looks_like_context_overflow,
     looks_like_no_credit,
 )
+from providers.sse import ServerSentEvent
 from providers.types import (
     ChatEvent,
     ChatRequest,
@@ -77,12 +77,7 @@ class OpenAIChatAdapter(HttpAdapter):
         self.max_tokens_field = max_tokens_field
         self.request_stream_usage = request_stream_usage
 
-    def stream_chat(self, request: ChatRequest) -> Iterator[ChatEvent]:
-        """Stream one reply: `TextDelta`s, then `Usage` (when reported), then `Finish`.
-
-        The request is sent when iteration starts. Raises `ProviderError`; a stream that
-        breaks off raises `network` after the deltas that arrived.
-        """
+    def _chat_call(self, request: ChatRequest) -> StreamCall:
         messages: list[JSONObject] = []
         if request.system_prompt:
             messages.append({"role": "system", "content": request.system_prompt})
@@ -97,45 +92,7 @@ class OpenAIChatAdapter(HttpAdapter):
             body["stream_options"] = {"include_usage": True}
         if request.temperature is not None:
             body["temperature"] = request.temperature
-
-        usage: Usage | None = None
-        finish_reason: str | None = None
-        saw_done = False
-        events = self._stream_events("/chat/completions", api_key=request.api_key, body=body)
-        try:
-            for event in events:
-                if event.data.strip() == "[DONE]":
-                    saw_done = True
-                    break
-                chunk = json_object(event.data)
-                if chunk.get("error"):
-                    raise self._error_from_payload(
-                        status=None, payload=chunk, retry_after=None, api_key=request.api_key
-                    )
-                reported = chunk.get("usage") or as_dict(chunk.get("x_groq")).get("usage")
-                if isinstance(reported, dict):
-                    usage = _usage(reported)
-                for choice in map(as_dict, as_list(chunk.get("choices"))):
-                    if as_int(choice.get("index")) != 0:
-                        continue
-                    content = as_dict(choice.get("delta")).get("content")
-                    if isinstance(content, str) and content:
-                        yield TextDelta(content)
-                    if isinstance(choice.get("finish_reason"), str):
-                        finish_reason = choice["finish_reason"]
-            if not saw_done and finish_reason is None:
-                raise ProviderError(
-                    ProviderErrorKind.NETWORK,
-                    "The connection to the provider dropped before the reply finished.",
-                )
-            if usage is not None:
-                yield usage
-            yield Finish(
-                _FINISH_REASONS.get(finish_reason or "", FinishReason.OTHER), finish_reason
-            )
-            drain_finished_stream(events)
-        finally:
-            events.close()
+        return StreamCall("/chat/completions", body, _ReplyParser(self, request.api_key))
 
     def verify(self, api_key: str) -> None:
         """Succeed if the endpoint accepts `api_key`; raise `ProviderError` otherwise."""
@@ -201,6 +158,51 @@ class OpenAIChatAdapter(HttpAdapter):
         if type_text == "invalid_request_error":
             return bad_request(message)
         return ProviderError(ProviderErrorKind.UNAVAILABLE, provider_message=message)
+
+
+class _ReplyParser(ReplyParser):
+    """Chunks carry text in `choices[0].delta.content`; `[DONE]` ends the reply (a server
+    that omits it has ended once a `finish_reason` came)."""
+
+    def __init__(self, adapter: OpenAIChatAdapter, api_key: str) -> None:
+        self.adapter = adapter
+        self.api_key = api_key
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+
+    def feed(self, event: ServerSentEvent) -> list[ChatEvent]:
+        if event.data.strip() == "[DONE]":
+            self.complete = True
+            return []
+        chunk = json_object(event.data)
+        if chunk.get("error"):
+            raise self.adapter._error_from_payload(
+                status=None, payload=chunk, retry_after=None, api_key=self.api_key
+            )
+        reported = chunk.get("usage") or as_dict(chunk.get("x_groq")).get("usage")
+        if isinstance(reported, dict):
+            self.usage = _usage(reported)
+        deltas: list[ChatEvent] = []
+        for choice in map(as_dict, as_list(chunk.get("choices"))):
+            if as_int(choice.get("index")) != 0:
+                continue
+            content = as_dict(choice.get("delta")).get("content")
+            if isinstance(content, str) and content:
+                deltas.append(TextDelta(content))
+            if isinstance(choice.get("finish_reason"), str):
+                self.finish_reason = choice["finish_reason"]
+        return deltas
+
+    def end(self) -> list[ChatEvent]:
+        if not self.complete and self.finish_reason is None:
+            raise ProviderError(
+                ProviderErrorKind.NETWORK,
+                "The connection to the provider dropped before the reply finished.",
+            )
+        events: list[ChatEvent] = [] if self.usage is None else [self.usage]
+        reason = _FINISH_REASONS.get(self.finish_reason or "", FinishReason.OTHER)
+        events.append(Finish(reason, self.finish_reason))
+        return events
 
 
 def _usage(reported: JSONObject) -> Usage:

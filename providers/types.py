@@ -9,7 +9,7 @@ is raised: the caller keeps the partial text.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, TypeAlias
@@ -142,6 +142,10 @@ class ChatAdapter(Protocol):
 
     def stream_chat(self, request: ChatRequest) -> Iterator[ChatEvent]:
         """Stream one reply. Raises `ProviderError` (or `InvalidEndpoint` from the guard)."""
+        ...
+
+    def astream_chat(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
+        """`stream_chat` on an asyncio event loop: the same events and errors."""
         ...
 
     def verify(self, api_key: str) -> None:

@@ -7,7 +7,6 @@ about every running turn's stop button with one MGET per poll.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import uuid
@@ -18,6 +17,7 @@ import pytest
 
 from byok_site.redis import get_redis
 from chat import streams
+from providers import aio
 
 
 class CountingRedis:
@@ -205,10 +205,6 @@ def test_a_watcher_with_nothing_to_watch_asks_redis_nothing(counting_redis):
     assert counting_redis.calls.get("mget", 0) == before
 
 
-def reader_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "turn-reader" and t.is_alive()]
-
-
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     "silence",
@@ -229,43 +225,15 @@ def test_stop_ends_the_provider_call_even_while_the_provider_is_silent(
     conversation, _ = start_chat(alice, fake_provider)
     _, reply = send(conversation)
     deadline = time.monotonic() + 10
-    while not reader_threads() and time.monotonic() < deadline:
+    while not aio.calls_in_flight() and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert reader_threads(), "the provider call should be under way"
+    assert aio.calls_in_flight() == 1, "the provider call should be under way"
     stopped_at = time.monotonic()
     services.turn_cancel(message=reply)
     reply = wait_final(reply, timeout=5)
     assert reply.status == Message.Status.STOPPED
-    while reader_threads() and time.monotonic() - stopped_at < 5:
+    while aio.calls_in_flight() and time.monotonic() - stopped_at < 5:
         time.sleep(0.02)
-    # Without the socket shutdown the reader would wait out the provider's 30 s silence.
-    assert not reader_threads()
+    # Without the task's cancel the call would wait out the provider's 30 s silence.
+    assert not aio.calls_in_flight()
     assert time.monotonic() - stopped_at < 1.5
-
-
-class _Response:
-    """What StreamAbort reads from an httpx response: its network stream's socket."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        stream = type("Stream", (), {"get_extra_info": lambda self, name: sock})()
-        self.extensions = {"network_stream": stream}
-
-
-def test_an_abort_shuts_the_call_s_socket_but_never_one_given_back_to_the_pool():
-    from providers.connections import StreamAbort
-
-    mine, provider = socket.socketpair()
-    abort = StreamAbort()
-    abort.attach(_Response(mine))  # type: ignore[arg-type]
-    abort.abort()
-    assert mine.recv(1) == b"", "a shut-down socket reads as closed at once"
-
-    reused, other_end = socket.socketpair()
-    late = StreamAbort()
-    late.attach(_Response(reused))  # type: ignore[arg-type]
-    late.detach()  # the call ended: its connection may now serve another call
-    late.abort()
-    other_end.sendall(b"x")
-    assert reused.recv(1) == b"x", "another call's connection must stay usable"
-    for sock in (mine, provider, reused, other_end):
-        sock.close()

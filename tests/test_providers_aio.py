@@ -1,0 +1,322 @@
+"""The worker's provider streams on an event loop (`HttpAdapter.astream_chat`, aiohttp):
+the same events and errors as the blocking client for every protocol and fault, and the
+same network guard."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from typing import Any, TypeVar
+
+import pytest
+
+from providers import (
+    BlockedEndpoint,
+    ChatAdapter,
+    ChatEvent,
+    ChatMessage,
+    ChatRequest,
+    InvalidEndpoint,
+    ProviderError,
+    ProviderErrorKind,
+    Role,
+    aio,
+    build_adapter,
+    check_endpoint,
+    get_preset,
+)
+from providers.base import HttpAdapter
+from tests.fakes.helpers import FAKE_CONFIG, StreamResult, collect, fake_adapter
+from tests.fakes.provider import FakeProvider
+from tests.test_netguard import CountingResolver, Pki, pki, resolver_for, tls_config, tls_fake
+
+pytest_plugins = ["tests.fakes.fixtures"]
+
+__all__ = ["pki", "tls_fake"]  # fixtures shared with the blocking client's guard tests
+
+KEY = "sk-aio-test-0011"
+T = TypeVar("T")
+
+
+def hello(model: str = "m") -> ChatRequest:
+    return ChatRequest(model=model, messages=[ChatMessage(Role.USER, "hi")], api_key=KEY)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run on a loop of the test's own, closing the loop's sessions afterwards."""
+
+    async def main() -> T:
+        try:
+            return await coro
+        finally:
+            await aio.close_sessions()
+
+    return asyncio.run(main())
+
+
+async def _collect(events: AsyncIterator[ChatEvent]) -> StreamResult:
+    collected: list[ChatEvent] = []
+    result = StreamResult()
+    try:
+        async for event in events:
+            collected.append(event)
+    except ProviderError as error:
+        result.error = error
+    kept = collect(collected)
+    kept.error = result.error
+    return kept
+
+
+def acollect(
+    adapter: ChatAdapter | HttpAdapter, request: ChatRequest | None = None
+) -> StreamResult:
+    return run(_collect(adapter.astream_chat(request or hello())))
+
+
+def same_outcome(one: StreamResult, other: StreamResult) -> None:
+    assert one.deltas == other.deltas
+    assert one.usage == other.usage
+    assert one.finish == other.finish
+    if one.error is None or other.error is None:
+        assert one.error is other.error is None
+    else:
+        assert (one.error.kind, one.error.user_message, one.error.retry_after) == (
+            other.error.kind,
+            other.error.user_message,
+            other.error.retry_after,
+        )
+
+
+SCRIPTS: list[dict[str, Any]] = [
+    {"text": "Hello there, world.", "usage": {"input_tokens": 11, "cached_tokens": 3}},
+    {"text": "Cut short", "finish_reason": "length"},
+    {"text": "Split up ünïcödé ✓ and CRLF", "chunk_bytes": 3, "line_ending": "\r\n"},
+    {"text": "The line drops here", "drop_after_tokens": 2},
+    {"text": "Garbage follows", "malformed_after_tokens": 1},
+    {"text": "Overloaded midway", "stream_error": "overloaded", "stream_error_after_tokens": 2},
+    {"error": "invalid_key"},
+    {"error": "no_credit"},
+    {"error": "rate_limited", "retry_after": 7},
+    {"error": "server_error"},
+    {"error": "context_too_long"},
+    {"status": 529},
+    {"status": 200, "error_body": {"error": {"message": "model is loading"}}},
+    {"redirect_to": "http://169.254.169.254/latest/meta-data/"},
+]
+
+
+@pytest.mark.parametrize("preset", ["openai", "anthropic", "gemini"])
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: "-".join(map(str, s))[:40])
+def test_the_event_loop_stream_matches_the_blocking_one(
+    fake_provider: FakeProvider, preset: str, script: dict[str, Any]
+) -> None:
+    adapter = fake_adapter(fake_provider, preset)
+    fake_provider.script(**script)
+    fake_provider.script(**script)
+
+    blocking = collect(adapter.stream_chat(hello()))
+    looped = acollect(adapter)
+
+    same_outcome(looped, blocking)
+    assert len(fake_provider.requests) == 2, "one request each, no retry, no redirect followed"
+    assert fake_provider.requests[1].body == fake_provider.requests[0].body
+
+
+def test_a_gemini_model_id_that_cannot_go_in_the_url_is_refused_before_any_request(
+    fake_provider: FakeProvider,
+) -> None:
+    from providers import InvalidChatRequest
+
+    adapter = fake_adapter(fake_provider, "gemini")
+    with pytest.raises(InvalidChatRequest):
+        acollect(adapter, hello(model="../files"))
+    assert fake_provider.requests == []
+
+
+def test_a_finished_reply_leaves_its_connection_for_the_next_call(
+    fake_provider: FakeProvider,
+) -> None:
+    resolver = CountingResolver(["127.0.0.1"])
+    config = dataclasses.replace(FAKE_CONFIG, resolver=resolver)
+    adapter = build_adapter(
+        get_preset("custom"),
+        config=config,
+        base_url=f"http://api.provider.test:{fake_provider.port}/v1",
+    )
+
+    async def twice() -> list[StreamResult]:
+        return [await _collect(adapter.astream_chat(hello())) for _ in range(2)]
+
+    first, second = run(twice())
+
+    assert first.error is None and second.error is None
+    # "api.provider.test" is in no DNS: only the guard's lookup was used, once, for the one
+    # connection both calls shared; the Host header keeps the name.
+    assert resolver.lookups == [("api.provider.test", fake_provider.port)]
+    hosts = {request.headers["host"] for request in fake_provider.requests}
+    assert hosts == {f"api.provider.test:{fake_provider.port}"}
+
+
+def test_the_read_timeout_and_the_call_deadline_end_a_silent_or_endless_call(
+    fake_provider: FakeProvider,
+) -> None:
+    silent = dataclasses.replace(FAKE_CONFIG, read_timeout=0.3)
+    fake_provider.script(text="late", first_token_delay=3)
+    started = time.monotonic()
+    result = acollect(fake_adapter(fake_provider, "openai", config=silent))
+    assert result.error is not None and result.error.kind is ProviderErrorKind.TIMEOUT
+    assert time.monotonic() - started < 2
+
+    endless = dataclasses.replace(FAKE_CONFIG, call_deadline=0.5)
+    fake_provider.script(text="word " * 200, tokens_per_second=20)
+    result = acollect(fake_adapter(fake_provider, "openai", config=endless))
+    assert result.error is not None and result.error.kind is ProviderErrorKind.TIMEOUT
+    assert "took too long" in result.error.user_message
+    assert 0 < len(result.deltas) < 200, "what arrived before the deadline is kept"
+
+
+def test_cancelling_the_task_ends_a_call_the_provider_has_not_answered(
+    fake_provider: FakeProvider,
+) -> None:
+    fake_provider.script(text="never", response_delay=30)
+    adapter = fake_adapter(fake_provider, "openai")
+
+    async def cancel_midway() -> float:
+        task = asyncio.ensure_future(_collect(adapter.astream_chat(hello())))
+        while not fake_provider.requests:
+            await asyncio.sleep(0.01)
+        assert aio.calls_in_flight() == 1
+        started = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return time.monotonic() - started
+
+    assert run(cancel_midway()) < 0.5
+    assert aio.calls_in_flight() == 0
+
+
+def test_the_relay_loop_runs_submitted_calls_on_its_own_thread(
+    fake_provider: FakeProvider,
+) -> None:
+    fake_provider.script(text="from the loop")
+    adapter = fake_adapter(fake_provider, "anthropic")
+
+    future = aio.submit(_collect(adapter.astream_chat(hello())))
+
+    assert future.result(timeout=10).text == "from the loop"
+    assert aio.relay_loop() is aio.relay_loop()
+
+
+def test_it_ignores_proxy_settings_and_keeps_no_cookies(
+    fake_provider: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    config = dataclasses.replace(FAKE_CONFIG, user_agent="byok-aio-test")
+    adapter = fake_adapter(fake_provider, "openai", config=config)
+    fake_provider.script(text="one", headers={"set-cookie": "session=someone-elses; Path=/"})
+    fake_provider.script(text="two")
+
+    async def twice() -> list[StreamResult]:
+        return [await _collect(adapter.astream_chat(hello())) for _ in range(2)]
+
+    results = run(twice())
+
+    assert [r.text for r in results] == ["one", "two"]
+    assert fake_provider.requests[0].headers["user-agent"] == "byok-aio-test"
+    assert "cookie" not in fake_provider.requests[1].headers
+
+
+# -- the network guard -------------------------------------------------------------------------
+
+
+def guarded(
+    fake: FakeProvider,
+    base_url: str,
+    *,
+    allow_private_endpoints: bool = True,
+    answers: Sequence[Sequence[str]] = (),
+) -> HttpAdapter:
+    config = dataclasses.replace(
+        FAKE_CONFIG,
+        allow_private_endpoints=allow_private_endpoints,
+        resolver=CountingResolver(*answers) if answers else FAKE_CONFIG.resolver,
+    )
+    adapter = build_adapter(get_preset("custom"), config=config, base_url=base_url)
+    assert isinstance(adapter, HttpAdapter)
+    return adapter
+
+
+def test_with_the_flag_off_it_refuses_the_fake_on_127_0_0_1(fake_provider: FakeProvider) -> None:
+    adapter = guarded(
+        fake_provider, fake_provider.base_url("custom"), allow_private_endpoints=False
+    )
+    with pytest.raises(InvalidEndpoint):
+        acollect(adapter)
+    assert fake_provider.requests == []
+
+
+def test_a_name_that_resolves_to_loopback_at_connect_time_is_refused(
+    fake_provider: FakeProvider,
+) -> None:
+    # The URL looks public and is https, so only the connect-time check can catch it.
+    config = dataclasses.replace(
+        FAKE_CONFIG,
+        allow_private_endpoints=False,
+        resolver=resolver_for({"sneaky.example": ["127.0.0.1"]}),
+    )
+    adapter = build_adapter(
+        get_preset("custom"), config=config, base_url=f"https://sneaky.example:{fake_provider.port}"
+    )
+    with pytest.raises(BlockedEndpoint):
+        acollect(adapter)
+    assert fake_provider.requests == []
+
+
+def test_a_rebinding_answer_at_connect_time_is_refused(fake_provider: FakeProvider) -> None:
+    # The check when the key was saved saw loopback (allowed in development); the
+    # connection's own lookup sees the metadata service.
+    base_url = f"http://rebind.test:{fake_provider.port}/v1"
+    adapter = guarded(fake_provider, base_url, answers=[["127.0.0.1"], ["169.254.169.254"]])
+    check_endpoint(base_url, allow_private_endpoints=True, resolver=adapter.config.resolver)
+    with pytest.raises(BlockedEndpoint):
+        acollect(adapter)
+    assert fake_provider.requests == []
+
+
+def test_plain_http_never_reaches_a_public_address(fake_provider: FakeProvider) -> None:
+    # Checked when the key was saved it was loopback; at connect time the name is public:
+    # over plain http the key would cross the internet in clear, so nothing is opened.
+    base_url = f"http://turns-public.test:{fake_provider.port}/v1"
+    adapter = guarded(fake_provider, base_url, answers=[["127.0.0.1"], ["93.184.216.34"]])
+    check_endpoint(base_url, allow_private_endpoints=True, resolver=adapter.config.resolver)
+    with pytest.raises(InvalidEndpoint, match="https"):
+        acollect(adapter)
+    assert fake_provider.requests == []
+
+
+def test_tls_goes_to_the_vetted_ip_with_certificate_checks_for_the_host_name(
+    pki: Pki, tls_fake: FakeProvider
+) -> None:
+    named = build_adapter(
+        get_preset("custom"),
+        config=tls_config(pki),
+        base_url=f"https://api.provider.test:{tls_fake.port}/v1",
+    )
+    result = acollect(named)
+    assert result.error is None and result.text
+    assert tls_fake.requests[0].headers["host"] == f"api.provider.test:{tls_fake.port}"
+
+    bare_ip = build_adapter(
+        get_preset("custom"),
+        config=tls_config(pki),
+        base_url=f"https://127.0.0.1:{tls_fake.port}/v1",
+    )
+    result = acollect(bare_ip)
+    assert result.error is not None and result.error.kind is ProviderErrorKind.NETWORK
+    assert len(tls_fake.requests) == 1, "the certificate is for the name, not the address"
