@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from django.conf import settings
 
 from byok_site.redis import get_redis
+from providers import loop as relay
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -56,100 +57,109 @@ def cancel_key(message_id: object) -> str:
 
 
 class StreamWriter:
-    """Writes the deltas of every turn running in this process, one Redis pipeline per tick.
+    """Writes the deltas of every turn running in this process, one Redis pipeline per tick,
+    on the process's relay loop (`providers.aio.relay_loop`, which also reads every provider
+    stream): the loop never waits on Redis, and no thread hands the interpreter lock back and
+    forth per token.
 
-    A turn's first delta is written at once by the thread that received it (time to first
-    token is what users feel); later deltas wait at most `window` seconds and share one
-    round trip with every other running turn's. A turn's final event takes its own pending
-    deltas first, so entries never land out of order.
+    A turn's first delta is written at once (time to first token is what users feel); later
+    deltas wait at most `window` seconds and share one round trip with every other running
+    turn's. A turn's final event takes its own pending deltas first, so entries never land
+    out of order.
 
-    Order is kept per stream, not by one lock over all writes: a stream has at most one
-    write in flight (`_busy`), and each write takes everything pending for it at that
-    moment. So the first delta of a new turn never waits behind the tick's pipeline or
-    another turn's write; the tick leaves a busy stream's deltas for the next tick.
+    Order is kept per stream: a stream has at most one write in flight (`_busy`), and each
+    write takes everything pending for it at that moment. So the first delta of a new turn
+    never waits behind the tick's pipeline or another turn's write; the tick leaves a busy
+    stream's deltas for the next tick. `add` and `finish` may be called from any thread;
+    everything else runs on the loop.
     """
 
     MIN_WINDOW = 0.005  # a tick waiting on a stream's write in flight must not spin
+    FINISH_TIMEOUT = 15.0  # beyond Redis's own socket timeouts: only a wedged loop hits it
 
     def __init__(self, window: float) -> None:
         self.window = max(window, self.MIN_WINDOW)
         self._pending: dict[str, list[str]] = {}
         self._busy: set[str] = set()  # streams with a write in flight
-        self._lock = threading.Lock()  # guards _pending and _busy
-        self._idle = threading.Condition(self._lock)  # a stream's write has ended
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._idle: asyncio.Condition | None = None  # a stream's write has ended
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.failed_keys: set[str] = set()
 
+    # -- any thread ---------------------------------------------------------------------------
+
     def add(self, key: str, text: str, *, now: bool = False) -> None:
-        if now:
-            self._write_now(key, text)
-            return
-        with self._lock:
-            self._pending.setdefault(key, []).append(text)
-        self._ensure_thread()
-        self._wake.set()
+        if relay.on_relay_loop():
+            self._add(key, text, now)
+        else:
+            relay.relay_loop().call_soon_threadsafe(self._add, key, text, now)
 
     def finish(self, key: str, fields: dict[str, str]) -> None:
-        """The turn's pending deltas, then its final entry, in one round trip."""
-        self._write_now(key, final=fields)
-        self.failed_keys.discard(key)
+        """The turn's pending deltas, then its final entry, in one round trip; returns once
+        written (or given up on: the database has the outcome either way)."""
+        future = relay.submit(self._finish(key, fields))
+        try:
+            future.result(timeout=self.FINISH_TIMEOUT)
+        except TimeoutError:
+            future.cancel()
+            logger.warning("turn stream %s: the final event could not be written in time", key)
 
-    def _write_now(self, key: str, text: str = "", final: dict[str, str] | None = None) -> None:
-        """One turn's pending deltas (plus `text`) without waiting for the tick."""
-        with self._lock:
-            while key in self._busy:  # an earlier write of this stream must land first
-                self._idle.wait()
+    # -- the relay loop -----------------------------------------------------------------------
+
+    def _add(self, key: str, text: str, now: bool) -> None:
+        if now and key not in self._busy:
+            texts = [*self._pending.pop(key, []), text]
+            self._busy.add(key)
+            self._spawn(self._write_and_release({key: texts}))
+            return
+        self._pending.setdefault(key, []).append(text)
+        if self._tick_handle is None:
+            self._tick_handle = asyncio.get_running_loop().call_later(self.window, self._tick)
+
+    async def _finish(self, key: str, fields: dict[str, str]) -> None:
+        idle = self._idle_condition()
+        async with idle:
+            await idle.wait_for(lambda: key not in self._busy)  # earlier writes land first
             texts = self._pending.pop(key, [])
             self._busy.add(key)
-        try:
-            if text:
-                texts.append(text)
-            self._write({key: texts}, final=final)
-        finally:
-            self._release([key])
-
-    def _release(self, keys: list[str]) -> None:
-        with self._lock:
-            self._busy.difference_update(keys)
-            self._idle.notify_all()
-
-    def _ensure_thread(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            with self._lock:
-                if self._thread is None or not self._thread.is_alive():
-                    self._thread = threading.Thread(
-                        target=self._loop, name="turn-stream-writer", daemon=True
-                    )
-                    self._thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            time.sleep(self.window)  # gather a tick's worth of deltas from every turn
-            try:
-                self._tick()
-            except Exception:  # the writer must outlive any one batch
-                logger.exception("turn stream writer: a batch failed")
+        await self._write_and_release({key: texts}, final=fields)
+        self.failed_keys.discard(key)
 
     def _tick(self) -> None:
-        with self._lock:
-            batch = {k: v for k, v in self._pending.items() if k not in self._busy}
-            for key in batch:
-                del self._pending[key]
-            self._busy.update(batch)
-            left = bool(self._pending)  # busy streams' deltas: the next tick's
-        if left:
-            self._wake.set()
-        if not batch:
-            return
-        try:
-            self._write(batch)
-        finally:
-            self._release(list(batch))
+        self._tick_handle = None
+        batch = {k: v for k, v in self._pending.items() if k not in self._busy}
+        for key in batch:
+            del self._pending[key]
+        self._busy.update(batch)
+        if self._pending:  # busy streams' deltas: the next tick's
+            self._tick_handle = asyncio.get_running_loop().call_later(self.window, self._tick)
+        if batch:
+            self._spawn(self._write_and_release(batch))
 
-    def _write(
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
+
+    def _idle_condition(self) -> asyncio.Condition:
+        if self._idle is None:
+            self._idle = asyncio.Condition()
+        return self._idle
+
+    async def _write_and_release(
+        self, batch: dict[str, list[str]], *, final: dict[str, str] | None = None
+    ) -> None:
+        try:
+            await self._write(batch, final=final)
+        except Exception:  # the writer must outlive any one batch
+            logger.exception("turn stream writer: a batch failed")
+        finally:
+            idle = self._idle_condition()
+            async with idle:
+                self._busy.difference_update(batch)
+                idle.notify_all()
+
+    async def _write(
         self,
         batch: dict[str, list[str]],
         *,
@@ -158,7 +168,7 @@ class StreamWriter:
         maxlen = settings.BYOK_TURN_STREAM_MAXLEN
         ttl = settings.BYOK_TURN_STREAM_TTL
         try:
-            pipe = get_redis().pipeline(transaction=False)
+            pipe = get_writer_redis().pipeline(transaction=False)
             for key, texts in batch.items():
                 if texts:
                     fields = {"type": EVENT_DELTA, "text": "".join(texts)}
@@ -166,8 +176,8 @@ class StreamWriter:
                 if final is not None:
                     pipe.xadd(key, final, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
                 pipe.expire(key, ttl)  # every write: a stream always expires
-            pipe.execute()
-        except redis.RedisError:
+            await pipe.execute()
+        except (redis.RedisError, OSError):
             fresh = set(batch) - self.failed_keys
             if fresh:
                 logger.warning(
@@ -175,6 +185,25 @@ class StreamWriter:
                     ", ".join(sorted(fresh)),
                 )
                 self.failed_keys.update(fresh)
+
+
+_writer_clients: dict[tuple[str, int], aioredis.Redis] = {}
+
+
+def get_writer_redis() -> aioredis.Redis:
+    """The relay loop's Redis client (the stream writer's): same timeouts as `get_redis`."""
+    loop = asyncio.get_running_loop()
+    cache_key = (settings.REDIS_URL, id(loop))
+    client = _writer_clients.get(cache_key)
+    if client is None:
+        client = _writer_clients[cache_key] = aioredis.Redis.from_url(
+            settings.REDIS_URL,
+            decode_responses=True,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            health_check_interval=30,
+        )
+    return client
 
 
 _per_process: dict[tuple[int, type], Any] = {}

@@ -35,7 +35,7 @@ from keys.services import (
     provider_key_mark_used,
     provider_key_open,
 )
-from providers import aio
+from providers import loop as relay
 from providers.catalog import build_adapter, get_preset
 from providers.errors import InvalidChatRequest, InvalidEndpoint, ProviderError, ProviderErrorKind
 from providers.types import ChatAdapter, ChatMessage, ChatRequest, Finish, Role, TextDelta, Usage
@@ -368,7 +368,7 @@ class ProviderCall:
             db.connection.close()
         watcher = streams.get_cancel_watcher()
         watcher.watch(self.message_id, self._cancel)
-        task = aio.submit(self._read(adapter, request))
+        task = relay.submit(self._read(adapter, request))
         try:
             in_time = self.wake.wait(settings.BYOK_TURN_SOFT_LIMIT)
         finally:

@@ -3,7 +3,7 @@
 A worker relays hundreds of replies at once. Reading each on a thread of its own costs a
 thread wake-up and a hand-off of the interpreter lock per provider event (110 to 120 µs of CPU
 per event at 100 streams, against about 45 µs here); one loop reading every stream does not.
-The relay loop runs on a daemon thread (`relay_loop`); `HttpAdapter.astream_chat` runs on it.
+`HttpAdapter.astream_chat` runs on the process's relay loop (`providers.loop`).
 
 The guard is the same as the blocking client's (`providers.netguard`): the host is resolved
 once per connection through the configured resolver, every address must be allowed, the
@@ -16,8 +16,6 @@ environment are ignored, and no cookie is kept between calls.
 from __future__ import annotations
 
 import asyncio
-import atexit
-import concurrent.futures
 import contextlib
 import functools
 import json
@@ -25,13 +23,13 @@ import logging
 import os
 import socket
 import ssl
-import threading
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from providers import loop as loop_module
 from providers.connections import ConnectionConfig
 from providers.errors import InvalidEndpoint, ProviderError, ProviderErrorKind
 from providers.netguard import is_public_address, vetted_addresses
@@ -47,64 +45,7 @@ T = TypeVar("T")
 _DROPPED = "The connection to the provider dropped before the reply finished."
 
 
-# -- the process's relay loop ----------------------------------------------------------------
-
-_loop: asyncio.AbstractEventLoop | None = None
-_loop_lock = threading.Lock()
-
-
-def relay_loop() -> asyncio.AbstractEventLoop:
-    """The process's provider event loop, started on first use on a daemon thread."""
-    global _loop
-    loop = _loop
-    if loop is not None:
-        return loop
-    with _loop_lock:
-        if _loop is None:
-            loop = _new_loop()
-            ready = threading.Event()
-
-            def run() -> None:
-                asyncio.set_event_loop(loop)
-                loop.call_soon(ready.set)
-                loop.run_forever()
-
-            threading.Thread(target=run, name="provider-relay-loop", daemon=True).start()
-            ready.wait()
-            _loop = loop
-            atexit.register(_close_at_exit, loop)
-        return _loop
-
-
-def _close_at_exit(loop: asyncio.AbstractEventLoop) -> None:
-    # Closes the loop's keep-alive connections politely (and spares aiohttp's warnings).
-    if loop.is_running():
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(close_sessions(), loop).result(timeout=2)
-
-
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop  # installed with uvicorn[standard]; a faster loop, same semantics
-    except ImportError:  # pragma: no cover - uvloop ships with the web server's extras
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
-def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-    """Run `coro` on the relay loop; cancelling the returned future cancels the task."""
-    return asyncio.run_coroutine_threadsafe(coro, relay_loop())
-
-
-def _forget_loop_after_fork() -> None:
-    # The loop's thread does not exist in a forked child: it starts its own on first use.
-    global _loop, _loop_lock
-    _loop = None
-    _loop_lock = threading.Lock()
-    _sessions.clear()
-
-
-os.register_at_fork(after_in_child=_forget_loop_after_fork)
+os.register_at_fork(after_in_child=lambda: _sessions.clear())
 
 
 # -- sessions: one per connection policy, on the loop that uses it ---------------------------
@@ -176,6 +117,7 @@ def session_for(config: ConnectionConfig, *, public_allowed: bool) -> aiohttp.Cl
             auto_decompress=True,
         )
         _sessions[key] = session
+        loop_module.at_exit(close_sessions)
     return session
 
 

@@ -7,6 +7,7 @@ about every running turn's stop button with one MGET per poll.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -14,10 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis.asyncio
 
 from byok_site.redis import get_redis
 from chat import streams
 from providers import aio
+from providers import loop as relay
 
 
 class CountingRedis:
@@ -69,24 +72,37 @@ def entries(key: str) -> list[dict[str, str]]:
     return [dict(fields) for _, fields in found]
 
 
-def test_many_turns_share_one_pipeline_per_tick_and_keep_their_order(counting_redis):
+def counted_writes(writer: streams.StreamWriter, monkeypatch) -> list[list[str]]:
+    """The keys of each pipeline the writer sends (one `_write` is one round trip)."""
+    writes: list[list[str]] = []
+    real_write = writer._write
+
+    async def write(batch, *, final=None):
+        writes.append(list(batch))
+        await real_write(batch, final=final)
+
+    monkeypatch.setattr(writer, "_write", write)
+    return writes
+
+
+def test_many_turns_share_one_pipeline_per_tick_and_keep_their_order(monkeypatch):
     writer = streams.StreamWriter(window=0.05)
+    writes = counted_writes(writer, monkeypatch)
     turns = [f"byok:turn:{uuid.uuid4()}" for _ in range(8)]
     tokens = 30
 
-    def run(key: str) -> None:
+    async def run(key: str) -> None:  # on the relay loop, as a provider stream's reader is
         writer.add(key, "t0 ", now=True)  # the first token goes out at once
         for index in range(1, tokens):
             writer.add(key, f"t{index} ")
-            time.sleep(0.01)  # 100 tokens/s
-        writer.finish(key, {"type": "done", "status": "done", "html": "", "notice": ""})
+            await asyncio.sleep(0.01)  # 100 tokens/s
 
-    threads = [threading.Thread(target=run, args=(key,)) for key in turns]
     started = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    readers = [relay.submit(run(key)) for key in turns]
+    for reader in readers:
+        reader.result(timeout=10)
+    for key in turns:  # from the turns' own threads, as a turn ends
+        writer.finish(key, {"type": "done", "status": "done", "html": "", "notice": ""})
     elapsed = time.monotonic() - started
 
     expected = "".join(f"t{index} " for index in range(tokens))
@@ -100,14 +116,15 @@ def test_many_turns_share_one_pipeline_per_tick_and_keep_their_order(counting_re
     # One first write and one final write per turn, plus one pipeline per tick for all of
     # them; a writer per turn would need about (elapsed / window) pipelines per turn.
     ticks = elapsed / writer.window + 2
-    assert counting_redis.pipelines <= 2 * len(turns) + ticks, counting_redis.pipelines
-    assert counting_redis.pipelines < len(turns) * ticks / 2
+    assert len(writes) <= 2 * len(turns) + ticks, len(writes)
+    assert len(writes) < len(turns) * ticks / 2
+    assert any(len(keys) > 1 for keys in writes), "a tick carries several turns' deltas"
 
 
-def test_a_final_event_carries_the_deltas_still_waiting_for_a_tick(counting_redis):
+def test_a_final_event_carries_the_deltas_still_waiting_for_a_tick():
     writer = streams.StreamWriter(window=5.0)  # no tick will come in time
     key = f"byok:turn:{uuid.uuid4()}"
-    writer.add(key, "first ", now=True)
+    writer.add(key, "first ", now=True)  # from another thread: handed to the loop in order
     writer.add(key, "second ")
     writer.add(key, "third")
     writer.finish(key, {"type": "error", "message": "cut off", "action": "", "html": ""})
@@ -127,26 +144,23 @@ def test_a_slow_write_holds_back_only_its_own_stream(monkeypatch):
     real_write = writer._write
     in_flight: dict[str, int] = {}
     overlaps: list[str] = []
-    guard = threading.Lock()
 
-    def write(batch, *, final=None):
-        with guard:
-            for key in batch:
-                in_flight[key] = in_flight.get(key, 0) + 1
-                if in_flight[key] > 1:
-                    overlaps.append(key)  # two writes of one stream at once: order at risk
+    async def write(batch, *, final=None):
+        for key in batch:
+            in_flight[key] = in_flight.get(key, 0) + 1
+            if in_flight[key] > 1:
+                overlaps.append(key)  # two writes of one stream at once: order at risk
         try:
-            if slow in batch and not release.is_set():
-                assert release.wait(5)
-            real_write(batch, final=final)
+            if slow in batch:
+                while not release.is_set():  # a Redis write that takes its time
+                    await asyncio.sleep(0.01)
+            await real_write(batch, final=final)
         finally:
-            with guard:
-                for key in batch:
-                    in_flight[key] -= 1
+            for key in batch:
+                in_flight[key] -= 1
 
     monkeypatch.setattr(writer, "_write", write)
-    first = threading.Thread(target=writer.add, args=(slow, "s0 "), kwargs={"now": True})
-    first.start()
+    writer.add(slow, "s0 ", now=True)
     time.sleep(0.05)
     writer.add(slow, "s1 ")  # pending behind the write in flight
     finished = threading.Thread(
@@ -155,12 +169,13 @@ def test_a_slow_write_holds_back_only_its_own_stream(monkeypatch):
     finished.start()
     started = time.monotonic()
     writer.add(fast, "f0", now=True)
+    while not entries(fast) and time.monotonic() - started < 2:
+        time.sleep(0.005)
     assert time.monotonic() - started < 1.0, "the other stream's write held this one back"
     assert [f.get("text") for f in entries(fast)] == ["f0"]
     assert entries(slow) == []  # still in flight
     time.sleep(0.1)  # ticks come meanwhile: they must leave the busy stream alone
     release.set()
-    first.join(5)
     finished.join(5)
     assert [(f["type"], f.get("text")) for f in entries(slow)] == [
         ("delta", "s0 "),
@@ -168,6 +183,23 @@ def test_a_slow_write_holds_back_only_its_own_stream(monkeypatch):
         ("done", None),
     ]
     assert overlaps == []
+
+
+def test_a_redis_outage_loses_no_turn_and_the_writer_carries_on(monkeypatch):
+    writer = streams.StreamWriter(window=0.01)
+    key = f"byok:turn:{uuid.uuid4()}"
+    broken = redis.asyncio.Redis.from_url("redis://127.0.0.1:9", socket_connect_timeout=0.2)
+    monkeypatch.setattr(streams, "get_writer_redis", lambda: broken)
+    writer.add(key, "lost ", now=True)
+    writer.finish(key, {"type": "done", "status": "done", "html": ""})  # returns all the same
+    assert entries(key) == []
+    monkeypatch.undo()
+    writer.add(key, "back", now=True)
+    writer.finish(key, {"type": "done", "status": "done", "html": ""})
+    assert [(f["type"], f.get("text")) for f in entries(key)] == [
+        ("delta", "back"),
+        ("done", None),
+    ]
 
 
 def test_one_mget_per_poll_answers_for_every_running_turn(counting_redis):

@@ -5,6 +5,7 @@ same network guard."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
@@ -27,6 +28,7 @@ from providers import (
     check_endpoint,
     get_preset,
 )
+from providers import loop as relay
 from providers.base import HttpAdapter
 from tests.fakes.helpers import FAKE_CONFIG, StreamResult, collect, fake_adapter
 from tests.fakes.provider import FakeProvider
@@ -45,7 +47,8 @@ def hello(model: str = "m") -> ChatRequest:
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run on a loop of the test's own, closing the loop's sessions afterwards."""
+    """Run on a loop of the test's own, closing the loop's sessions afterwards. On a thread
+    of its own: the browser tests' Playwright keeps a loop running on the main thread."""
 
     async def main() -> T:
         try:
@@ -53,7 +56,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         finally:
             await aio.close_sessions()
 
-    return asyncio.run(main())
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, main()).result()
 
 
 async def _collect(events: AsyncIterator[ChatEvent]) -> StreamResult:
@@ -204,10 +208,10 @@ def test_the_relay_loop_runs_submitted_calls_on_its_own_thread(
     fake_provider.script(text="from the loop")
     adapter = fake_adapter(fake_provider, "anthropic")
 
-    future = aio.submit(_collect(adapter.astream_chat(hello())))
+    future = relay.submit(_collect(adapter.astream_chat(hello())))
 
     assert future.result(timeout=10).text == "from the loop"
-    assert aio.relay_loop() is aio.relay_loop()
+    assert relay.relay_loop() is relay.relay_loop()
 
 
 def test_it_ignores_proxy_settings_and_keeps_no_cookies(
