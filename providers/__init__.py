@@ -6,6 +6,9 @@ Typical use (in the worker, with the key just opened from the vault)::
     for event in adapter.stream_chat(ChatRequest(model=..., messages=..., api_key=...)):
         ...  # TextDelta*, then Usage?, then Finish; ProviderError on failure
 
+On an event loop (the worker's relay loop, `providers.loop`), `async for event in
+adapter.astream_chat(request)` gives the same events and errors (aiohttp, `providers.aio`).
+
 See types.py for the event contract, errors.py for the error taxonomy, netguard.py for the
 rules on base URLs.
 """
