@@ -30,7 +30,13 @@ from providers import (
 )
 from providers import loop as relay
 from providers.base import HttpAdapter
-from tests.fakes.helpers import FAKE_CONFIG, StreamResult, collect, fake_adapter
+from tests.fakes.helpers import (
+    FAKE_CONFIG,
+    StreamResult,
+    collect,
+    fake_adapter,
+    point_proxies_nowhere,
+)
 from tests.fakes.provider import FakeProvider
 from tests.test_netguard import CountingResolver, Pki, pki, resolver_for, tls_config, tls_fake
 
@@ -217,10 +223,7 @@ def test_the_relay_loop_runs_submitted_calls_on_its_own_thread(
 def test_it_ignores_proxy_settings_and_keeps_no_cookies(
     fake_provider: FakeProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
-        monkeypatch.setenv(name, "http://127.0.0.1:9")
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
+    point_proxies_nowhere(monkeypatch)
     config = dataclasses.replace(FAKE_CONFIG, user_agent="byok-aio-test")
     adapter = fake_adapter(fake_provider, "openai", config=config)
     fake_provider.script(text="one", headers={"set-cookie": "session=someone-elses; Path=/"})

@@ -11,7 +11,7 @@ import pytest
 from providers import ConnectionConfig, close_shared_clients, shared_client
 from providers.connections import Deadline
 from providers.errors import ProviderError, ProviderErrorKind
-from tests.fakes.helpers import FAKE_CONFIG, fake_adapter
+from tests.fakes.helpers import FAKE_CONFIG, fake_adapter, point_proxies_nowhere
 from tests.fakes.provider import FakeProvider
 
 pytest_plugins = ["tests.fakes.fixtures"]
@@ -54,11 +54,7 @@ def test_the_client_pool_has_the_configured_limits() -> None:
 def test_it_ignores_proxy_settings_from_the_environment(
     fake_provider: FakeProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A proxy would resolve and connect on our behalf, around the network guard.
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
-        monkeypatch.setenv(name, "http://127.0.0.1:9")
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
+    point_proxies_nowhere(monkeypatch)
     config = dataclasses.replace(FAKE_CONFIG, user_agent="byok-proxy-test")
 
     fake_adapter(fake_provider, "openai", config=config).verify("sk-test")

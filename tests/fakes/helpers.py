@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from providers import (
     ChatAdapter,
@@ -28,6 +29,15 @@ FAKE_CONFIG = ConnectionConfig(
     pool_timeout=2.0,
     call_deadline=10.0,
 )
+
+
+def point_proxies_nowhere(monkeypatch: Any) -> None:
+    """Proxy settings in the environment that would break any call honouring them: a proxy
+    would resolve and connect on our behalf, around the network guard."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
 
 
 def fake_adapter(
