@@ -23,6 +23,8 @@ from typing import Any, TypeVar, cast
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 
 from byok_site.redis import get_redis
 from providers import loop as relay
@@ -75,7 +77,9 @@ class StreamWriter:
     """
 
     MIN_WINDOW = 0.005  # a tick waiting on a stream's write in flight must not spin
-    FINISH_TIMEOUT = 15.0  # beyond Redis's own socket timeouts: only a wedged loop hits it
+    # Beyond a write's own limits (connect 2 s, reply 5 s, no retry) and one write of the
+    # same stream in flight before it: only a wedged loop reaches it.
+    FINISH_TIMEOUT = 15.0
 
     def __init__(self, window: float) -> None:
         self.window = max(window, self.MIN_WINDOW)
@@ -122,8 +126,10 @@ class StreamWriter:
             await idle.wait_for(lambda: key not in self._busy)  # earlier writes land first
             texts = self._pending.pop(key, [])
             self._busy.add(key)
-        await self._write_and_release({key: texts}, final=fields)
-        self.failed_keys.discard(key)
+        try:
+            await self._write_and_release({key: texts}, final=fields)
+        finally:
+            self.failed_keys.discard(key)  # the stream's last write: forget it either way
 
     def _tick(self) -> None:
         self._tick_handle = None
@@ -188,6 +194,7 @@ class StreamWriter:
 
 
 _writer_clients: dict[tuple[str, int], aioredis.Redis] = {}
+WRITER_CONNECTIONS = 16
 
 
 def get_writer_redis() -> aioredis.Redis:
@@ -196,13 +203,20 @@ def get_writer_redis() -> aioredis.Redis:
     cache_key = (settings.REDIS_URL, id(loop))
     client = _writer_clients.get(cache_key)
     if client is None:
-        client = _writer_clients[cache_key] = aioredis.Redis.from_url(
+        # Bounded, and no retries: while Redis is down, each write fails once, fast, instead
+        # of every tick and first delta opening connections and backing off (the replies are
+        # in the database either way).
+        pool = aioredis.BlockingConnectionPool.from_url(
             settings.REDIS_URL,
             decode_responses=True,
             socket_connect_timeout=2,
             socket_timeout=5,
             health_check_interval=30,
+            max_connections=WRITER_CONNECTIONS,
+            timeout=5,
+            retry=AsyncRetry(NoBackoff(), 0),
         )
+        client = _writer_clients[cache_key] = aioredis.Redis(connection_pool=pool)
     return client
 
 

@@ -11,6 +11,7 @@ never.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -392,20 +393,21 @@ class ProviderCall:
         state = self.state
         error: ProviderError | None = None
         try:
-            async for event in adapter.astream_chat(request):
-                with self.lock:
-                    if self.stopped:
-                        return
-                    if isinstance(event, TextDelta):
-                        if event.text:
-                            if state.first_token_at is None:
-                                state.first_token_at = time.monotonic()
-                            state.parts.append(event.text)
-                            self.publisher.delta(event.text)
-                    elif isinstance(event, Usage):
-                        state.usage = event
-                    elif isinstance(event, Finish):
-                        state.finish = event
+            async with contextlib.aclosing(adapter.astream_chat(request)) as events:
+                async for event in events:
+                    with self.lock:
+                        if self.stopped:
+                            return
+                        if isinstance(event, TextDelta):
+                            if event.text:
+                                if state.first_token_at is None:
+                                    state.first_token_at = time.monotonic()
+                                state.parts.append(event.text)
+                                self.publisher.delta(event.text)
+                        elif isinstance(event, Usage):
+                            state.usage = event
+                        elif isinstance(event, Finish):
+                            state.finish = event
         except ProviderError as caught:
             error = caught
         except InvalidEndpoint as caught:

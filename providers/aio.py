@@ -22,11 +22,11 @@ import json
 import logging
 import os
 import socket
-import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
+import httpx
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from providers import loop as loop_module
@@ -107,7 +107,8 @@ def session_for(config: ConnectionConfig, *, public_allowed: bool) -> aiohttp.Cl
             limit=config.max_connections,
             limit_per_host=0,
             keepalive_timeout=config.keepalive_expiry,
-            ssl=config.ssl_context or ssl.create_default_context(),
+            # The blocking client's trust store (certifi), not the environment's.
+            ssl=config.ssl_context or httpx.create_ssl_context(trust_env=False),
         )
         session = aiohttp.ClientSession(
             connector=connector,
@@ -145,11 +146,9 @@ class EventStream:
         self.response = response
         self.decoder = SSEDecoder()
         self.at_eof = False
+        self.reply_complete = False
 
-    def __aiter__(self) -> AsyncIterator[ServerSentEvent]:
-        return self._events()
-
-    async def _events(self) -> AsyncIterator[ServerSentEvent]:
+    async def events(self) -> AsyncGenerator[ServerSentEvent, None]:
         content = self.response.content
         while True:
             chunk = await content.readany()
@@ -163,13 +162,41 @@ class EventStream:
             for event in events:
                 yield event
 
-    async def drain(self) -> None:
-        """Read what is left of a finished reply, so the connection can serve another call.
-        The reply is already delivered: a failure here no longer matters."""
-        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-            while await self.response.content.readany():
+    def finished(self) -> None:
+        """The reply is complete (its end marker arrived): what is left of the body is read
+        in the background, so the connection can serve another call. Not awaited: the reply
+        is delivered, and neither the caller nor the call's deadline waits on the rest."""
+        self.reply_complete = True
+
+
+_DRAIN_SECONDS = 5.0
+_draining: set[asyncio.Task[None]] = set()
+
+
+async def settle() -> None:
+    """Wait for the background drains of finished replies (tests)."""
+    while _draining:
+        await asyncio.gather(*_draining, return_exceptions=True)
+
+
+def _drained_already(response: aiohttp.ClientResponse) -> bool:
+    """Whether the rest of the body has arrived already (as it usually has, with the end
+    marker): then it is dropped here and now, and the connection is free at once."""
+    content = response.content
+    while content.read_nowait():  # only what is buffered: never waits
+        pass
+    return content.at_eof()
+
+
+async def _drain_then_release(response: aiohttp.ClientResponse) -> None:
+    try:
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            while await response.content.readany():
                 pass
-            self.at_eof = True
+    except (aiohttp.ClientError, TimeoutError):
+        response.close()  # not at its end: the connection cannot be reused
+    else:
+        response.release()
 
 
 @contextlib.asynccontextmanager
@@ -220,31 +247,39 @@ async def event_stream(
             finally:
                 if stream.at_eof:
                     response.release()  # read to the end: the connection can be reused
+                elif stream.reply_complete and _drained_already(response):
+                    response.release()
+                elif stream.reply_complete:
+                    task = asyncio.get_running_loop().create_task(_drain_then_release(response))
+                    _draining.add(task)
+                    task.add_done_callback(_draining.discard)
                 else:
                     response.close()  # cut off (cancel, error): the connection goes
     except ProviderError:
         raise
-    except TimeoutError as exc:
+    # Raised `from None`: aiohttp's exceptions can carry the request (`request_info`, with
+    # its headers, so the key), and a chained cause lives as long as the ProviderError.
+    except TimeoutError:
         if deadline.expired():
             raise ProviderError(
                 ProviderErrorKind.TIMEOUT, "The provider took too long to finish the reply."
             ) from None
-        raise ProviderError(ProviderErrorKind.TIMEOUT) from exc
+        raise ProviderError(ProviderErrorKind.TIMEOUT) from None
     except aiohttp.InvalidURL:
         raise InvalidEndpoint("That URL is not valid.") from None
-    except (aiohttp.ClientConnectorError, aiohttp.ClientSSLError) as exc:
-        raise ProviderError(ProviderErrorKind.NETWORK, "Could not connect to the provider.") from (
-            exc
-        )
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
-        raise ProviderError(ProviderErrorKind.NETWORK, _DROPPED) from exc
-    except aiohttp.ClientResponseError as exc:
+    except (aiohttp.ClientConnectorError, aiohttp.ClientSSLError):
+        raise ProviderError(
+            ProviderErrorKind.NETWORK, "Could not connect to the provider."
+        ) from None
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
+        raise ProviderError(ProviderErrorKind.NETWORK, _DROPPED) from None
+    except aiohttp.ClientResponseError:
         # A response that is not HTTP/1.1 as it should be (aiohttp's parser refused it).
-        raise ProviderError(ProviderErrorKind.BAD_RESPONSE) from exc
-    except aiohttp.ClientError as exc:
+        raise ProviderError(ProviderErrorKind.BAD_RESPONSE) from None
+    except aiohttp.ClientError:
         raise ProviderError(
             ProviderErrorKind.NETWORK, "The connection to the provider failed."
-        ) from exc
+        ) from None
     finally:
         _open_calls.discard(token)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Generator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,7 +171,7 @@ class HttpAdapter(ABC):
         finally:
             events.close()
 
-    async def astream_chat(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
+    async def astream_chat(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
         """`stream_chat` on an asyncio event loop (the worker's relay loop): same events,
         same errors, same network guard. Cancelling the task ends the provider call."""
         from providers import aio  # aiohttp is loaded only where an event loop streams
@@ -186,15 +186,15 @@ class HttpAdapter(ABC):
             params=call.params,
             api_key=request.api_key,
         ) as stream:
-            async for event in stream:
-                for chat_event in parser.feed(event):
-                    yield chat_event
-                if parser.complete:
-                    break
+            async with contextlib.aclosing(stream.events()) as events:
+                async for event in events:
+                    for chat_event in parser.feed(event):
+                        yield chat_event
+                    if parser.complete:
+                        stream.finished()
+                        break
             for chat_event in parser.end():
                 yield chat_event
-            if parser.complete:
-                await stream.drain()
 
     # -- plumbing ------------------------------------------------------------------------------
 

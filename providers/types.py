@@ -9,7 +9,7 @@ is raised: the caller keeps the partial text.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, TypeAlias
@@ -144,7 +144,7 @@ class ChatAdapter(Protocol):
         """Stream one reply. Raises `ProviderError` (or `InvalidEndpoint` from the guard)."""
         ...
 
-    def astream_chat(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
+    def astream_chat(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
         """`stream_chat` on an asyncio event loop: the same events and errors."""
         ...
 

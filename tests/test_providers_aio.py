@@ -157,7 +157,9 @@ def test_a_finished_reply_leaves_its_connection_for_the_next_call(
     )
 
     async def twice() -> list[StreamResult]:
-        return [await _collect(adapter.astream_chat(hello())) for _ in range(2)]
+        first = await _collect(adapter.astream_chat(hello()))
+        await aio.settle()  # the rest of the body, read after the end marker
+        return [first, await _collect(adapter.astream_chat(hello()))]
 
     first, second = run(twice())
 
@@ -167,6 +169,24 @@ def test_a_finished_reply_leaves_its_connection_for_the_next_call(
     assert resolver.lookups == [("api.provider.test", fake_provider.port)]
     hosts = {request.headers["host"] for request in fake_provider.requests}
     assert hosts == {f"api.provider.test:{fake_provider.port}"}
+
+
+@pytest.mark.parametrize("preset", ["openai", "anthropic"])
+def test_a_complete_reply_is_not_held_by_a_body_left_open_after_its_end_marker(
+    fake_provider: FakeProvider, preset: str
+) -> None:
+    # The end marker arrived: the reply is done even though the server keeps the body open
+    # past the call's deadline; the rest is read in the background.
+    config = dataclasses.replace(FAKE_CONFIG, call_deadline=0.5)
+    fake_provider.script(text="All here.", linger_after_end=1.0)
+    started = time.monotonic()
+
+    result = acollect(fake_adapter(fake_provider, preset, config=config))
+
+    assert result.error is None
+    assert result.text == "All here."
+    assert result.finish is not None
+    assert time.monotonic() - started < 0.5
 
 
 def test_the_read_timeout_and_the_call_deadline_end_a_silent_or_endless_call(

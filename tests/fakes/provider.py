@@ -100,8 +100,9 @@ class Script:
     streams reasoning first, the way each vendor marks it (Anthropic thinking blocks, Gemini
     `thought` parts, DeepSeek `reasoning_content`), which is not part of the reply text.
     `response_delay` waits that many seconds before answering at all (no status line, no
-    headers): a provider slow to accept a request. `path` restricts the script to requests
-    whose path contains it.
+    headers): a provider slow to accept a request. `linger_after_end` holds the body open that
+    many seconds after the reply's last event (end marker included). `path` restricts the
+    script to requests whose path contains it.
     """
 
     text: str | None = None
@@ -128,6 +129,7 @@ class Script:
     line_ending: str = "\n"
     chunk_bytes: int | None = None
     response_delay: float = 0.0
+    linger_after_end: float = 0.0
     path: str | None = None
 
     @classmethod
@@ -721,6 +723,7 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(event)
         if pending:
             self._write_chunk(pending)
+        time.sleep(script.linger_after_end)
         self._write_chunk(b"")
 
     def _write_chunk(self, data: bytes) -> None:
