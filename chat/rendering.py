@@ -59,3 +59,17 @@ def render_markdown(text: str) -> str:
         url_schemes={"http", "https", "mailto"},
         link_rel="noopener noreferrer nofollow",
     )
+
+
+def turn_facts(
+    *, key_label: str, input_tokens: int | None, output_tokens: int | None, ttft_ms: int | None
+) -> dict[str, str]:
+    """The small print of a finished reply, as plain text: the key that served it, and its
+    tokens and time to first token. The page renders it; the final event carries it, so a
+    reply that finishes live shows what a reload would."""
+    usage = ""
+    if output_tokens is not None:
+        usage = f"{input_tokens or 0} in · {output_tokens} out"
+        if ttft_ms is not None:
+            usage += f" · first token {ttft_ms} ms"
+    return {"via": f"via {key_label}" if key_label else "", "usage": usage}

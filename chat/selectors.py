@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from accounts.models import User
 from chat.models import Conversation, Message
-from chat.rendering import render_markdown
+from chat.rendering import render_markdown, turn_facts
 from chat.services import PURPOSE_MESSAGE, PURPOSE_SYSTEM, PURPOSE_TITLE
 from keys.services import OwnerCipher
 
@@ -22,6 +22,20 @@ class MessageView:
     message: Message
     text: str
     html: str
+
+    @property
+    def facts(self) -> dict[str, str]:
+        """What the page shows beside a finished reply (see `turn_facts`)."""
+        message = self.message
+        if not message.is_final or message.role != Message.Role.ASSISTANT:
+            return {"via": "", "usage": ""}
+        key = message.provider_key
+        return turn_facts(
+            key_label=key.label if key is not None else "",
+            input_tokens=message.input_tokens,
+            output_tokens=message.output_tokens,
+            ttft_ms=message.ttft_ms,
+        )
 
 
 def conversation_list(

@@ -28,7 +28,6 @@ from django.http import StreamingHttpResponse
 
 from chat import selectors, streams
 from chat.models import Message
-from chat.rendering import render_markdown
 from keys.services import OwnerCipher
 
 logger = logging.getLogger(__name__)
@@ -53,17 +52,20 @@ def sse(event: str, data: dict[str, Any], event_id: str | None = None) -> str:
 def stored_events(message: Message) -> str:
     """A finished turn whose stream has expired: its stored outcome as the final event."""
     cipher = OwnerCipher(message.owner)
-    text = selectors.message_view(message, cipher).text
-    html = render_markdown(text)
+    view = selectors.message_view(message, cipher)
     if message.status == Message.Status.ERROR:
-        data = {"message": message.error_message, "action": "", "html": html}
-        return sse("error", data, "stored")
-    return sse("done", {"status": message.status, "html": html, "notice": message.notice}, "stored")
+        data = {"message": message.error_message, "action": "", "html": view.html}
+    else:
+        data = {"status": message.status, "html": view.html, "notice": message.notice}
+    data.update(view.facts)
+    return sse("error" if message.status == Message.Status.ERROR else "done", data, "stored")
 
 
 def _stored_events_of(message_id: Any) -> str:
     try:
-        message = Message.objects.select_related("owner").filter(pk=message_id).first()
+        message = (
+            Message.objects.select_related("owner", "provider_key").filter(pk=message_id).first()
+        )
         return stored_events(message) if message is not None else ""
     finally:
         close_old_connections()  # this thread serves no request that would close it

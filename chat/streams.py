@@ -256,14 +256,26 @@ class TurnPublisher:
             self.writer.add(self.key, text, now=not self.sent_any)
             self.sent_any = True
 
-    def done(self, *, status: str, html: str, notice: str = "") -> None:
+    def done(
+        self, *, status: str, html: str, notice: str = "", facts: dict[str, str] | None = None
+    ) -> None:
         self.writer.finish(
-            self.key, {"type": EVENT_DONE, "status": status, "html": html, "notice": notice}
+            self.key,
+            {"type": EVENT_DONE, "status": status, "html": html, "notice": notice, **(facts or {})},
         )
 
-    def error(self, *, message: str, action: str, html: str = "") -> None:
+    def error(
+        self, *, message: str, action: str, html: str = "", facts: dict[str, str] | None = None
+    ) -> None:
         self.writer.finish(
-            self.key, {"type": EVENT_ERROR, "message": message, "action": action, "html": html}
+            self.key,
+            {
+                "type": EVENT_ERROR,
+                "message": message,
+                "action": action,
+                "html": html,
+                **(facts or {}),
+            },
         )
 
 

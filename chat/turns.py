@@ -25,7 +25,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from chat import streams
 from chat.models import Conversation, Message
-from chat.rendering import render_markdown
+from chat.rendering import render_markdown, turn_facts
 from chat.selectors import conversation_system_prompt
 from chat.services import PURPOSE_MESSAGE
 from keys import vault
@@ -506,6 +506,17 @@ def _store(reply: Message, state: TurnState, **fields: object) -> bool:
     return stored
 
 
+def _facts(state: TurnState) -> dict[str, str]:
+    """The reply's small print as stored (see `_store`), for its final event."""
+    usage = state.usage
+    return turn_facts(
+        key_label=state.key.label if state.key is not None else "",
+        input_tokens=usage.input_tokens if usage else None,
+        output_tokens=usage.output_tokens if usage else None,
+        ttft_ms=_timings(state)["ttft_ms"],
+    )
+
+
 def _after_finish(state: TurnState) -> None:
     """Bookkeeping that the user does not wait for: runs after the final event is sent."""
     if state.key is not None and state.provider_calls:
@@ -519,7 +530,10 @@ def _finish_success(reply: Message, publisher: streams.TurnPublisher, state: Tur
         state.notices.append("The reply reached the length limit and was cut short.")
     if _store(reply, state, status=status, finish_reason=finish_reason):
         publisher.done(
-            status=status, html=render_markdown(state.text), notice=" ".join(state.notices)
+            status=status,
+            html=render_markdown(state.text),
+            notice=" ".join(state.notices),
+            facts=_facts(state),
         )
         _after_finish(state)
 
@@ -559,6 +573,9 @@ def _finish_error(
     message = text if not action or action in {"retry", "keys"} else f"{text} {action}"
     if _store(reply, state, status=Status.ERROR, error_kind=kind, error_message=message[:500]):
         publisher.error(
-            message=message, action=action, html=render_markdown(state.text) if state.text else ""
+            message=message,
+            action=action,
+            html=render_markdown(state.text) if state.text else "",
+            facts=_facts(state),
         )
         _after_finish(state)

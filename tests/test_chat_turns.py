@@ -64,6 +64,18 @@ def test_a_turn_streams_deltas_then_done_for_each_protocol(
     assert reply.provider_key_id == key.pk
     assert reply.provider_calls == 1
     assert len(chat_calls(fake_provider)) == 1
+    # The final event carries the small print a reload shows (key, tokens, first token).
+    facts = {name: events[-1].data[name] for name in ("via", "usage")}
+    assert facts == {
+        "via": f"via {key.label}",
+        "usage": f"{reply.input_tokens} in · {reply.output_tokens} out · "
+        f"first token {reply.ttft_ms} ms",
+    }
+    from byok_site.redis import get_redis
+
+    get_redis().delete(streams.stream_key(reply.pk))
+    (stored,) = read_stream(asgi_server, alice, reply)
+    assert {name: stored.data[name] for name in ("via", "usage")} == facts
 
 
 def _vendor_chat(owner, fake, preset, base_path, model):

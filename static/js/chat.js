@@ -60,6 +60,14 @@
     updateComposer();
   }
 
+  // The key that served a finished reply and its tokens: plain text from the final event.
+  function showFacts(article, data) {
+    ["via", "usage"].forEach(function (name) {
+      var el = article.querySelector("[data-role=" + name + "]");
+      if (el && typeof data[name] === "string") el.textContent = data[name];
+    });
+  }
+
   function follow(article) {
     if (article.dataset.following) return;
     article.dataset.following = "1";
@@ -81,6 +89,7 @@
     source.addEventListener("done", function (event) {
       var data = JSON.parse(event.data);
       body.innerHTML = data.html;  // rendered and sanitised by the server (nh3)
+      showFacts(article, data);
       var notice = article.querySelector("[data-role=notice]");
       if (notice) notice.textContent = data.notice || "";
       finish(article, source, data.status || "done", "Regenerate");
@@ -90,6 +99,7 @@
       if (!event.data) return;  // a dropped connection: EventSource reconnects by itself
       var data = JSON.parse(event.data);
       if (data.html) body.innerHTML = data.html;
+      showFacts(article, data);
       var error = article.querySelector("[data-role=error]");
       if (error) {
         error.textContent = data.message;
@@ -171,6 +181,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
+    document.body.addEventListener("htmx:afterSettle", suggestModel);
     attach(document);
     keepScrolled(true);  // a conversation opens at its newest message
     var form = composer();
@@ -204,4 +215,16 @@
       keepScrolled();
     });
   });
+
+  // New chat: the model field starts with the chosen key's first suggestion, and follows
+  // the key while it still holds a suggestion; a model the user typed is kept.
+  function suggestModel() {
+    var list = document.getElementById("model-options");
+    var input = document.querySelector("input[list=model-options]");
+    if (!list || !input) return;
+    if (input.value && input.value !== input.dataset.suggested) return;
+    var first = list.querySelector("option");
+    input.value = first ? first.value : "";
+    input.dataset.suggested = input.value;
+  }
 })();

@@ -50,6 +50,8 @@ def test_text_arrives_in_pieces_survives_a_reload_and_finishes(chat_page, fake_p
     assert text.count("piece1 ") == 1  # nothing duplicated by the reload
     expect(page.get_by_label("Message")).to_be_enabled()
     assert Message.objects.filter(role="assistant", status="done").count() == 1
+    expect(reply.locator("[data-role=via]")).to_have_text("via Fake")
+    expect(reply.locator("[data-role=usage]")).to_contain_text("out · first token")
 
 
 def test_the_stop_button_ends_a_turn_and_keeps_what_arrived(chat_page, fake_provider):
@@ -64,6 +66,7 @@ def test_the_stop_button_ends_a_turn_and_keeps_what_arrived(chat_page, fake_prov
     reply.get_by_role("button", name="Stop").click()
     expect(reply.locator("[data-role=state]")).to_have_text("Stopped", timeout=5_000)
     expect(reply.get_by_role("button", name="Regenerate")).to_be_visible()
+    expect(reply.locator("[data-role=via]")).to_have_text("via Fake")  # live, no reload
     message = Message.objects.get(role="assistant")
     assert message.status == "stopped"
 
@@ -116,3 +119,28 @@ def test_the_page_follows_the_newest_message_unless_the_reader_scrolls_up(
     page.evaluate("window.scrollTo(0, 0)")
     page.wait_for_timeout(800)
     assert page.evaluate("window.scrollY") < 50, "the page pulled the reader back down"
+
+
+def test_a_new_chat_starts_with_the_key_s_first_model_and_keeps_a_typed_one(
+    page, asgi_server, fake_provider
+):
+    user = User.objects.create_user(email="newchat@example.com", password=PASSWORD)
+    work = str(add_key(user, fake_provider, label="Work", preset="openai", base_url=None).pk)
+    claude = str(add_key(user, fake_provider, label="Claude", preset="anthropic", base_url=None).pk)
+    page.goto(asgi_server.url + "/accounts/login/")
+    page.get_by_label("Email").fill(user.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(re.compile(r"/$"))
+    page.goto(asgi_server.url + "/chat/")
+
+    model = page.get_by_label("Model")
+    key = page.get_by_label("Key")
+    key.select_option(value=work)
+    expect(model).to_have_value("gpt-5.4")  # the first suggestion, not an empty field
+    key.select_option(value=claude)
+    expect(model).to_have_value("claude-opus-4-7")  # still a suggestion: it follows the key
+    model.fill("claude-haiku-4-5")
+    key.select_option(value=work)
+    page.wait_for_timeout(300)  # the new suggestions have come by now
+    expect(model).to_have_value("claude-haiku-4-5")  # typed by the user: kept
