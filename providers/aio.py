@@ -10,7 +10,14 @@ once per connection through the configured resolver, every address must be allow
 socket is opened to the vetted address (the name still goes in the Host header and in TLS
 SNI and certificate checks), a plain-http URL may not reach a public address (its key would
 cross the internet in clear), redirects are never followed, proxies and `.netrc` from the
-environment are ignored, and no cookie is kept between calls.
+environment are ignored, and no cookie is kept between calls. An IP-literal host is not
+resolved (aiohttp connects to it as written): `HttpAdapter._url` has checked it, with the
+same rules, just before (`check_endpoint`), and a literal cannot change in between.
+
+Differences from the blocking client's `ConnectionConfig` use: aiohttp has no write timeout
+(a request body is a few hundred kilobytes at most, and the call's deadline bounds the
+whole call) and no separate cap on idle keep-alive connections (`keepalive_expiry` closes
+them).
 """
 
 from __future__ import annotations
