@@ -90,6 +90,9 @@ class Message(models.Model):
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
     cached_tokens = models.PositiveIntegerField(null=True, blank=True)
     reasoning_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # True when the stream ended before the provider reported usage (stopped, cut off): the
+    # counts are this server's estimate, the same that was billed to the usage records.
+    tokens_estimated = models.BooleanField(default=False)
     ttft_ms = models.PositiveIntegerField("time to first token (ms)", null=True, blank=True)
     latency_ms = models.PositiveIntegerField("total time (ms)", null=True, blank=True)
     provider_calls = models.PositiveSmallIntegerField(default=0)

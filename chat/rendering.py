@@ -62,14 +62,20 @@ def render_markdown(text: str) -> str:
 
 
 def turn_facts(
-    *, key_label: str, input_tokens: int | None, output_tokens: int | None, ttft_ms: int | None
+    *,
+    key_label: str,
+    input_tokens: int | None,
+    output_tokens: int | None,
+    ttft_ms: int | None,
+    estimated: bool = False,
 ) -> dict[str, str]:
     """The small print of a finished reply, as plain text: the key that served it, and its
-    tokens and time to first token. The page renders it; the final event carries it, so a
-    reply that finishes live shows what a reload would."""
+    tokens (marked ≈ when estimated: the stream ended before the provider reported them)
+    and time to first token. The page renders it; the final event carries it, so a reply
+    that finishes live shows what a reload would."""
     usage = ""
     if output_tokens is not None:
-        usage = f"{input_tokens or 0} in · {output_tokens} out"
+        usage = f"{'≈ ' if estimated else ''}{input_tokens or 0} in · {output_tokens} out"
         if ttft_ms is not None:
             usage += f" · first token {ttft_ms} ms"
     return {"via": f"via {key_label}" if key_label else "", "usage": usage}

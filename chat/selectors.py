@@ -35,6 +35,7 @@ class MessageView:
             input_tokens=message.input_tokens,
             output_tokens=message.output_tokens,
             ttft_ms=message.ttft_ms,
+            estimated=message.tokens_estimated,
         )
 
 

@@ -435,19 +435,12 @@ def _timings(state: TurnState) -> dict[str, int | None]:
     }
 
 
-def _usage_fields(state: TurnState) -> dict[str, int | None]:
-    usage = state.usage
-    if usage is None:
-        return {}
-    return {
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "cached_tokens": usage.cached_input_tokens,
-        "reasoning_tokens": usage.reasoning_tokens,
-    }
+def _token_counts(state: TurnState) -> tuple[TokenCounts, int, bool] | None:
+    """The turn's tokens, the reasoning among them, and whether they are an estimate.
 
-
-def _turn_usage(reply: Message, state: TurnState, status: str, error_kind: str) -> TurnUsage:
+    A stream that broke off before the provider reported usage still billed what it sent:
+    about four characters a token out, the reservation's estimate in. None: nothing sent.
+    """
     usage = state.usage
     if usage is not None:
         tokens = TokenCounts(
@@ -456,13 +449,29 @@ def _turn_usage(reply: Message, state: TurnState, status: str, error_kind: str) 
             cached=usage.cached_input_tokens,
             cache_write=usage.cache_write_input_tokens,
         )
-        reasoning = usage.reasoning_tokens
-    elif state.text:
-        # The stream broke before the provider reported usage; it still bills what it sent.
+        return tokens, usage.reasoning_tokens, False
+    if state.text:
         tokens = TokenCounts(input=state.input_estimate, output=max(1, len(state.text) // 4))
-        reasoning = 0
-    else:
-        tokens, reasoning = TokenCounts(input=0, output=0), 0
+        return tokens, 0, True
+    return None
+
+
+def _usage_fields(state: TurnState) -> dict[str, int | bool | None]:
+    counts = _token_counts(state)
+    if counts is None:
+        return {}
+    tokens, reasoning, estimated = counts
+    return {
+        "input_tokens": tokens.input,
+        "output_tokens": tokens.output,
+        "cached_tokens": tokens.cached,
+        "reasoning_tokens": reasoning,
+        "tokens_estimated": estimated,
+    }
+
+
+def _turn_usage(reply: Message, state: TurnState, status: str, error_kind: str) -> TurnUsage:
+    tokens, reasoning, _ = _token_counts(state) or (TokenCounts(input=0, output=0), 0, False)
     timings = _timings(state)
     key = state.key
     return TurnUsage(
@@ -508,12 +517,13 @@ def _store(reply: Message, state: TurnState, **fields: object) -> bool:
 
 def _facts(state: TurnState) -> dict[str, str]:
     """The reply's small print as stored (see `_store`), for its final event."""
-    usage = state.usage
+    counts = _token_counts(state)
     return turn_facts(
         key_label=state.key.label if state.key is not None else "",
-        input_tokens=usage.input_tokens if usage else None,
-        output_tokens=usage.output_tokens if usage else None,
+        input_tokens=counts[0].input if counts else None,
+        output_tokens=counts[0].output if counts else None,
         ttft_ms=_timings(state)["ttft_ms"],
+        estimated=counts[2] if counts else False,
     )
 
 

@@ -150,6 +150,20 @@ def test_stop_ends_the_turn_within_a_second_and_keeps_the_partial_text(
     assert len(kept.split()) < 400
     rest = read_stream(asgi_server, alice, reply, last_event_id=first[-1].id)
     assert rest[-1].event == "done" and rest[-1].data["status"] == "stopped"
+    # The provider never reported usage for the cut-off stream: the reply shows the same
+    # estimate that was billed, marked as one.
+    from usage.models import UsageEvent
+
+    billed = UsageEvent.objects.get(message_id=reply.pk)
+    assert reply.tokens_estimated
+    assert (reply.input_tokens, reply.output_tokens) == (
+        billed.input_tokens,
+        billed.output_tokens,
+    )
+    assert reply.output_tokens == max(1, len(kept) // 4)
+    assert rest[-1].data["usage"] == f"≈ {reply.input_tokens} in · {reply.output_tokens} out" + (
+        f" · first token {reply.ttft_ms} ms"
+    )
 
 
 def test_stopping_a_queued_turn_never_calls_the_provider(alice, fake_provider):

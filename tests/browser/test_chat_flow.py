@@ -67,6 +67,7 @@ def test_the_stop_button_ends_a_turn_and_keeps_what_arrived(chat_page, fake_prov
     expect(reply.locator("[data-role=state]")).to_have_text("Stopped", timeout=5_000)
     expect(reply.get_by_role("button", name="Regenerate")).to_be_visible()
     expect(reply.locator("[data-role=via]")).to_have_text("via Fake")  # live, no reload
+    expect(reply.locator("[data-role=usage]")).to_contain_text("≈ ")  # estimated, as billed
     message = Message.objects.get(role="assistant")
     assert message.status == "stopped"
 
