@@ -198,26 +198,17 @@ WRITER_CONNECTIONS = 16
 
 
 def get_writer_redis() -> aioredis.Redis:
-    """The relay loop's Redis client (the stream writer's): same timeouts as `get_redis`."""
-    loop = asyncio.get_running_loop()
-    cache_key = (settings.REDIS_URL, id(loop))
-    client = _writer_clients.get(cache_key)
-    if client is None:
-        # Bounded, and no retries: while Redis is down, each write fails once, fast, instead
-        # of every tick and first delta opening connections and backing off (the replies are
-        # in the database either way).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.REDIS_URL,
-            decode_responses=True,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            health_check_interval=30,
-            max_connections=WRITER_CONNECTIONS,
-            timeout=5,
-            retry=AsyncRetry(NoBackoff(), 0),
-        )
-        client = _writer_clients[cache_key] = aioredis.Redis(connection_pool=pool)
-    return client
+    """The relay loop's Redis client (the stream writer's). Bounded, and no retries: while
+    Redis is down each write fails once, fast, instead of every tick and first delta opening
+    connections and backing off (the replies are in the database either way)."""
+    return _loop_client(
+        _writer_clients,
+        max_connections=WRITER_CONNECTIONS,
+        timeout=5,
+        socket_timeout=5,
+        health_check_interval=30,
+        retry=AsyncRetry(NoBackoff(), 0),
+    )
 
 
 _per_process: dict[tuple[int, type], Any] = {}
@@ -341,24 +332,36 @@ Entry = tuple[str, dict[str, str]]
 
 
 def get_async_redis() -> aioredis.Redis:
-    """One asyncio Redis client (and pool) per process, URL and event loop."""
-    loop = asyncio.get_running_loop()
-    cache_key = (settings.REDIS_URL, id(loop))
-    client = _async_clients.get(cache_key)
+    """One asyncio Redis client (and pool) per process, URL and event loop: many open
+    streams share a few connections (plus the hub's one)."""
+    return _loop_client(
+        _async_clients, max_connections=settings.BYOK_WEB_REDIS_CONNECTIONS, timeout=10
+    )
+
+
+def _loop_client(
+    clients: dict[tuple[str, int], aioredis.Redis],
+    *,
+    max_connections: int,
+    timeout: float,
+    **options: Any,
+) -> aioredis.Redis:
+    """The running loop's client in `clients`, on a bounded pool, created on first use."""
+    cache_key = (settings.REDIS_URL, id(asyncio.get_running_loop()))
+    client = clients.get(cache_key)
     if client is None:
         with _async_lock:
-            client = _async_clients.get(cache_key)
+            client = clients.get(cache_key)
             if client is None:
-                # Bounded: many open streams share a few connections (plus the hub's one).
                 pool = aioredis.BlockingConnectionPool.from_url(
                     settings.REDIS_URL,
                     decode_responses=True,
                     socket_connect_timeout=2,
-                    max_connections=settings.BYOK_WEB_REDIS_CONNECTIONS,
-                    timeout=10,
+                    max_connections=max_connections,
+                    timeout=timeout,
+                    **options,
                 )
-                client = aioredis.Redis(connection_pool=pool)
-                _async_clients[cache_key] = client
+                client = clients[cache_key] = aioredis.Redis(connection_pool=pool)
     return client
 
 
