@@ -38,7 +38,7 @@ from tests.fakes.helpers import (
     point_proxies_nowhere,
 )
 from tests.fakes.provider import FakeProvider
-from tests.test_netguard import CountingResolver, Pki, pki, resolver_for, tls_config, tls_fake
+from tests.test_netguard import CountingResolver, Pki, pki, tls_config, tls_fake
 
 pytest_plugins = ["tests.fakes.fixtures"]
 
@@ -292,13 +292,9 @@ def test_a_name_that_resolves_to_loopback_at_connect_time_is_refused(
     fake_provider: FakeProvider,
 ) -> None:
     # The URL looks public and is https, so only the connect-time check can catch it.
-    config = dataclasses.replace(
-        FAKE_CONFIG,
-        allow_private_endpoints=False,
-        resolver=resolver_for({"sneaky.example": ["127.0.0.1"]}),
-    )
-    adapter = build_adapter(
-        get_preset("custom"), config=config, base_url=f"https://sneaky.example:{fake_provider.port}"
+    base_url = f"https://sneaky.example:{fake_provider.port}"
+    adapter = guarded(
+        fake_provider, base_url, allow_private_endpoints=False, answers=[["127.0.0.1"]]
     )
     with pytest.raises(BlockedEndpoint):
         acollect(adapter)
