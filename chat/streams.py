@@ -17,7 +17,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar, cast
 
 import redis
@@ -60,137 +60,149 @@ def cancel_key(message_id: object) -> str:
 
 class StreamWriter:
     """Writes the deltas of every turn running in this process, one Redis pipeline per tick,
-    on the process's relay loop (`providers.aio.relay_loop`, which also reads every provider
-    stream): the loop never waits on Redis, and no thread hands the interpreter lock back and
-    forth per token.
+    on the process's relay loop (`providers.loop`, which also reads every provider stream):
+    the loop never waits on Redis, and no thread hands the interpreter lock back and forth
+    per token.
 
     A turn's first delta is written at once (time to first token is what users feel); later
     deltas wait at most `window` seconds and share one round trip with every other running
-    turn's. A turn's final event takes its own pending deltas first, so entries never land
-    out of order.
+    turn's. A turn's final event is written by the turn's own thread, with its pending
+    deltas first, so entries never land out of order and the end of a turn does not wait
+    for the loop's next turn at the interpreter lock.
 
     Order is kept per stream: a stream has at most one write in flight (`_busy`), and each
     write takes everything pending for it at that moment. So the first delta of a new turn
     never waits behind the tick's pipeline or another turn's write; the tick leaves a busy
-    stream's deltas for the next tick. `add` and `finish` may be called from any thread;
-    everything else runs on the loop.
+    stream's deltas for the next tick. The state is guarded by one lock, held only to move
+    texts in and out: `add` may be called from any thread, `finish` from any but the loop.
     """
 
     MIN_WINDOW = 0.005  # a tick waiting on a stream's write in flight must not spin
-    # Beyond a write's own limits (connect 2 s, reply 5 s, no retry) and one write of the
-    # same stream in flight before it: only a wedged loop reaches it.
+    # Beyond a write's own limits (connect 2 s, reply 5 s, no retry): an earlier write of
+    # the same stream that never ends.
     FINISH_TIMEOUT = 15.0
 
     def __init__(self, window: float) -> None:
         self.window = max(window, self.MIN_WINDOW)
         self._pending: dict[str, list[str]] = {}
         self._busy: set[str] = set()  # streams with a write in flight
-        self._idle: asyncio.Condition | None = None  # a stream's write has ended
-        self._tick_handle: asyncio.TimerHandle | None = None
+        self._lock = threading.Lock()  # guards _pending and _busy
+        self._idle = threading.Condition(self._lock)  # a stream's write has ended
+        self._tick_handle: asyncio.TimerHandle | None = None  # the loop's only
         self._tasks: set[asyncio.Task[None]] = set()
         self.failed_keys: set[str] = set()
 
-    # -- any thread ---------------------------------------------------------------------------
-
     def add(self, key: str, text: str, *, now: bool = False) -> None:
-        if relay.on_relay_loop():
-            self._add(key, text, now)
+        """Queue `text` for the stream; `now` writes it (with anything pending) at once."""
+        with self._lock:
+            batch: dict[str, list[str]] | None = None
+            if now and key not in self._busy:
+                batch = {key: [*self._pending.pop(key, []), text]}
+                self._busy.add(key)
+            else:
+                self._pending.setdefault(key, []).append(text)
+        if batch is not None:
+            self._on_loop(self._spawn_write, batch)
         else:
-            relay.relay_loop().call_soon_threadsafe(self._add, key, text, now)
+            self._on_loop(self._ensure_tick)
 
     def finish(self, key: str, fields: dict[str, str]) -> None:
-        """The turn's pending deltas, then its final entry, in one round trip; returns once
-        written (or given up on: the database has the outcome either way)."""
-        future = relay.submit(self._finish(key, fields))
-        try:
-            future.result(timeout=self.FINISH_TIMEOUT)
-        except TimeoutError:
-            future.cancel()
-            logger.warning("turn stream %s: the final event could not be written in time", key)
-
-    # -- the relay loop -----------------------------------------------------------------------
-
-    def _add(self, key: str, text: str, now: bool) -> None:
-        if now and key not in self._busy:
-            texts = [*self._pending.pop(key, []), text]
-            self._busy.add(key)
-            self._spawn(self._write_and_release({key: texts}))
-            return
-        self._pending.setdefault(key, []).append(text)
-        if self._tick_handle is None:
-            self._tick_handle = asyncio.get_running_loop().call_later(self.window, self._tick)
-
-    async def _finish(self, key: str, fields: dict[str, str]) -> None:
-        idle = self._idle_condition()
-        async with idle:
-            await idle.wait_for(lambda: key not in self._busy)  # earlier writes land first
+        """The turn's pending deltas, then its final entry, in one round trip from the
+        calling thread; returns once written (or given up on: the database has the outcome
+        either way). Not from the relay loop: it blocks."""
+        if relay.on_relay_loop():
+            raise RuntimeError("StreamWriter.finish blocks; call it from a turn's thread")
+        with self._idle:
+            if not self._idle.wait_for(lambda: key not in self._busy, self.FINISH_TIMEOUT):
+                logger.warning("turn stream %s: an earlier write never ended", key)
+                return
             texts = self._pending.pop(key, [])
             self._busy.add(key)
         try:
-            await self._write_and_release({key: texts}, final=fields)
+            batch = {key: texts}
+            try:
+                pipe = get_redis().pipeline(transaction=False)
+                self._commands(pipe, batch, final=fields)
+                pipe.execute()
+            except (redis.RedisError, OSError):
+                self._failed(batch)
         finally:
+            self._release(batch)
             self.failed_keys.discard(key)  # the stream's last write: forget it either way
+
+    # -- the relay loop -----------------------------------------------------------------------
+
+    @staticmethod
+    def _on_loop(callback: Callable[..., None], *args: Any) -> None:
+        if relay.on_relay_loop():
+            callback(*args)
+        else:
+            relay.relay_loop().call_soon_threadsafe(callback, *args)
+
+    def _ensure_tick(self) -> None:
+        if self._tick_handle is None:
+            self._tick_handle = asyncio.get_running_loop().call_later(self.window, self._tick)
 
     def _tick(self) -> None:
         self._tick_handle = None
-        batch = {k: v for k, v in self._pending.items() if k not in self._busy}
-        for key in batch:
-            del self._pending[key]
-        self._busy.update(batch)
-        if self._pending:  # busy streams' deltas: the next tick's
-            self._tick_handle = asyncio.get_running_loop().call_later(self.window, self._tick)
+        with self._lock:
+            batch = {k: v for k, v in self._pending.items() if k not in self._busy}
+            for key in batch:
+                del self._pending[key]
+            self._busy.update(batch)
+            left = bool(self._pending)  # busy streams' deltas: the next tick's
+        if left:
+            self._ensure_tick()
         if batch:
-            self._spawn(self._write_and_release(batch))
+            self._spawn_write(batch)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+    def _spawn_write(self, batch: dict[str, list[str]]) -> None:
+        task = asyncio.get_running_loop().create_task(self._write_and_release(batch))
         self._tasks.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._tasks.discard)
 
-    def _idle_condition(self) -> asyncio.Condition:
-        if self._idle is None:
-            self._idle = asyncio.Condition()
-        return self._idle
-
-    async def _write_and_release(
-        self, batch: dict[str, list[str]], *, final: dict[str, str] | None = None
-    ) -> None:
+    async def _write_and_release(self, batch: dict[str, list[str]]) -> None:
         try:
-            await self._write(batch, final=final)
+            await self._write(batch)
         except Exception:  # the writer must outlive any one batch
             logger.exception("turn stream writer: a batch failed")
         finally:
-            idle = self._idle_condition()
-            async with idle:
-                self._busy.difference_update(batch)
-                idle.notify_all()
+            self._release(batch)
 
-    async def _write(
-        self,
-        batch: dict[str, list[str]],
-        *,
-        final: dict[str, str] | None = None,
-    ) -> None:
-        maxlen = settings.BYOK_TURN_STREAM_MAXLEN
-        ttl = settings.BYOK_TURN_STREAM_TTL
+    def _release(self, keys: Iterable[str]) -> None:
+        with self._idle:
+            self._busy.difference_update(keys)
+            self._idle.notify_all()
+
+    async def _write(self, batch: dict[str, list[str]]) -> None:
         try:
             pipe = get_writer_redis().pipeline(transaction=False)
-            for key, texts in batch.items():
-                if texts:
-                    fields = {"type": EVENT_DELTA, "text": "".join(texts)}
-                    pipe.xadd(key, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-                if final is not None:
-                    pipe.xadd(key, final, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-                pipe.expire(key, ttl)  # every write: a stream always expires
+            self._commands(pipe, batch)
             await pipe.execute()
         except (redis.RedisError, OSError):
-            fresh = set(batch) - self.failed_keys
-            if fresh:
-                logger.warning(
-                    "turn streams %s: Redis write failed; the replies are kept in the database",
-                    ", ".join(sorted(fresh)),
-                )
-                self.failed_keys.update(fresh)
+            self._failed(batch)
+
+    @staticmethod
+    def _commands(
+        pipe: Any, batch: dict[str, list[str]], final: dict[str, str] | None = None
+    ) -> None:
+        maxlen = settings.BYOK_TURN_STREAM_MAXLEN
+        for key, texts in batch.items():
+            if texts:
+                fields = {"type": EVENT_DELTA, "text": "".join(texts)}
+                pipe.xadd(key, fields, maxlen=maxlen, approximate=True)
+            if final is not None:
+                pipe.xadd(key, final, maxlen=maxlen, approximate=True)
+            pipe.expire(key, settings.BYOK_TURN_STREAM_TTL)  # a stream always expires
+
+    def _failed(self, batch: dict[str, list[str]]) -> None:
+        fresh = set(batch) - self.failed_keys
+        if fresh:
+            logger.warning(
+                "turn streams %s: Redis write failed; the replies are kept in the database",
+                ", ".join(sorted(fresh)),
+            )
+            self.failed_keys.update(fresh)
 
 
 _writer_clients: dict[tuple[str, int], aioredis.Redis] = {}

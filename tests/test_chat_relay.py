@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio
 
 from byok_site.redis import get_redis
@@ -77,9 +78,9 @@ def counted_writes(writer: streams.StreamWriter, monkeypatch) -> list[list[str]]
     writes: list[list[str]] = []
     real_write = writer._write
 
-    async def write(batch, *, final=None):
+    async def write(batch):
         writes.append(list(batch))
-        await real_write(batch, final=final)
+        await real_write(batch)
 
     monkeypatch.setattr(writer, "_write", write)
     return writes
@@ -113,10 +114,10 @@ def test_many_turns_share_one_pipeline_per_tick_and_keep_their_order(monkeypatch
         assert "".join(fields["text"] for fields in stream[:-1]) == expected
         assert len(stream) < tokens / 2, "deltas within one tick share one entry"
         assert get_redis().ttl(key) > 0
-    # One first write and one final write per turn, plus one pipeline per tick for all of
-    # them; a writer per turn would need about (elapsed / window) pipelines per turn.
+    # One first write per turn (the final ones are the turns' own), plus one pipeline per
+    # tick for all of them; a writer per turn would need about (elapsed / window) per turn.
     ticks = elapsed / writer.window + 2
-    assert len(writes) <= 2 * len(turns) + ticks, len(writes)
+    assert len(writes) <= len(turns) + ticks, len(writes)
     assert len(writes) < len(turns) * ticks / 2
     assert any(len(keys) > 1 for keys in writes), "a tick carries several turns' deltas"
 
@@ -145,7 +146,7 @@ def test_a_slow_write_holds_back_only_its_own_stream(monkeypatch):
     in_flight: dict[str, int] = {}
     overlaps: list[str] = []
 
-    async def write(batch, *, final=None):
+    async def write(batch):
         for key in batch:
             in_flight[key] = in_flight.get(key, 0) + 1
             if in_flight[key] > 1:
@@ -154,7 +155,7 @@ def test_a_slow_write_holds_back_only_its_own_stream(monkeypatch):
             if slow in batch:
                 while not release.is_set():  # a Redis write that takes its time
                     await asyncio.sleep(0.01)
-            await real_write(batch, final=final)
+            await real_write(batch)
         finally:
             for key in batch:
                 in_flight[key] -= 1
@@ -189,7 +190,9 @@ def test_a_redis_outage_loses_no_turn_and_the_writer_carries_on(monkeypatch):
     writer = streams.StreamWriter(window=0.01)
     key = f"byok:turn:{uuid.uuid4()}"
     broken = redis.asyncio.Redis.from_url("redis://127.0.0.1:9", socket_connect_timeout=0.2)
-    monkeypatch.setattr(streams, "get_writer_redis", lambda: broken)
+    broken_sync = redis.Redis.from_url("redis://127.0.0.1:9", socket_connect_timeout=0.2)
+    monkeypatch.setattr(streams, "get_writer_redis", lambda: broken)  # the loop's writes
+    monkeypatch.setattr(streams, "get_redis", lambda: broken_sync)  # the final event's
     writer.add(key, "lost ", now=True)
     writer.finish(key, {"type": "done", "status": "done", "html": ""})  # returns all the same
     assert entries(key) == []
@@ -269,3 +272,18 @@ def test_stop_ends_the_provider_call_even_while_the_provider_is_silent(
     # Without the task's cancel the call would wait out the provider's 30 s silence.
     assert not aio.calls_in_flight()
     assert time.monotonic() - stopped_at < 1.5
+
+
+def test_a_turn_s_final_event_does_not_wait_for_a_busy_loop():
+    """The end of a turn is written by the turn's own thread: a loop held up by other
+    streams (or waiting for the interpreter lock) does not delay `done`."""
+    writer = streams.StreamWriter(window=0.01)
+    key = f"byok:turn:{uuid.uuid4()}"
+    held = threading.Event()
+    relay.relay_loop().call_soon_threadsafe(lambda: (held.set(), time.sleep(1.0)))
+    assert held.wait(2)
+    started = time.monotonic()
+    writer.finish(key, {"type": "done", "status": "done", "html": ""})
+    assert time.monotonic() - started < 0.5
+    assert [f["type"] for f in entries(key)] == ["done"]
+    time.sleep(1.0)  # the loop is free again for the next test
