@@ -280,7 +280,12 @@ def test_a_turn_s_final_event_does_not_wait_for_a_busy_loop():
     writer = streams.StreamWriter(window=0.01)
     key = f"byok:turn:{uuid.uuid4()}"
     held = threading.Event()
-    relay.relay_loop().call_soon_threadsafe(lambda: (held.set(), time.sleep(1.0)))
+
+    def hold_the_loop() -> None:
+        held.set()
+        time.sleep(1.0)
+
+    relay.relay_loop().call_soon_threadsafe(hold_the_loop)
     assert held.wait(2)
     started = time.monotonic()
     writer.finish(key, {"type": "done", "status": "done", "html": ""})
