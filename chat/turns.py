@@ -91,6 +91,7 @@ class TurnState:
     notices: list[str] = field(default_factory=list)
     input_estimate: int = 0
     cipher: OwnerCipher | None = None  # the owner's, opened once per turn
+    ended: float | None = None  # set when the outcome is stored: one latency everywhere
 
     @property
     def text(self) -> str:
@@ -426,7 +427,7 @@ class ProviderCall:
 
 
 def _timings(state: TurnState) -> dict[str, int | None]:
-    now = time.monotonic()
+    now = state.ended or time.monotonic()
     return {
         "ttft_ms": round((state.first_token_at - state.started) * 1000)
         if state.first_token_at
@@ -494,6 +495,7 @@ def _turn_usage(reply: Message, state: TurnState, status: str, error_kind: str) 
 def _store(reply: Message, state: TurnState, **fields: object) -> bool:
     """Store the outcome and its usage once: only a turn still `running` can be finished."""
     cipher = state.cipher or OwnerCipher(reply.owner)
+    state.ended = time.monotonic()  # the message, its usage record and its final event agree
     values = {
         "sealed_content": cipher.seal(PURPOSE_MESSAGE, reply.pk, state.text),
         "finished_at": timezone.now(),

@@ -292,3 +292,25 @@ def test_a_turn_s_final_event_does_not_wait_for_a_busy_loop():
     assert time.monotonic() - started < 0.5
     assert [f["type"] for f in entries(key)] == ["done"]
     time.sleep(1.0)  # the loop is free again for the next test
+
+
+def test_a_final_event_is_written_even_when_an_earlier_write_never_ends(monkeypatch):
+    writer = streams.StreamWriter(window=0.01)
+    monkeypatch.setattr(streams.StreamWriter, "FINISH_TIMEOUT", 0.2)
+    key = f"byok:turn:{uuid.uuid4()}"
+    stuck = threading.Event()
+
+    async def write(batch):
+        while not stuck.is_set():  # a Redis write that never comes back
+            await asyncio.sleep(0.01)
+
+    monkeypatch.setattr(writer, "_write", write)
+    writer.add(key, "first ", now=True)
+    writer.add(key, "second")
+    writer.finish(key, {"type": "done", "status": "done", "html": ""})
+    stuck.set()
+    # The stream ends (the page stops showing "writing"); the text is in the database.
+    assert [(f["type"], f.get("text")) for f in entries(key)] == [
+        ("delta", "second"),
+        ("done", None),
+    ]

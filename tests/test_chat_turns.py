@@ -161,6 +161,7 @@ def test_stop_ends_the_turn_within_a_second_and_keeps_the_partial_text(
         billed.output_tokens,
     )
     assert reply.output_tokens == max(1, len(kept) // 4)
+    assert (reply.ttft_ms, reply.latency_ms) == (billed.ttft_ms, billed.latency_ms)
     assert rest[-1].data["usage"] == f"≈ {reply.input_tokens} in · {reply.output_tokens} out" + (
         f" · first token {reply.ttft_ms} ms"
     )
