@@ -54,11 +54,10 @@ def stored_events(message: Message) -> str:
     cipher = OwnerCipher(message.owner)
     view = selectors.message_view(message, cipher)
     if message.status == Message.Status.ERROR:
-        data = {"message": message.error_message, "action": "", "html": view.html}
+        event, data = "error", {"message": message.error_message, "action": ""}
     else:
-        data = {"status": message.status, "html": view.html, "notice": message.notice}
-    data.update(view.facts)
-    return sse("error" if message.status == Message.Status.ERROR else "done", data, "stored")
+        event, data = "done", {"status": message.status, "notice": message.notice}
+    return sse(event, {**data, "html": view.html, **view.facts}, "stored")
 
 
 def _stored_events_of(message_id: Any) -> str:

@@ -338,7 +338,7 @@ def _call_once(
 
 
 class ProviderCall:
-    """One streaming provider call, read on the process's relay loop (`providers.aio`).
+    """One streaming provider call, read on the process's relay loop (`providers.loop`).
 
     The loop does the per-token work for every running turn (keep the text, hand it to the
     process's stream writer); the turn's thread just waits for the end, a cancel (from the

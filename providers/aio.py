@@ -26,11 +26,10 @@ import asyncio
 import contextlib
 import functools
 import json
-import logging
 import os
 import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import httpx
@@ -38,18 +37,12 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from providers import loop as loop_module
 from providers.connections import ConnectionConfig
-from providers.errors import InvalidEndpoint, ProviderError, ProviderErrorKind
-from providers.netguard import is_public_address, vetted_addresses
+from providers.errors import InvalidEndpoint, ProviderError, ProviderErrorKind, connection_dropped
+from providers.netguard import HTTPS_REQUIRED, is_public_address, vetted_addresses
 from providers.sse import ServerSentEvent, SSEDecoder, SSEProtocolError
 
 if TYPE_CHECKING:
     from providers.base import HttpAdapter
-
-logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-_DROPPED = "The connection to the provider dropped before the reply finished."
 
 
 os.register_at_fork(after_in_child=lambda: _sessions.clear())
@@ -85,7 +78,7 @@ class GuardedResolver(AbstractResolver):
         )
         addresses = await asyncio.get_running_loop().run_in_executor(None, lookup)
         if not self.public_allowed and any(is_public_address(a) for a in addresses):
-            raise InvalidEndpoint("Use an https:// URL for a public host.")
+            raise InvalidEndpoint(HTTPS_REQUIRED)
         return [
             ResolveResult(
                 hostname=host,
@@ -279,7 +272,7 @@ async def event_stream(
             ProviderErrorKind.NETWORK, "Could not connect to the provider."
         ) from None
     except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
-        raise ProviderError(ProviderErrorKind.NETWORK, _DROPPED) from None
+        raise connection_dropped() from None
     except aiohttp.ClientResponseError:
         # A response that is not HTTP/1.1 as it should be (aiohttp's parser refused it).
         raise ProviderError(ProviderErrorKind.BAD_RESPONSE) from None

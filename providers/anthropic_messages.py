@@ -27,6 +27,7 @@ from providers.errors import (
     ProviderErrorKind,
     bad_request,
     clean_provider_message,
+    connection_dropped,
     error_for_status,
     looks_like_context_overflow,
     looks_like_no_credit,
@@ -192,10 +193,7 @@ class _ReplyParser(ReplyParser):
 
     def end(self) -> list[ChatEvent]:
         if not self.complete and self.stop_reason is None:
-            raise ProviderError(
-                ProviderErrorKind.NETWORK,
-                "The connection to the provider dropped before the reply finished.",
-            )
+            raise connection_dropped()
         events: list[ChatEvent] = [self.usage.result()] if self.usage.reported else []
         reason = _FINISH_REASONS.get(self.stop_reason or "", FinishReason.OTHER)
         events.append(Finish(reason, self.stop_reason))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import httpcore
 import httpx
 
-from providers.errors import InvalidEndpoint, ProviderError, ProviderErrorKind
+from providers.errors import InvalidEndpoint, ProviderError, ProviderErrorKind, connection_dropped
 from providers.netguard import GuardedNetworkBackend, Resolver, system_resolver
 
 
@@ -183,10 +183,7 @@ def translated_transport_errors() -> Iterator[None]:
     except httpx.DecodingError as exc:
         raise ProviderError(ProviderErrorKind.BAD_RESPONSE) from exc
     except httpx.RemoteProtocolError as exc:
-        raise ProviderError(
-            ProviderErrorKind.NETWORK,
-            "The connection to the provider dropped before the reply finished.",
-        ) from exc
+        raise connection_dropped() from exc
     except httpx.LocalProtocolError:
         raise ProviderError(
             ProviderErrorKind.BAD_REQUEST, "The request could not be sent to the provider."

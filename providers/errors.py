@@ -94,6 +94,14 @@ class ProviderError(Exception):
         )
 
 
+def connection_dropped() -> ProviderError:
+    """A stream that ended before the protocol said the reply was finished."""
+    return ProviderError(
+        ProviderErrorKind.NETWORK,
+        "The connection to the provider dropped before the reply finished.",
+    )
+
+
 class InvalidEndpoint(ValueError):
     """A base URL that cannot be used: malformed, not http(s), or refused by the network guard.
 

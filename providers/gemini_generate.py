@@ -33,6 +33,7 @@ from providers.errors import (
     ProviderErrorKind,
     bad_request,
     clean_provider_message,
+    connection_dropped,
     error_for_status,
     looks_like_context_overflow,
 )
@@ -211,10 +212,7 @@ class _ReplyParser(ReplyParser):
 
     def end(self) -> list[ChatEvent]:
         if self.finish_reason is None and self.block_reason is None:
-            raise ProviderError(
-                ProviderErrorKind.NETWORK,
-                "The connection to the provider dropped before the reply finished.",
-            )
+            raise connection_dropped()
         events: list[ChatEvent] = [] if self.usage is None else [self.usage]
         if self.finish_reason is None:
             events.append(Finish(FinishReason.CONTENT_FILTER, self.block_reason))

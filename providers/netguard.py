@@ -109,6 +109,8 @@ class BlockedEndpoint(InvalidEndpoint):
         self.address = address
 
 
+# The key would cross the internet in clear.
+HTTPS_REQUIRED = "Use an https:// URL for a public host."
 _BLOCKED_MESSAGE = "This server does not connect to private, local or reserved network addresses."
 
 
@@ -269,7 +271,7 @@ def check_endpoint(
         except (OSError, UnicodeError):
             raise InvalidEndpoint(f"Could not find the host {host}.") from None
         if parsed.scheme == "http" and any(is_public_address(a) for a in addresses):
-            raise InvalidEndpoint("Use an https:// URL for a public host.")
+            raise InvalidEndpoint(HTTPS_REQUIRED)
     return canonical
 
 
@@ -307,18 +309,21 @@ def vetted_addresses(
     return addresses
 
 
-class ForwardingStream(httpcore.NetworkStream):
-    """An httpcore network stream that hands everything to `inner`: subclasses change what
-    they need."""
+class _TlsRequiredStream(httpcore.NetworkStream):
+    """A TCP stream to a public address: usable only once TLS has been started on it.
+
+    httpx calls `start_tls` for https before sending anything; for plain http it would write
+    the request (with the key in a header) straight away, which this refuses.
+    """
 
     def __init__(self, inner: httpcore.NetworkStream) -> None:
         self._inner = inner
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, timeout)
+        raise InvalidEndpoint(HTTPS_REQUIRED)
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, timeout)
+        raise InvalidEndpoint(HTTPS_REQUIRED)
 
     def close(self) -> None:
         self._inner.close()
@@ -333,20 +338,6 @@ class ForwardingStream(httpcore.NetworkStream):
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
-
-
-class _TlsRequiredStream(ForwardingStream):
-    """A TCP stream to a public address: usable only once TLS has been started on it.
-
-    httpx calls `start_tls` for https before sending anything; for plain http it would write
-    the request (with the key in a header) straight away, which this refuses.
-    """
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        raise InvalidEndpoint("Use an https:// URL for a public host.")
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        raise InvalidEndpoint("Use an https:// URL for a public host.")
 
 
 class GuardedNetworkBackend(httpcore.NetworkBackend):

@@ -28,6 +28,7 @@ from providers.errors import (
     ProviderErrorKind,
     bad_request,
     clean_provider_message,
+    connection_dropped,
     error_for_status,
     looks_like_context_overflow,
     looks_like_no_credit,
@@ -195,10 +196,7 @@ class _ReplyParser(ReplyParser):
 
     def end(self) -> list[ChatEvent]:
         if not self.complete and self.finish_reason is None:
-            raise ProviderError(
-                ProviderErrorKind.NETWORK,
-                "The connection to the provider dropped before the reply finished.",
-            )
+            raise connection_dropped()
         events: list[ChatEvent] = [] if self.usage is None else [self.usage]
         reason = _FINISH_REASONS.get(self.finish_reason or "", FinishReason.OTHER)
         events.append(Finish(reason, self.finish_reason))

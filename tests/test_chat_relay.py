@@ -25,29 +25,16 @@ from providers import loop as relay
 
 
 class CountingRedis:
-    """The real client, counting pipelines executed and commands sent by name."""
+    """The real client, counting commands sent by name."""
 
     def __init__(self) -> None:
         self.real = get_redis()
-        self.pipelines = 0
         self.calls: dict[str, int] = {}
         self.lock = threading.Lock()
 
     def _count(self, name: str) -> None:
         with self.lock:
             self.calls[name] = self.calls.get(name, 0) + 1
-
-    def pipeline(self, *args, **kwargs):
-        pipe = self.real.pipeline(*args, **kwargs)
-        execute = pipe.execute
-
-        def counted_execute(*a, **k):
-            with self.lock:
-                self.pipelines += 1
-            return execute(*a, **k)
-
-        pipe.execute = counted_execute  # type: ignore[method-assign]
-        return pipe
 
     def __getattr__(self, name):
         attribute = getattr(self.real, name)
