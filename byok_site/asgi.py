@@ -75,3 +75,7 @@ class ASGIHandler(DjangoASGIHandler):
 
 django.setup(set_prefix=False)
 application = ASGIHandler()
+
+from byok_site import warmup  # noqa: E402 - needs the apps loaded
+
+warmup.quietly(warmup.web)

@@ -121,7 +121,20 @@ class HeartbeatStep(bootsteps.StartStopStep):
         return self.obj
 
 
+class WarmUpStep(bootsteps.StartStopStep):
+    """Warms the worker for its first turn (`byok_site.warmup.worker`) on a thread of its
+    own, so the worker takes tasks at once; a turn that comes first does that work itself."""
+
+    def start(self, parent: Any) -> None:
+        from byok_site import warmup
+
+        threading.Thread(
+            target=warmup.quietly, args=(warmup.worker,), name="byok-warm-up", daemon=True
+        ).start()
+
+
 app.steps["worker"].add(HeartbeatStep)
+app.steps["worker"].add(WarmUpStep)
 
 
 def live_workers(max_age: float | None = None) -> list[str]:

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from django import db
@@ -145,6 +146,17 @@ def build_history(reply: Message, cipher: OwnerCipher) -> tuple[list[ChatMessage
         history.pop(0)
         dropped += 1
     return history, dropped
+
+
+def warm_up() -> None:
+    """Do at worker start what the first turn would otherwise wait for: the relay loop and
+    its provider sessions (aiohttp's import, the trust store), the claimed reply's query,
+    the Markdown renderer. Opens no database connection and calls nobody."""
+    from providers import aio
+
+    relay.submit(aio.warm_up(connection_config())).result(timeout=30)
+    str(Message.objects.select_related("conversation", "owner").filter(pk=uuid.UUID(int=0)).query)
+    render_markdown("*ready*")
 
 
 def run_turn(message_id: str) -> None:

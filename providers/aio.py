@@ -122,6 +122,13 @@ def session_for(config: ConnectionConfig, *, public_allowed: bool) -> aiohttp.Cl
     return session
 
 
+async def warm_up(config: ConnectionConfig) -> None:
+    """Open the running loop's sessions for `config` ahead of the first call (importing
+    aiohttp and loading the trust store otherwise cost that call's user a quarter second)."""
+    for public_allowed in (True, False):
+        session_for(config, public_allowed=public_allowed)
+
+
 async def close_sessions() -> None:
     """Close the running loop's sessions (tests, between loops)."""
     loop_id = id(asyncio.get_running_loop())
