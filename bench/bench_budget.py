@@ -10,18 +10,18 @@ This benchmark measures the work per turn and puts it next to the cores there ar
    round trip and the web's CPU. A turn's `POST` does this much and more before the worker
    can be told, so it bounds the 1-turn added TTFT from below.
 2. One turn at a time (20 tokens, as in bench_ttft): CPU per turn of every process.
-3. Steady loads the machine can carry, at two sizes (`load_clients`, 20 and 40 clients,
+3. Steady loads the machine can carry, at three sizes (`load_clients`: 20, 40, 60 clients,
    two turns each, their starts spread over one reply), with each target load's script
    (200 tokens at 50 tokens/s as in bench_ttft, 250 as in bench_throughput), relayed and
    straight to the fake: each process's busy cores and the turn rate.
-4. Demand: each process's busy cores on the line through the two loads (a fixed cost per
-   second plus a cost per turn), at each target's turn rate (bench_ttft's 100 concurrent
+4. Demand: each process's busy cores on the least-squares line through the loads (a fixed
+   cost per second plus a cost per turn), at each target's turn rate (bench_ttft's 100 concurrent
    turns, bench_throughput's 200), against the machine's cores; and the fake provider's
    own share (from the direct calls), which any relay needs too. Linear in the turn rate:
    more tokens per Redis write at higher load lower the cost per turn a little; contention
    for each interpreter's lock raises it.
 
-    .venv/bin/python bench/bench_budget.py [--quick] [--set load_clients=20,40]
+    .venv/bin/python bench/bench_budget.py [--quick] [--set load_clients=20,40,60]
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ SINGLE_SCRIPT = {
 def sizes(quick: bool) -> dict[str, Any]:
     if quick:
         return {"requests": 20, "single_turns": 6, "load_clients": [3, 6], "rounds": 1}
-    return {"requests": 100, "single_turns": 30, "load_clients": [20, 40], "rounds": 2}
+    return {"requests": 100, "single_turns": 30, "load_clients": [20, 40, 60], "rounds": 2}
 
 
 def load_script(tokens: int) -> dict[str, Any]:
@@ -189,18 +189,28 @@ def busy_cores(meter: CpuMeter, turns: int) -> dict[str, Any]:
     """Turns per second and each process's busy cores since `meter` started."""
     wall = time.monotonic() - meter.start_wall
     cores = {name: round(seconds / wall, 3) for name, seconds in meter.seconds().items()}
-    return {"turns_per_second": round(turns / wall, 2), "cores": cores}
+    # What processes outside the benchmark used meanwhile: a shared machine skews the figures.
+    other = round(meter.read()["other"] / 100, 3)
+    return {"turns_per_second": round(turns / wall, 2), "cores": cores, "other_cores": other}
 
 
-def extrapolate(low: dict[str, Any], high: dict[str, Any], rate: float) -> dict[str, float]:
-    """Each process's busy cores at `rate` turns/s, on the line through two measured loads
-    (a fixed cost per second plus a cost per turn)."""
-    r1, r2 = low["turns_per_second"], high["turns_per_second"]
+def extrapolate(loads: list[dict[str, Any]], rate: float) -> dict[str, float]:
+    """Each process's busy cores at `rate` turns/s, on the least-squares line through the
+    measured loads (a fixed cost per second plus a cost per turn)."""
+    rates = [load["turns_per_second"] for load in loads]
+    mean_rate = sum(rates) / len(rates)
+    spread = sum((r - mean_rate) ** 2 for r in rates)
     found = {}
-    for name, c1 in low["cores"].items():
-        c2 = high["cores"][name]
-        per_turn = (c2 - c1) / (r2 - r1) if r2 > r1 else c2 / max(r2, 1e-9)
-        found[name] = round(max(0.0, c2 + per_turn * (rate - r2)), 2)
+    for name in loads[0]["cores"]:
+        cores = [load["cores"][name] for load in loads]
+        mean_cores = sum(cores) / len(cores)
+        slope = (
+            sum((r - mean_rate) * (c - mean_cores) for r, c in zip(rates, cores, strict=True))
+            / spread
+            if spread
+            else mean_cores / max(mean_rate, 1e-9)
+        )
+        found[name] = round(max(0.0, mean_cores + slope * (rate - mean_rate)), 2)
     return found
 
 
@@ -259,10 +269,10 @@ def main() -> None:
     ]
     demands = {}
     for bench, concurrent, tokens, target in TARGET_LOADS:
-        low, high = loads[tokens, levels[0]], loads[tokens, levels[-1]]
+        measured_loads = [loads[tokens, c] for c in levels]
         rate = concurrent / (FIRST_TOKEN_DELAY + tokens / TOKENS_PER_SECOND)
-        fake_alone = extrapolate(low["direct"], high["direct"], rate)["fake"]
-        relayed = extrapolate(low["relay"], high["relay"], rate)
+        fake_alone = extrapolate([load["direct"] for load in measured_loads], rate)["fake"]
+        relayed = extrapolate([load["relay"] for load in measured_loads], rate)
         total = round(sum(relayed.values()), 2)
         demands[bench] = {
             "concurrent": concurrent,
@@ -275,7 +285,8 @@ def main() -> None:
         measured = "; ".join(
             f"{c} clients: {loads[tokens, c]['relay']['turns_per_second']} turns/s, "
             f"{round(sum(loads[tokens, c]['relay']['cores'].values()), 2)} cores busy, "
-            f"max gap {loads[tokens, c]['relay_max_gap_ms']} ms"
+            f"max gap {loads[tokens, c]['relay_max_gap_ms']} ms, "
+            f"other processes {loads[tokens, c]['relay']['other_cores']} cores"
             for c in levels
         )
         figures.append(
