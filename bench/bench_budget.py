@@ -10,16 +10,18 @@ This benchmark measures the work per turn and puts it next to the cores there ar
    round trip and the web's CPU. A turn's `POST` does this much and more before the worker
    can be told, so it bounds the 1-turn added TTFT from below.
 2. One turn at a time (20 tokens, as in bench_ttft): CPU per turn of every process.
-3. Steady loads the machine can carry, at three sizes (`load_clients`: 20, 40, 60 clients,
-   two turns each, their starts spread over one reply), with each target load's script
-   (200 tokens at 50 tokens/s as in bench_ttft, 250 as in bench_throughput), relayed and
-   straight to the fake: each process's busy cores and the turn rate.
+3. Loads at three sizes (`load_clients`: 20, 40, 60 clients, two turns each, their starts
+   spread over one reply), with each target load's script (200 tokens at 50 tokens/s as in
+   bench_ttft, 250 as in bench_throughput), relayed and straight to the fake: each process's
+   busy cores and the rate of completed turns, averaged over the whole load.
 4. Demand: each process's busy cores on the least-squares line through the loads (a fixed
-   cost per second plus a cost per turn), at each target's turn rate (bench_ttft's 100 concurrent
-   turns, bench_throughput's 200), against the machine's cores; and the fake provider's
-   own share (from the direct calls), which any relay needs too. Linear in the turn rate:
-   more tokens per Redis write at higher load lower the cost per turn a little; contention
-   for each interpreter's lock raises it.
+   cost per second plus a cost per turn) at each target's turn rate (bench_ttft's 100
+   concurrent turns, bench_throughput's 200), against the machine's cores; the relay's own
+   processes (worker, web, Redis) apart; and the fake provider's own share (from the direct
+   calls), which any relay needs too. The line is carried three to five times past the
+   highest measured rate (the note says how far), so its figures are estimates: more tokens
+   per Redis write at higher load lower the cost per turn a little, contention for each
+   interpreter's lock raises it.
 
     .venv/bin/python bench/bench_budget.py [--quick] [--set load_clients=20,40,60]
 """
@@ -155,7 +157,7 @@ async def steady_load(
             return [await direct_call(fake, "Count", TURN_TIMEOUT) for _ in range(rounds)]
 
         direct = [c for group in await staggered(clients, spread, direct_client) for c in group]
-    direct_busy = busy_cores(meter, len(direct))
+    direct_busy = busy_cores(meter, sum(1 for d in direct if d.error is None))
 
     stack.fake_script(clients * rounds, **script)
     meter = CpuMeter(stack.pids())
@@ -170,7 +172,7 @@ async def steady_load(
             ]
 
         turns = [t for group in await staggered(clients, spread, relay_client) for t in group]
-    relay_busy = busy_cores(meter, len(turns))
+    relay_busy = busy_cores(meter, sum(1 for t in turns if t.ok))
     failed = [t for t in turns if not t.ok] + [d for d in direct if d.error]
     return {
         "clients": clients,
@@ -186,12 +188,16 @@ async def steady_load(
 
 
 def busy_cores(meter: CpuMeter, turns: int) -> dict[str, Any]:
-    """Turns per second and each process's busy cores since `meter` started."""
+    """Completed turns per second and each process's busy cores since `meter` started, and
+    what processes outside the benchmark used meanwhile (a shared machine skews both)."""
     wall = time.monotonic() - meter.start_wall
-    cores = {name: round(seconds / wall, 3) for name, seconds in meter.seconds().items()}
-    # What processes outside the benchmark used meanwhile: a shared machine skews the figures.
-    other = round(meter.read()["other"] / 100, 3)
-    return {"turns_per_second": round(turns / wall, 2), "cores": cores, "other_cores": other}
+    used = meter.read()
+    cores = {name: round(used[name] / 100, 3) for name in meter.pids}
+    return {
+        "turns_per_second": round(turns / wall, 2),
+        "cores": cores,
+        "other_cores": round(used["other"] / 100, 3),
+    }
 
 
 def extrapolate(loads: list[dict[str, Any]], rate: float) -> dict[str, float]:
@@ -218,9 +224,12 @@ def main() -> None:
     args = parse_args(__doc__ or "")
     n = apply_overrides(sizes(args.quick), args)
     started = time.monotonic()
-    cores = os.cpu_count() or 1
-    levels = sorted(n["load_clients"])
-    worker_threads = max(128, max(c for _, c, _, _ in TARGET_LOADS) + 20)
+    cores = len(os.sched_getaffinity(0))
+    levels = sorted(set(n["load_clients"]))
+    if len(levels) < 2:
+        raise SystemExit("--set load_clients needs two different sizes at least (a line)")
+    # A thread per turn in flight and spare, as bench_ttft and bench_throughput give theirs.
+    worker_threads = max(levels) + 28
     loads: dict[tuple[int, int], dict[str, Any]] = {}
     with Stack("budget", worker_concurrency=worker_threads, keep=args.keep) as stack:
         with phase("setup: user, key, conversations, sign-in"):
@@ -246,7 +255,8 @@ def main() -> None:
                     loads[tokens, clients] = load
                     say(
                         f"{clients} clients: relayed {load['relay']}, direct {load['direct']}, "
-                        f"max gap {load['relay_max_gap_ms']} ms, failed {load['failed']}"
+                        f"max gap {load['relay_max_gap_ms']} ms, failed {load['failed']} "
+                        "(left out of the turn rate)"
                     )
                 stack.check_alive()
 
@@ -271,9 +281,11 @@ def main() -> None:
     for bench, concurrent, tokens, target in TARGET_LOADS:
         measured_loads = [loads[tokens, c] for c in levels]
         rate = concurrent / (FIRST_TOKEN_DELAY + tokens / TOKENS_PER_SECOND)
+        top_rate = max(load["relay"]["turns_per_second"] for load in measured_loads)
         fake_alone = extrapolate([load["direct"] for load in measured_loads], rate)["fake"]
         relayed = extrapolate([load["relay"] for load in measured_loads], rate)
         total = round(sum(relayed.values()), 2)
+        own = round(sum(relayed[name] for name in ("worker", "web", "redis")), 2)
         demands[bench] = {
             "concurrent": concurrent,
             "turns_per_second": round(rate, 1),
@@ -281,6 +293,7 @@ def main() -> None:
             "fake_alone_cores": fake_alone,
             "relayed_cores": relayed,
             "relayed_cores_total": total,
+            "relay_own_cores": own,
         }
         measured = "; ".join(
             f"{c} clients: {loads[tokens, c]['relay']['turns_per_second']} turns/s, "
@@ -299,11 +312,24 @@ def main() -> None:
         )
         figures.append(
             figure(
+                f"{bench}'s load ({concurrent} turns): the relay's own processes",
+                own,
+                "cores",
+                note="worker, web and Redis, without the fake provider and the clients",
+            )
+        )
+        figures.append(
+            figure(
                 f"{bench}'s load ({concurrent} turns): relayed, every process",
                 total,
                 "cores",
                 at_most=float(cores),
-                note=f"target: {target}; by process {relayed}; measured: {measured}",
+                note=(
+                    f"target: {target}; the fake provider and the benchmark's clients "
+                    f"included, as the benchmark runs them on this machine; by process "
+                    f"{relayed}; {rate / top_rate:.1f}x the highest measured rate; "
+                    f"measured: {measured}"
+                ),
             )
         )
     title = "bench_budget" + (" (QUICK: sizes reduced)" if args.quick else "")

@@ -123,14 +123,32 @@ class HeartbeatStep(bootsteps.StartStopStep):
 
 class WarmUpStep(bootsteps.StartStopStep):
     """Warms the worker for its first turn (`byok_site.warmup.worker`) on a thread of its
-    own, so the worker takes tasks at once; a turn that comes first does that work itself."""
+    own, so the worker takes tasks at once; a turn that comes first does that work itself.
+
+    Thread pools only: the warm state lives in the process that runs the turns, and a
+    prefork pool would fork its children from a parent that may be importing right then.
+    """
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.thread: threading.Thread | None = None
+
+    def include_if(self, parent: Any) -> bool:
+        return getattr(parent.pool_cls, "__module__", "") == "celery.concurrency.thread"
 
     def start(self, parent: Any) -> None:
         from byok_site import warmup
 
-        threading.Thread(
+        self.thread = threading.Thread(
             target=warmup.quietly, args=(warmup.worker,), name="byok-warm-up", daemon=True
-        ).start()
+        )
+        self.thread.start()
+
+    def stop(self, parent: Any) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout=30)  # a stopped worker leaves no warm-up behind
+
+    terminate = stop
 
 
 app.steps["worker"].add(HeartbeatStep)

@@ -9,9 +9,11 @@ connection or talks to Redis or a provider, so a process with a service down sti
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from django.apps import apps
 from django.template.loader import get_template
+from django.urls import get_resolver, reverse
 
 logger = logging.getLogger(__name__)
 
@@ -26,20 +28,21 @@ def django_caches() -> None:
 
 
 def web() -> None:
-    """The web process: Django's caches, the chat templates, Celery's task registry and its
-    broker transport (imported, not connected)."""
+    """The web process: Django's caches, the URLconf, the chat templates, Celery's task
+    registry and its publishing pools (built lazily: no broker connection is opened)."""
     django_caches()
+    get_resolver().url_patterns  # noqa: B018 - imports every app's URLconf
+    reverse("chat:home")  # builds the reverse lookup tables
     for name in WEB_TEMPLATES:
         get_template(name)
     from byok_site.celery import app
 
-    app.loader.import_default_modules()  # every app's tasks module (chat.tasks among them)
+    # Imports every app's tasks module now; the lazy way (import_default_modules) would also
+    # make Celery's Django fix-up run django.setup() and every system check again.
+    app.autodiscover_tasks(force=True)
     app.finalize(auto=True)
-    connection = app.connection_for_write()
-    try:
-        connection.transport  # noqa: B018 - imports and builds the transport; no connect
-    finally:
-        connection.release()
+    app.connection_for_write().get_transport_cls()  # the broker transport's module
+    app.producer_pool  # noqa: B018 - the connection and producer pools, all empty
 
 
 def worker() -> None:
@@ -50,9 +53,9 @@ def worker() -> None:
     warm_up()
 
 
-def quietly(warm: object) -> None:
+def quietly(warm: Callable[[], None]) -> None:
     """Run a warm-up; a failure only costs the first request its speed, so it is logged."""
     try:
-        warm()  # type: ignore[operator]
+        warm()
     except Exception:
         logger.warning("warm-up failed; the first request does this work instead", exc_info=True)

@@ -28,6 +28,7 @@ import functools
 import json
 import os
 import socket
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -95,6 +96,12 @@ class GuardedResolver(AbstractResolver):
         return None
 
 
+@functools.cache
+def _default_ssl_context() -> ssl.SSLContext:
+    """The blocking client's trust store (certifi), not the environment's; loaded once."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
 def session_for(config: ConnectionConfig, *, public_allowed: bool) -> aiohttp.ClientSession:
     """The running loop's session for `config` (created on first use)."""
     loop = asyncio.get_running_loop()
@@ -107,8 +114,7 @@ def session_for(config: ConnectionConfig, *, public_allowed: bool) -> aiohttp.Cl
             limit=config.max_connections,
             limit_per_host=0,
             keepalive_timeout=config.keepalive_expiry,
-            # The blocking client's trust store (certifi), not the environment's.
-            ssl=config.ssl_context or httpx.create_ssl_context(trust_env=False),
+            ssl=config.ssl_context or _default_ssl_context(),
         )
         session = aiohttp.ClientSession(
             connector=connector,
