@@ -54,6 +54,31 @@ def test_text_arrives_in_pieces_survives_a_reload_and_finishes(chat_page, fake_p
     expect(reply.locator("[data-role=usage]")).to_contain_text("out · first token")
 
 
+def test_a_refused_message_says_why_next_to_the_composer_and_keeps_the_text(
+    chat_page, fake_provider
+):
+    from django.utils import timezone
+
+    from usage.models import NO_KEY, MonthlySpend
+    from usage.services import spend_cap_set
+
+    page = chat_page
+    user = User.objects.get(email="chatter@example.com")
+    spend_cap_set(owner=user, key_id=None, limit_micro=10_000)
+    MonthlySpend.objects.filter(
+        owner=user, key_id=NO_KEY, month=timezone.localdate().replace(day=1)
+    ).update(spent_micro=10_000)
+    page.get_by_label("Message").fill("Is there budget left?")
+    page.get_by_label("Message").press("Enter")
+    expect(page.locator("#composer-error")).to_contain_text("you have reached your monthly spend")
+    expect(page.get_by_label("Message")).to_have_value("Is there budget left?")
+    assert not Message.objects.filter(role="assistant").exists()
+
+    page.get_by_label("Message").fill("   ")  # passes `required`; the server says what is wrong
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("#composer-error")).to_have_text("Type a message first.")
+
+
 def test_the_stop_button_ends_a_turn_and_keeps_what_arrived(chat_page, fake_provider):
     page = chat_page
     fake_provider.script(
