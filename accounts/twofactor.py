@@ -78,7 +78,13 @@ def totp_setup_details(device: TOTPDevice) -> tuple[str, str]:
         f"otpauth://totp/{label}?secret={seed}&issuer={quote(issuer)}"
         f"&digits={device.digits}&period={device.step}"
     )
-    svg = segno.make(uri, error="m").svg_inline(scale=5, dark="#111", light="#fff", border=2)
+    svg = segno.make(uri, error="m").svg_inline(
+        scale=5,
+        dark="#111",
+        light="#fff",
+        border=2,
+        omitsize=True,  # viewBox: scales whole
+    )
     grouped = " ".join(seed[i : i + 4] for i in range(0, len(seed), 4))
     return svg, grouped
 

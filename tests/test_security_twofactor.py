@@ -27,6 +27,9 @@ def test_enrolment_draws_the_qr_code_here_and_turns_on_with_a_right_code(alice_c
     assert page.status_code == 200
     html = page.content.decode()
     assert "<svg" in html and "<path" in html
+    # A viewBox and no fixed size: the page's CSS scales the whole code, never crops it.
+    svg_tag = html[html.index("<svg") : html.index(">", html.index("<svg"))]
+    assert "viewBox=" in svg_tag and "width=" not in svg_tag
     assert not re.search(r'<img[^>]+src="https?://', html)  # no outside QR service
     device = TOTPDevice.objects.get(user=alice)
     assert not device.confirmed
