@@ -21,7 +21,7 @@ def home(request: HttpRequest) -> HttpResponse:
         return render(request, "landing.html")
     from chat.selectors import conversation_list
     from keys.models import ProviderKey
-    from usage.selectors import parse_period, usage_totals
+    from usage.selectors import cap_statuses, parse_period, usage_totals
 
     user = request.user
     keys = ProviderKey.objects.for_owner(user)
@@ -30,6 +30,7 @@ def home(request: HttpRequest) -> HttpResponse:
         "problem_keys": keys.filter(status__in=["invalid", "no_credit", "expired"]).count(),
         "recent": conversation_list(owner=user)[:5],
         "month": usage_totals(owner=user, period=parse_period("month")),
+        "caps": cap_statuses(owner=user),
     }
     return render(request, "home.html", context)
 

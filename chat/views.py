@@ -25,6 +25,7 @@ from chat.sse import EventStreamResponse
 from keys.models import ProviderKey
 from keys.services import OwnerCipher
 from providers.catalog import PRESETS
+from usage.selectors import cap_statuses
 
 
 def _conversation_for(request: AuthenticatedRequest, conversation_id: object) -> Conversation:
@@ -114,6 +115,8 @@ def conversation_detail(request: AuthenticatedRequest, conversation_id: object) 
         "items": selectors.conversation_messages(conversation, cipher),
         "form": MessageForm(),
         "max_chars": settings.BYOK_MAX_MESSAGE_CHARS,
+        # The caps this conversation's turns are held to, for the 80 % and 100 % banners.
+        "caps": cap_statuses(owner=request.user, key_id=conversation.provider_key_id),
         **_sidebar(request),
     }
     return render(request, "chat/conversation.html", context)

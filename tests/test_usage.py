@@ -210,6 +210,7 @@ def test_a_cap_refuses_a_turn_that_could_pass_it_naming_the_cap_and_its_reset(
     assert reply.error_kind == "budget"
     assert "monthly spend cap ($0.0050)" in reply.error_message
     assert "resets on 1 " in reply.error_message
+    assert reply.error_message.endswith("or wait.")  # the page's link, not the word "usage"
     assert [r for r in fake_provider.requests if r.method == "POST"] == []
     assert not Reservation.objects.exists()
     assert MonthlySpend.objects.get(owner=alice, key_id=NO_KEY).reserved_micro == 0
@@ -280,6 +281,25 @@ def test_80_percent_of_a_cap_sends_one_email_and_shows_a_banner(
     assert len(warnings) == 1
     assert "$0.0085 of your monthly spend cap ($0.01)" in warnings[0].body
     assert "used 85%" in alice_client.get(reverse("usage:home")).content.decode()
+    # Where the user sends, too: the home page and the conversation (its key's caps).
+    assert "used 85%" in alice_client.get(reverse("home")).content.decode()
+    page = reverse("chat:conversation", args=[conversation.pk])
+    assert "used 85% of your monthly spend cap" in alice_client.get(page).content.decode()
+
+
+def test_a_conversation_shows_only_the_caps_its_turns_are_held_to(
+    alice_client, alice, fake_provider
+):
+    from tests.keys_helpers import add_key
+
+    conversation, _ = start_chat(alice, fake_provider)
+    other = add_key(alice, fake_provider, label="Other key")
+    spend_cap_set(owner=alice, key_id=other.pk, limit_micro=10_000)
+    month = timezone.localdate().replace(day=1)
+    MonthlySpend.objects.filter(owner=alice, key_id=other.pk, month=month).update(spent_micro=9_000)
+    page = reverse("chat:conversation", args=[conversation.pk])
+    assert "used 90%" not in alice_client.get(page).content.decode()
+    assert "used 90% of a key's monthly cap" in alice_client.get(reverse("home")).content.decode()
 
 
 @pytest.mark.django_db(transaction=True)

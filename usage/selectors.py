@@ -269,8 +269,14 @@ class CapStatus:
     def level(self) -> str:
         return "err" if self.share >= 1 else "warn" if self.share >= 0.8 else "ok"
 
+    @property
+    def for_all_keys(self) -> bool:
+        return self.cap.key_id == NO_KEY
 
-def cap_statuses(*, owner: User) -> list[CapStatus]:
+
+def cap_statuses(*, owner: User, key_id: uuid.UUID | None = None) -> list[CapStatus]:
+    """This month's caps and how much of each is spent; with `key_id`, only the caps a turn
+    with that key is held to (the account's and the key's own)."""
     month = month_start(timezone.localdate())
     spent = MonthlySpend.objects.filter(owner=owner, key_id=OuterRef("key_id"), month=month)
     caps = (
@@ -278,6 +284,8 @@ def cap_statuses(*, owner: User) -> list[CapStatus]:
         .annotate(spent=Subquery(spent.values("spent_micro")[:1]))
         .order_by("key_id")
     )
+    if key_id is not None:
+        caps = caps.filter(key_id__in=[NO_KEY, key_id])
     statuses = []
     for cap in caps:
         used = cap.spent or 0  # type: ignore[attr-defined]  # annotated above

@@ -147,7 +147,9 @@ def usage_home(request: AuthenticatedRequest) -> HttpResponse:
 
     titles = conversation_titles(owner=owner, ids=[row["conversation_id"] for row in conversations])
     rows = [
-        {**row, "title": titles.get(row["conversation_id"], "Deleted conversation")}
+        {**row, "title": titles[row["conversation_id"]]}
+        if row["conversation_id"] in titles
+        else {**row, "title": "Deleted conversation", "url": ""}  # nothing left to open
         for row in conversations
     ]
     titles_digest = hashlib.sha256(json.dumps([row["title"] for row in rows]).encode())
