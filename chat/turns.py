@@ -60,6 +60,10 @@ FALLBACK_KINDS = {
 MAX_RETRIES = 2
 RETRY_BUDGET_SECONDS = 20.0
 
+# What the page offers next to the error (chat.js), not words for the message itself; every
+# other action is a sentence that ends the message.
+ACTION_CODES = {"retry", "keys", "usage"}
+
 _ACTIONS = {
     ProviderErrorKind.INVALID_KEY: "Check the key on the Keys page, or replace it.",
     ProviderErrorKind.NO_CREDIT: "Add credit to your provider account, then retry.",
@@ -594,7 +598,7 @@ def _finish_error(
     text: str,
     action: str,
 ) -> None:
-    message = text if not action or action in {"retry", "keys"} else f"{text} {action}"
+    message = text if not action or action in ACTION_CODES else f"{text} {action}"
     if _store(reply, state, status=Status.ERROR, error_kind=kind, error_message=message[:500]):
         publisher.error(
             message=message,

@@ -103,10 +103,11 @@
       var error = article.querySelector("[data-role=error]");
       if (error) {
         error.textContent = data.message;
-        if (data.action === "keys") {
+        var links = {keys: ["/keys/", " Open your keys."], usage: ["/usage/caps/", " Open your spend caps."]};
+        if (links[data.action]) {
           var link = document.createElement("a");
-          link.href = "/keys/";
-          link.textContent = " Open your keys.";
+          link.href = links[data.action][0];
+          link.textContent = links[data.action][1];
           error.appendChild(link);
         }
         error.hidden = false;
