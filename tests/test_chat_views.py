@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from django.conf import settings
 from django.urls import reverse
 
 from chat import services
@@ -145,6 +146,18 @@ def test_model_suggestions_come_from_the_preset_and_the_cached_list(
         "gpt"
         not in alice_client.get(reverse("chat:models"), {"key": str(bobs.pk)}).content.decode()
     )
+
+
+def test_the_users_own_text_keeps_its_line_breaks_and_indentation(alice_client, alices_chat):
+    conversation, reply = alices_chat
+    services.turn_cancel(message=reply)
+    text = "Why does this fail?\ndef f():\n    return <b>1</b>"
+    alice_client.post(reverse("chat:send", args=[conversation.pk]), {"text": text})
+    html = alice_client.get(reverse("chat:conversation", args=[conversation.pk])).content.decode()
+    typed = "Why does this fail?\ndef f():\n    return &lt;b&gt;1&lt;/b&gt;"
+    assert f'<div class="body plain">{typed}</div>' in html
+    css = (settings.BASE_DIR / "static" / "css" / "app.css").read_text()
+    assert ".message .body.plain, .system-prompt .plain { white-space: pre-wrap; }" in css
 
 
 def test_sending_renders_both_bubbles_and_seals_the_text(alice_client, alices_chat):
