@@ -4,6 +4,7 @@ from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
+from django.template.defaultfilters import pluralize
 
 from accounts.models import AuditEvent, User
 from accounts.services import audit_request, client_ip, sessions_end_others, user_delete
@@ -106,7 +107,7 @@ class UserAdmin(DjangoUserAdmin):
                 request, user, AuditEvent.Action.OPERATOR_SESSIONS_ENDED, sessions=ended
             )
             total += ended
-        self.message_user(request, f"{total} session(s) ended.", messages.SUCCESS)
+        self.message_user(request, f"{total} session{pluralize(total)} ended.", messages.SUCCESS)
 
     @admin.action(
         description="Reset two-factor authentication of the selected accounts",

@@ -18,6 +18,7 @@ from django.http import (
     HttpResponseRedirect,
 )
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import pluralize
 from django.urls import reverse, reverse_lazy
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.cache import never_cache
@@ -219,7 +220,12 @@ class PasswordChangeView(auth_views.PasswordChangeView):
         messages.success(
             self.request,
             "Your password was changed."
-            + (f" {ended} other session(s) were signed out." if ended else ""),
+            + (
+                f" {ended} other session{pluralize(ended)} {pluralize(ended, 'was,were')} "
+                "signed out."
+                if ended
+                else ""
+            ),
         )
         return response
 
@@ -497,7 +503,7 @@ def sessions_revoke_others(request: AuthenticatedRequest) -> HttpResponse:
         action=Action.SESSION_ENDED,
         details={"other_sessions_ended": ended},
     )
-    messages.success(request, f"Signed out {ended} other session(s).")
+    messages.success(request, f"Signed out {ended} other session{pluralize(ended)}.")
     return redirect("accounts:settings")
 
 

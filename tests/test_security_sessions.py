@@ -57,7 +57,8 @@ def test_ending_another_session_signs_it_out(alice):
 def test_ending_all_other_sessions_keeps_this_one(alice):
     laptop = browser(alice, ip="198.51.100.1", agent=FIREFOX)
     others = [browser(alice, ip=f"203.0.113.{n}", agent=IPHONE) for n in range(3)]
-    laptop.post(reverse("accounts:sessions_end_others"))
+    response = laptop.post(reverse("accounts:sessions_end_others"), follow=True)
+    assert "Signed out 3 other sessions." in response.content.decode()
     assert signed_in(laptop)
     assert not any(signed_in(other) for other in others)
     assert UserSession.objects.filter(owner=alice).count() == 1
@@ -67,10 +68,12 @@ def test_a_password_change_ends_every_other_session(alice):
     laptop = browser(alice, ip="198.51.100.1", agent=FIREFOX)
     phone = browser(alice, ip="203.0.113.9", agent=IPHONE)
     new = "a brand new passphrase 77"
-    laptop.post(
+    response = laptop.post(
         reverse("accounts:password_change"),
         {"old_password": PASSWORD, "new_password1": new, "new_password2": new},
+        follow=True,
     )
+    assert "1 other session was signed out." in response.content.decode()
     assert signed_in(laptop)
     assert not signed_in(phone)
     event = AuditEvent.objects.get(owner=alice, action="account.password_changed")
