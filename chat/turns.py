@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from django import db
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
@@ -152,6 +153,11 @@ def build_history(reply: Message, cipher: OwnerCipher) -> tuple[list[ChatMessage
     return history, dropped
 
 
+def _turn_replies() -> QuerySet[Message]:
+    """A claimed reply with what its turn reads of it: the conversation and the owner."""
+    return Message.objects.select_related("conversation", "owner")
+
+
 def warm_up() -> None:
     """Do at worker start what the first turn would otherwise wait for: the relay loop and
     its provider sessions (aiohttp's import, the trust store), the claimed reply's query,
@@ -159,7 +165,7 @@ def warm_up() -> None:
     from providers import aio
 
     relay.submit(aio.warm_up(connection_config())).result(timeout=30)
-    str(Message.objects.select_related("conversation", "owner").filter(pk=uuid.UUID(int=0)).query)
+    str(_turn_replies().filter(pk=uuid.UUID(int=0)).query)
     render_markdown("*ready*")
 
 
@@ -171,7 +177,7 @@ def run_turn(message_id: str) -> None:
     )
     if not claimed:
         return  # already taken, finished, stopped or deleted: never call the provider twice
-    reply = Message.objects.select_related("conversation", "owner").get(pk=message_id)
+    reply = _turn_replies().get(pk=message_id)
     reply.conversation.owner = reply.owner  # the same user: no second query for it
     publisher = streams.TurnPublisher(reply.pk)
     state = TurnState()

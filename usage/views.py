@@ -164,7 +164,6 @@ def usage_home(request: AuthenticatedRequest) -> HttpResponse:
         "summary": mark_safe(summary_html),  # noqa: S308
         "conversations": mark_safe(conversations_html),  # noqa: S308
         "caps": selectors.cap_statuses(owner=owner),
-        "NO_KEY": NO_KEY,
     }
     return render(request, "usage/home.html", context)
 
