@@ -36,7 +36,7 @@ class ExportError(Exception):
 
 
 def _cipher(user: User):
-    from keys.services import OwnerCipher  # keys/ sits above accounts/ in the import graph
+    from vault.services import OwnerCipher
 
     return OwnerCipher(user)
 

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.http import HttpRequest
 from redis import RedisError
 
-from byok_site.redis import get_redis
+from core.redis import get_redis
 
 
 def _valid_ip(value: str) -> str | None:

@@ -11,6 +11,7 @@ from django.utils import timezone
 from accounts import security
 from accounts.models import AuditEvent, User, UserSession, normalize_email
 from accounts.security import user_agent
+from vault.services import data_key_delete
 
 
 class AccountError(Exception):
@@ -226,9 +227,7 @@ def user_delete(*, user: User) -> None:
     a copy of the database taken earlier once the master key it was wrapped under is
     retired (README, "Deleting an account").
     """
-    from keys.models import DataKey  # keys/ sits above accounts/ in the import graph
-
     sessions_end_others(user=user, keep_session_key=None)
     with transaction.atomic():
-        DataKey.objects.filter(owner=user).delete()
+        data_key_delete(owner=user)
         user.delete()

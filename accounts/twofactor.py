@@ -1,6 +1,6 @@
 """Two-factor authentication: authenticator apps (TOTP) and recovery codes.
 
-SECURITY: TOTP seeds are sealed under the owner's data key (keys.services.OwnerCipher,
+SECURITY: TOTP seeds are sealed under the owner's data key (vault.services.OwnerCipher,
 purpose "totp_seed", row = device id) and exist in plaintext only while a code is checked
 or while the enrolment page shows the QR code. Recovery codes are shown once and stored as
 hashes. Nothing here logs a seed or a code.
@@ -25,6 +25,8 @@ from accounts.models import (
     User,
     hash_recovery_code,
 )
+from accounts.services import audit_record
+from vault.services import OwnerCipher
 
 SEED_PURPOSE = "totp_seed"
 SEED_BYTES = 20
@@ -32,17 +34,10 @@ RECOVERY_CODE_COUNT = 10
 _CODE_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no look-alikes (0/o, 1/l/i)
 
 
-def _cipher(user: User):
-    # Imported here: keys/ sits above accounts/ in the import graph (keys -> accounts).
-    from keys.services import OwnerCipher
-
-    return OwnerCipher(user)
-
-
 @sensitive_variables("seed")
 def open_seed(device: TOTPDevice) -> bytes:
     sealed = bytes(device.sealed_seed)
-    text = _cipher(device.user).open(SEED_PURPOSE, device.pk, sealed)
+    text = OwnerCipher(device.user).open(SEED_PURPOSE, device.pk, sealed)
     return base64.b32decode(text)
 
 
@@ -63,7 +58,7 @@ def totp_device_start(*, user: User) -> TOTPDevice:
     with transaction.atomic():
         device = TOTPDevice.objects.create(user=user, name="Authenticator app", confirmed=False)
         seed = base64.b32encode(secrets.token_bytes(SEED_BYTES)).decode("ascii")
-        device.sealed_seed = _cipher(user).seal(SEED_PURPOSE, device.pk, seed)
+        device.sealed_seed = OwnerCipher(user).seal(SEED_PURPOSE, device.pk, seed)
         device.save(update_fields=["sealed_seed"])
     return device
 
@@ -111,8 +106,6 @@ def totp_device_confirm(
 
     Returns the recovery codes to show once, or None if the code was wrong.
     """
-    from accounts.services import audit_record
-
     if not device.verify_token(token):
         return None
     with transaction.atomic():
@@ -130,8 +123,6 @@ def totp_device_confirm(
 
 
 def two_factor_disable(*, user: User, actor: User, ip_address: str | None = None) -> None:
-    from accounts.services import audit_record
-
     with transaction.atomic():
         TOTPDevice.objects.filter(user=user).delete()
         RecoveryCodeDevice.objects.filter(user=user).delete()

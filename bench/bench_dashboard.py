@@ -334,9 +334,9 @@ def main() -> None:
     from django.conf import settings
     from django.db import connection
 
-    from byok_site.celery import WORKERS_KEY
-    from byok_site.embedded_redis import EmbeddedRedis
-    from byok_site.redis import get_redis
+    from core.embedded_redis import EmbeddedRedis
+    from core.heartbeat import WORKERS_KEY
+    from core.redis import get_redis
     from ops.selectors import dashboard
 
     print(f"bench_dashboard ({'quick' if QUICK else 'full'}): seeding", flush=True)

@@ -121,9 +121,9 @@ def seed_worker(
     from chat.models import Conversation
     from chat.services import PURPOSE_TITLE
     from keys.models import ProviderKey
-    from keys.services import OwnerCipher
     from usage.prices import TokenCounts
     from usage.services import TurnUsage, usage_record
+    from vault.services import OwnerCipher
 
     rng = random.Random(worker)
     owners = User.objects.in_bulk([owner_id for owner_id, _ in shares])

@@ -461,8 +461,8 @@ class Stack:
         self.stop()
 
     def start(self) -> None:
-        from byok_site.embedded_redis import EmbeddedRedis
-        from keys.vault import generate_master_key
+        from core.embedded_redis import EmbeddedRedis
+        from vault.crypto import generate_master_key
 
         nofile = raise_nofile()
         say(f"stack '{self.name}' in {self.tmp} (open files limit {nofile})")

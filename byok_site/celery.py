@@ -1,25 +1,20 @@
 """The Celery app: JSON only, no result backend, explicit limits, a heartbeat in Redis.
 
-State lives in the database, so results are ignored. Each worker writes a heartbeat into a
-Redis sorted set (`byok:workers`, member = hostname, score = unix time) that `/healthz` and
-the operator dashboard read.
+State lives in the database, so results are ignored. Each worker writes a heartbeat
+(`core.heartbeat`) that `/healthz` and the operator dashboard read, and warms up as it
+starts (`byok_site.warmup.worker`).
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
-import time
-from typing import Any
 
-from celery import Celery, bootsteps
+from celery import Celery
+
+from core import warmup
+from core.heartbeat import HeartbeatStep
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "byok_site.settings")
-
-logger = logging.getLogger(__name__)
-
-WORKERS_KEY = "byok:workers"
 
 app = Celery("byok_site")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -69,99 +64,11 @@ app.conf.update(
 app.autodiscover_tasks()
 
 
-class Heartbeat:
-    """Writes `hostname -> now` into `byok:workers` every `interval` seconds until stopped."""
+class WarmUpStep(warmup.WarmUpStep):
+    """Warms a worker for its first turn."""
 
-    def __init__(self, hostname: str, interval: float) -> None:
-        self.hostname = hostname
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="byok-heartbeat", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self.interval + 1)
-        try:
-            from byok_site.redis import get_redis
-
-            get_redis().zrem(WORKERS_KEY, self.hostname)
-        except Exception:
-            logger.debug("could not remove heartbeat for %s", self.hostname)
-
-    terminate = stop
-
-    def beat_once(self) -> None:
-        from byok_site.redis import get_redis
-
-        get_redis().zadd(WORKERS_KEY, {self.hostname: time.time()})
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.beat_once()
-            except Exception:
-                logger.warning("worker heartbeat failed", exc_info=True)
-            self._stop.wait(self.interval)
-
-
-class HeartbeatStep(bootsteps.StartStopStep):
-    """A worker bootstep, so every worker beats: `celery worker` and test workers alike.
-
-    Celery calls `obj.start()` when the worker starts and `obj.stop()` (or `terminate()`)
-    when it stops.
-    """
-
-    def create(self, parent: Any) -> Heartbeat:  # type: ignore[override]
-        from django.conf import settings
-
-        self.obj = Heartbeat(parent.hostname, settings.WORKER_HEARTBEAT_INTERVAL)
-        return self.obj
-
-
-class WarmUpStep(bootsteps.StartStopStep):
-    """Warms the worker for its first turn (`byok_site.warmup.worker`) on a thread of its
-    own, so the worker takes tasks at once; a turn that comes first does that work itself.
-
-    Thread pools only: the warm state lives in the process that runs the turns, and a
-    prefork pool would fork its children from a parent that may be importing right then.
-    """
-
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self.thread: threading.Thread | None = None
-
-    def include_if(self, parent: Any) -> bool:
-        return getattr(parent.pool_cls, "__module__", "") == "celery.concurrency.thread"
-
-    def start(self, parent: Any) -> None:
-        from byok_site import warmup
-
-        self.thread = threading.Thread(
-            target=warmup.quietly, args=(warmup.worker,), name="byok-warm-up", daemon=True
-        )
-        self.thread.start()
-
-    def stop(self, parent: Any) -> None:
-        if self.thread is not None:
-            self.thread.join(timeout=30)  # a stopped worker leaves no warm-up behind
-
-    terminate = stop
+    warm = "byok_site.warmup.worker"
 
 
 app.steps["worker"].add(HeartbeatStep)
 app.steps["worker"].add(WarmUpStep)
-
-
-def live_workers(max_age: float | None = None) -> list[str]:
-    """Hostnames whose heartbeat is newer than `max_age` seconds (3 intervals by default)."""
-    from django.conf import settings
-
-    from byok_site.redis import get_redis
-
-    if max_age is None:
-        max_age = settings.WORKER_HEARTBEAT_INTERVAL * 3
-    members = get_redis().zrangebyscore(WORKERS_KEY, time.time() - max_age, "+inf")
-    return [str(member) for member in members]

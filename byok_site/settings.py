@@ -76,7 +76,7 @@ if _master_keys_file:
 else:
     BYOK_MASTER_KEYS = env.str("BYOK_MASTER_KEYS", default="")
 if BYOK_MASTER_KEYS:
-    from keys.vault import KeyringError, parse_keyring
+    from vault.crypto import KeyringError, parse_keyring
 
     try:
         parse_keyring(BYOK_MASTER_KEYS)
@@ -125,6 +125,7 @@ BYOK_KEY_RECHECK_HOURS = env.int("BYOK_KEY_RECHECK_HOURS", default=24)
 
 # --- Applications ------------------------------------------------------------------------
 INSTALLED_APPS = [
+    "vault",
     "accounts",
     "keys",
     "chat",
@@ -158,7 +159,7 @@ MIDDLEWARE = [
     # Last but one, as django-axes asks: it turns a locked-out login into the lockout page.
     "axes.middleware.AxesMiddleware",
     # Innermost: makes the whole chain run in one thread hop (see its docstring).
-    "byok_site.middleware.SyncChain",
+    "core.middleware.SyncChain",
 ]
 
 ROOT_URLCONF = "byok_site.urls"
@@ -188,8 +189,8 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL + busy timeout + IMMEDIATE write transactions: the web and worker processes can
     # write concurrently without "database is locked" (ARCHITECTURE §1). The backend is
-    # Django's, with a process's writers queued in Python (byok_site/sqlite/base.py).
-    DATABASES["default"]["ENGINE"] = "byok_site.sqlite"
+    # Django's, with a process's writers queued in Python (core/sqlite/base.py).
+    DATABASES["default"]["ENGINE"] = "core.sqlite"
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
             "timeout": 20,
@@ -386,6 +387,6 @@ LOGGING = {
     },
 }
 
-DEFAULT_EXCEPTION_REPORTER_FILTER = "byok_site.reporting.ByokExceptionReporterFilter"
+DEFAULT_EXCEPTION_REPORTER_FILTER = "core.reporting.ByokExceptionReporterFilter"
 
 SITE_NAME = "BYOK"

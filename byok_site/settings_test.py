@@ -32,7 +32,7 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
-if DATABASES["default"]["ENGINE"] == "byok_site.sqlite":
+if DATABASES["default"]["ENGINE"] == "core.sqlite":
     # A file, not :memory:, so the live server thread, Celery worker threads and the
     # test share one database the way the real processes do.
     (BASE_DIR / "var").mkdir(exist_ok=True)  # noqa: F405

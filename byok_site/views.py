@@ -8,8 +8,8 @@ from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from byok_site.celery import live_workers
-from byok_site.redis import get_redis
+from core.heartbeat import live_workers
+from core.redis import get_redis
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Conversations and messages. All text is sealed with the owner's data key.
 
 SECURITY: titles, system prompts and message text are stored only as AES-GCM ciphertext
-bound to owner and row (keys.vault); nothing in the database or the admin shows them.
+bound to owner and row (vault); nothing in the database or the admin shows them.
 """
 
 from __future__ import annotations

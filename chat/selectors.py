@@ -8,7 +8,7 @@ from accounts.models import User
 from chat.models import Conversation, Message
 from chat.rendering import render_markdown, turn_facts
 from chat.services import PURPOSE_MESSAGE, PURPOSE_SYSTEM, PURPOSE_TITLE
-from keys.services import OwnerCipher
+from vault.services import OwnerCipher
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from accounts.models import User
 from chat import streams
 from chat.models import Conversation, Message
 from keys.models import ProviderKey
-from keys.services import OwnerCipher
 from usage import ratelimits
 from usage.models import NO_KEY
 from usage.prices import TokenCounts
@@ -26,6 +25,7 @@ from usage.services import (
     budget_release,
     usage_record,
 )
+from vault.services import OwnerCipher
 
 logger = logging.getLogger(__name__)
 

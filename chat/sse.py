@@ -28,7 +28,8 @@ from django.http import StreamingHttpResponse
 
 from chat import selectors, streams
 from chat.models import Message
-from keys.services import OwnerCipher
+from core import streams as live
+from vault.services import OwnerCipher
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ class TurnEvents:
         self.message_id = message_id
         self.last_id = last_id
         self.final = final
-        self.subscription: streams.Subscription | None = None
+        self.subscription: live.Subscription | None = None
         self.closed = False
 
     def close(self) -> None:
@@ -157,7 +158,7 @@ class TurnEvents:
             return
         if self.closed:
             return
-        hub = streams.get_hub()
+        hub = live.get_hub()
         subscription = hub.subscribe(streams.stream_key(self.message_id), self.last_id)
         self.subscription = subscription
         try:
@@ -177,10 +178,10 @@ class TurnEvents:
                     continue
                 chunk = []
                 for entry_id, fields in entries:
-                    kind = fields.get("type", streams.EVENT_DELTA)
+                    kind = fields.get("type", live.EVENT_DELTA)
                     data = {name: value for name, value in fields.items() if name != "type"}
                     chunk.append(sse(kind, data, entry_id))
-                    if kind in streams.FINAL_EVENTS:
+                    if kind in live.FINAL_EVENTS:
                         yield "".join(chunk)
                         return
                 yield "".join(chunk)
@@ -189,7 +190,7 @@ class TurnEvents:
 
     async def _stream_exists(self) -> bool:
         try:
-            return await streams.stream_exists(self.message_id)
+            return await live.stream_exists(streams.stream_key(self.message_id))
         except redis.RedisError:
             return False  # the turn is final: its stored outcome is the whole truth
 

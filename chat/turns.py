@@ -30,10 +30,9 @@ from chat.models import Conversation, Message
 from chat.rendering import render_markdown, turn_facts
 from chat.selectors import conversation_system_prompt
 from chat.services import PURPOSE_MESSAGE
-from keys import vault
+from core import streams as live
 from keys.models import ProviderKey
 from keys.services import (
-    OwnerCipher,
     connection_config,
     provider_key_mark_used,
     provider_key_open,
@@ -45,6 +44,8 @@ from providers.types import ChatAdapter, ChatMessage, ChatRequest, Finish, Role,
 from usage import ratelimits
 from usage.prices import TokenCounts
 from usage.services import BudgetError, TurnUsage, budget_release, budget_reserve, usage_record
+from vault import crypto as vault
+from vault.services import OwnerCipher
 
 logger = logging.getLogger(__name__)
 
@@ -315,12 +316,12 @@ def _call_with_retries(
 
 def _sleep_unless_cancelled(message_id: object, seconds: float) -> bool:
     stop = threading.Event()
-    watcher = streams.get_cancel_watcher()
-    watcher.watch(message_id, stop.set)
+    watcher = live.get_cancel_watcher()
+    watcher.watch(streams.cancel_key(message_id), stop.set)
     try:
         return stop.wait(seconds)
     finally:
-        watcher.unwatch(message_id)
+        watcher.unwatch(streams.cancel_key(message_id))
 
 
 @sensitive_variables("secret", "request")
@@ -390,13 +391,13 @@ class ProviderCall:
             # Seconds of streaming need no database: the connection goes back to the pool
             # for other turns, and is taken again to store the outcome.
             db.connection.close()
-        watcher = streams.get_cancel_watcher()
-        watcher.watch(self.message_id, self._cancel)
+        watcher = live.get_cancel_watcher()
+        watcher.watch(streams.cancel_key(self.message_id), self._cancel)
         task = relay.submit(self._read(adapter, request))
         try:
             in_time = self.wake.wait(settings.BYOK_TURN_SOFT_LIMIT)
         finally:
-            watcher.unwatch(self.message_id)
+            watcher.unwatch(streams.cancel_key(self.message_id))
             with self.lock:
                 self.stopped = True
         if self.finished:

@@ -17,15 +17,16 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.http import AuthenticatedRequest
-from chat import selectors, services, streams
+from chat import selectors, services
 from chat.forms import MessageForm, NewConversationForm, RenameForm
 from chat.models import Conversation, Message
 from chat.services import ChatError
 from chat.sse import EventStreamResponse
+from core import streams as live
 from keys.models import ProviderKey
-from keys.services import OwnerCipher
 from providers.catalog import PRESETS
 from usage.selectors import cap_statuses
+from vault.services import OwnerCipher
 
 
 def _conversation_for(request: AuthenticatedRequest, conversation_id: object) -> Conversation:
@@ -249,6 +250,6 @@ async def turn_stream(request: HttpRequest, message_id: object) -> HttpResponseB
     if message is None:
         raise Http404("No such message.")
     last_id = request.headers.get("Last-Event-ID") or request.GET.get("after") or "0-0"
-    if not streams.valid_stream_id(last_id):
+    if not live.valid_stream_id(last_id):
         last_id = "0-0"
     return EventStreamResponse(message.pk, last_id, final=message.is_final)

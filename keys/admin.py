@@ -1,7 +1,7 @@
-"""Operator views of the vault: metadata only.
+"""Operator view of the provider keys: metadata only.
 
-SECURITY: the sealed secret and the wrapped data key are never fields of these admins, and
-nothing here can open them. Operators cannot add or edit keys.
+SECURITY: the sealed secret is never a field of this admin, and nothing here can open it.
+Operators cannot add or edit keys.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from accounts.services import client_ip
-from keys.models import DataKey, ProviderKey
+from keys.models import ProviderKey
 from keys.services import RequestInfo, provider_key_revoke
 
 
@@ -25,8 +25,8 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # SECURITY: deleting a DataKey crypto-shreds a user; deleting a key skips the
-        # user's audit log. Both go through the services, never the admin.
+        # SECURITY: deleting a key here would skip the owner's security log; keys are
+        # deleted through the services, never the admin.
         return False
 
 
@@ -82,13 +82,3 @@ class ProviderKeyAdmin(ReadOnlyAdmin):
             key.save(update_fields=["status_reason", "updated_at"])
             revoked += 1
         self.message_user(request, f"{revoked} key(s) revoked.", messages.SUCCESS)
-
-
-@admin.register(DataKey)
-class DataKeyAdmin(ReadOnlyAdmin):
-    list_display = ("owner", "kek_id", "created_at", "rotated_at")
-    list_filter = ("kek_id",)
-    search_fields = ("owner__email",)
-    fields = ("owner", "kek_id", "created_at", "rotated_at")
-    readonly_fields = fields
-    list_select_related = ("owner",)

@@ -1,4 +1,4 @@
-"""The vault's rows: one wrapped data key per user, and the user's sealed provider keys."""
+"""A user's provider keys, each sealed in the vault (`vault`) and shown by fingerprint."""
 
 from __future__ import annotations
 
@@ -13,24 +13,6 @@ from providers.catalog import PRESETS
 
 if TYPE_CHECKING:
     from accounts.models import User
-
-
-class DataKey(models.Model):
-    """A user's data key (DEK), wrapped under a master key. Exactly one per user.
-
-    Deleting it makes everything sealed for the user unreadable (crypto-shredding).
-    """
-
-    owner = models.OneToOneField(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="data_key"
-    )
-    wrapped = models.BinaryField()
-    kek_id = models.CharField("master key id", max_length=64, db_index=True)
-    created_at = models.DateTimeField(default=timezone.now)
-    rotated_at = models.DateTimeField(null=True, blank=True)
-
-    def __str__(self) -> str:
-        return f"data key of user {self.owner_id} under {self.kek_id}"
 
 
 class ProviderKeyQuerySet(models.QuerySet["ProviderKey"]):

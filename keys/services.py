@@ -7,7 +7,6 @@ call. Everything else sees the fingerprint.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import re
@@ -24,14 +23,14 @@ from redis import RedisError
 
 from accounts.models import AuditEvent, User
 from accounts.services import audit_count_use, audit_record
-from byok_site.redis import get_redis
-from keys import vault
-from keys.models import DataKey, ProviderKey
+from core.redis import get_redis
+from keys.models import ProviderKey
 from providers.catalog import Preset, build_adapter, get_preset, resolve_base_url
 from providers.connections import ConnectionConfig
 from providers.errors import InvalidEndpoint, ProviderError, ProviderErrorKind
 from providers.netguard import check_endpoint, system_resolver
 from providers.types import ChatAdapter
+from vault.services import OwnerCipher, VaultError
 
 logger = logging.getLogger(__name__)
 
@@ -52,20 +51,8 @@ class KeyVaultError(Exception):
 # --- configuration -----------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4)
-def _keyring_from(spec: str) -> vault.Keyring:
-    return vault.parse_keyring(spec)
-
-
-def get_keyring() -> vault.Keyring:
-    """The configured master keys (settings.BYOK_MASTER_KEYS), parsed once per value."""
-    if not settings.BYOK_MASTER_KEYS:
-        raise vault.KeyringError("BYOK_MASTER_KEYS is not configured.")
-    return _keyring_from(settings.BYOK_MASTER_KEYS)
-
-
 def connection_config() -> ConnectionConfig:
-    """How provider calls connect, from settings (one shared httpx client per value)."""
+    """How provider calls connect, from settings."""
     return ConnectionConfig(
         allow_private_endpoints=settings.BYOK_ALLOW_PRIVATE_ENDPOINTS,
         connect_timeout=settings.BYOK_PROVIDER_CONNECT_TIMEOUT,
@@ -76,91 +63,15 @@ def connection_config() -> ConnectionConfig:
     )
 
 
-# --- data keys ---------------------------------------------------------------------------
-
-
-@sensitive_variables()  # hides every local, in this frame and in the vault frames it calls
-def data_key_get_or_create(*, user: User) -> bytes:
-    """The user's DEK in plaintext, creating (and wrapping) it on first need.
-
-    Exactly one DEK per user even when two requests race: the unique owner column settles
-    it, and the loser unwraps the winner's key.
-    """
-    keyring = get_keyring()
-    row = DataKey.objects.filter(owner=user).first()
-    if row is None:
-        dek = vault.generate_dek()
-        try:
-            with transaction.atomic():
-                row = DataKey.objects.create(
-                    owner=user,
-                    wrapped=vault.wrap_dek(keyring, dek, user_id=str(user.pk)),
-                    kek_id=keyring.active_id,
-                )
-            return dek
-        except IntegrityError:
-            row = DataKey.objects.get(owner=user)
-    return vault.unwrap_dek(keyring, bytes(row.wrapped), user_id=str(user.pk))
-
-
-def data_key_rotate(*, data_key_id: int) -> bool:
-    """Rewrap one DEK under the active master key. True if it moved, False if already there.
-
-    The DEK itself does not change, so sealed values and concurrent readers are unaffected;
-    the conditional UPDATE makes two rotations at once harmless.
-    """
-    keyring = get_keyring()
-    row = DataKey.objects.get(pk=data_key_id)
-    if row.kek_id == keyring.active_id:
-        return False
-    old_wrapped = bytes(row.wrapped)
-    new_wrapped = vault.rewrap_dek(keyring, old_wrapped, user_id=str(row.owner_id))
-    changed = DataKey.objects.filter(pk=row.pk, kek_id=row.kek_id).update(
-        wrapped=new_wrapped, kek_id=keyring.active_id, rotated_at=timezone.now()
-    )
-    return changed == 1
-
-
 # --- sealing -----------------------------------------------------------------------------
 
-
-class OwnerCipher:
-    """Seals and opens one user's values (message text, titles...) with their DEK.
-
-    Unwraps the DEK once, for the many values of one page or one turn. Values are bound to
-    `purpose` and `row_id`, so a ciphertext moved to another row or user fails to open.
-    """
-
-    def __init__(self, owner: User) -> None:
-        self.owner_id = str(owner.pk)
-        self._dek = data_key_get_or_create(user=owner)
-
-    def __repr__(self) -> str:
-        return f"OwnerCipher(owner_id={self.owner_id!r})"
-
-    def _context(self, purpose: str, row_id: object) -> vault.SealContext:
-        return vault.SealContext(purpose=purpose, user_id=self.owner_id, row_id=str(row_id))
-
-    def seal(self, purpose: str, row_id: object, text: str) -> bytes:
-        if not text:
-            return b""
-        return vault.seal(self._dek, text.encode("utf-8"), self._context(purpose, row_id))
-
-    def open(self, purpose: str, row_id: object, sealed: bytes | memoryview) -> str:
-        data = bytes(sealed)
-        if not data:
-            return ""
-        return vault.open_sealed(self._dek, data, self._context(purpose, row_id)).decode("utf-8")
+KEY_PURPOSE = "provider_key"
 
 
-def secret_context(key: ProviderKey) -> vault.SealContext:
-    """What a provider key's ciphertext is bound to: purpose, owner, row, preset, base URL."""
-    return vault.SealContext(
-        purpose="provider_key",
-        user_id=str(key.owner_id),
-        row_id=str(key.pk),
-        extra={"provider": key.preset, "base_url": key.base_url},
-    )
+def _secret_binding(key: ProviderKey) -> dict[str, str]:
+    """What a provider key's ciphertext is bound to besides its owner and row: the provider
+    and the canonical base URL, so a sealed key never opens for another server."""
+    return {"provider": key.preset, "base_url": key.base_url}
 
 
 def fingerprint_of(secret: str) -> str:
@@ -211,21 +122,23 @@ def clean_base_url(preset: Preset, base_url: str | None) -> str:
     return canonical
 
 
-@sensitive_variables("secret", "dek")
+@sensitive_variables("secret")
 def _seal_secret(key: ProviderKey, secret: str) -> None:
     try:
-        dek = data_key_get_or_create(user=key.owner)
-    except vault.VaultError:
+        cipher = OwnerCipher(key.owner)
+    except VaultError:
         logger.error("the data key of user %s could not be opened", key.owner_id)
         raise KeyVaultError(
             "Your key vault could not be opened, so nothing was saved. Please contact the "
             "operator of this BYOK instance."
         ) from None
-    key.sealed_secret = vault.seal(dek, secret.encode("utf-8"), secret_context(key))
+    key.sealed_secret = cipher.seal(
+        KEY_PURPOSE, key.pk, secret, extra=_secret_binding(key), seal_empty=True
+    )
     key.fingerprint = fingerprint_of(secret)
 
 
-@sensitive_variables("dek")
+@sensitive_variables()
 def provider_key_open(key: ProviderKey, *, cipher: OwnerCipher | None = None) -> str:
     """The plaintext key, for one provider call inside a worker. Raises VaultError.
 
@@ -235,12 +148,10 @@ def provider_key_open(key: ProviderKey, *, cipher: OwnerCipher | None = None) ->
     exceptions and anything stored.
     """
     if key.status == Status.REVOKED or not key.sealed_secret:
-        raise vault.VaultError("This key was revoked.")
-    if cipher is not None and cipher.owner_id == str(key.owner_id):
-        dek = cipher._dek
-    else:
-        dek = data_key_get_or_create(user=key.owner)
-    return vault.open_sealed(dek, bytes(key.sealed_secret), secret_context(key)).decode("utf-8")
+        raise VaultError("This key was revoked.")
+    if cipher is None or cipher.owner_id != str(key.owner_id):
+        cipher = OwnerCipher(key.owner)
+    return cipher.open(KEY_PURPOSE, key.pk, key.sealed_secret, extra=_secret_binding(key))
 
 
 # --- writes from the key pages -----------------------------------------------------------
@@ -572,7 +483,7 @@ def provider_key_verify(*, key_id: str) -> ProviderKey | None:
         reason = _reason_for(error)
     except InvalidEndpoint as error:
         status, reason = Status.UNVERIFIED, error.user_message
-    except vault.VaultError:
+    except VaultError:
         logger.error("key %s could not be opened for verification", key.pk)
         status = Status.UNVERIFIED
         reason = "This key could not be decrypted. Replace its secret to use it again."

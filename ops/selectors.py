@@ -126,7 +126,7 @@ def queue_depths() -> dict[str, int | None]:
 
     None when Redis cannot be reached: the dashboard says so instead of failing.
     """
-    from byok_site.redis import get_redis
+    from core.redis import get_redis
 
     try:
         pipe = get_redis().pipeline(transaction=False)
@@ -139,7 +139,7 @@ def queue_depths() -> dict[str, int | None]:
 
 def health(*, now: datetime | None = None) -> Health:
     """Workers, queues, the oldest queued turn and stuck turns, with what looks wrong."""
-    from byok_site.celery import live_workers
+    from core.heartbeat import live_workers
 
     now = now or timezone.now()
     depths = queue_depths()

@@ -16,9 +16,9 @@ import pytest
 from django.conf import settings
 
 from byok_site.celery import app as celery_app
-from byok_site.embedded_redis import EmbeddedRedis
-from byok_site.redis import get_redis
 from byok_site.settings import celery_broker_url
+from core.embedded_redis import EmbeddedRedis
+from core.redis import get_redis
 
 pytest_plugins = ["tests.fakes.fixtures"]  # fake_provider, fake_provider_server
 

@@ -44,7 +44,7 @@ def expire_sudo(client: Client) -> None:
 def make_conversation(owner, key, text: str, *, reply: str = "noted", title: str = "Plans"):
     """A conversation with one sealed exchange, written directly (no turn runs)."""
     from chat.models import Conversation, Message
-    from keys.services import OwnerCipher
+    from vault.services import OwnerCipher
 
     cipher = OwnerCipher(owner)
     conversation = Conversation.objects.create(

@@ -17,7 +17,7 @@ from django.db import connection
 from django.urls import reverse
 
 from accounts.models import User
-from byok_site.redis import get_redis
+from core.redis import get_redis
 from keys.models import ProviderKey
 from tests.conftest import PASSWORD
 from tests.keys_helpers import wait_for_status
@@ -172,7 +172,7 @@ def test_a_canary_key_is_found_only_in_the_request_the_provider_received(
         "/admin/keys/providerkey/",
         f"/admin/keys/providerkey/{key.pk}/change/",
         "/admin/accounts/auditevent/",
-        "/admin/keys/datakey/",
+        "/admin/vault/datakey/",
     ):
         assert visit(client.get(url)).status_code == 200, url
     call_command("vault_check")

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import time
 
-from byok_site.celery import WORKERS_KEY, Heartbeat, app, live_workers
-from byok_site.redis import get_redis
+from byok_site.celery import app
+from core.heartbeat import WORKERS_KEY, Heartbeat, live_workers
+from core.redis import get_redis
 
 
 def test_it_speaks_json_only_and_keeps_no_results():

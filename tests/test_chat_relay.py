@@ -18,8 +18,9 @@ import pytest
 import redis
 import redis.asyncio
 
-from byok_site.redis import get_redis
 from chat import streams
+from core import streams as live
+from core.redis import get_redis
 from providers import aio
 from providers import loop as relay
 
@@ -51,7 +52,7 @@ class CountingRedis:
 @pytest.fixture
 def counting_redis(monkeypatch):
     counter = CountingRedis()
-    monkeypatch.setattr(streams, "get_redis", lambda: counter)
+    monkeypatch.setattr(live, "get_redis", lambda: counter)
     return counter
 
 
@@ -60,7 +61,7 @@ def entries(key: str) -> list[dict[str, str]]:
     return [dict(fields) for _, fields in found]
 
 
-def counted_writes(writer: streams.StreamWriter, monkeypatch) -> list[list[str]]:
+def counted_writes(writer: live.StreamWriter, monkeypatch) -> list[list[str]]:
     """The keys of each pipeline the writer sends (one `_write` is one round trip)."""
     writes: list[list[str]] = []
     real_write = writer._write
@@ -74,7 +75,7 @@ def counted_writes(writer: streams.StreamWriter, monkeypatch) -> list[list[str]]
 
 
 def test_many_turns_share_one_pipeline_per_tick_and_keep_their_order(monkeypatch):
-    writer = streams.StreamWriter(window=0.05)
+    writer = live.StreamWriter(window=0.05)
     writes = counted_writes(writer, monkeypatch)
     turns = [f"byok:turn:{uuid.uuid4()}" for _ in range(8)]
     tokens = 30
@@ -110,7 +111,7 @@ def test_many_turns_share_one_pipeline_per_tick_and_keep_their_order(monkeypatch
 
 
 def test_a_final_event_carries_the_deltas_still_waiting_for_a_tick():
-    writer = streams.StreamWriter(window=5.0)  # no tick will come in time
+    writer = live.StreamWriter(window=5.0)  # no tick will come in time
     key = f"byok:turn:{uuid.uuid4()}"
     writer.add(key, "first ", now=True)  # from another thread: handed to the loop in order
     writer.add(key, "second ")
@@ -126,7 +127,7 @@ def test_a_final_event_carries_the_deltas_still_waiting_for_a_tick():
 def test_a_slow_write_holds_back_only_its_own_stream(monkeypatch):
     """A new turn's first delta goes out while another stream's write is still in flight;
     the slow stream's own later entries wait for it, so its order holds."""
-    writer = streams.StreamWriter(window=0.01)
+    writer = live.StreamWriter(window=0.01)
     slow, fast = f"byok:turn:{uuid.uuid4()}", f"byok:turn:{uuid.uuid4()}"
     release = threading.Event()
     real_write = writer._write
@@ -174,12 +175,12 @@ def test_a_slow_write_holds_back_only_its_own_stream(monkeypatch):
 
 
 def test_a_redis_outage_loses_no_turn_and_the_writer_carries_on(monkeypatch):
-    writer = streams.StreamWriter(window=0.01)
+    writer = live.StreamWriter(window=0.01)
     key = f"byok:turn:{uuid.uuid4()}"
     broken = redis.asyncio.Redis.from_url("redis://127.0.0.1:9", socket_connect_timeout=0.2)
     broken_sync = redis.Redis.from_url("redis://127.0.0.1:9", socket_connect_timeout=0.2)
-    monkeypatch.setattr(streams, "get_writer_redis", lambda: broken)  # the loop's writes
-    monkeypatch.setattr(streams, "get_redis", lambda: broken_sync)  # the final event's
+    monkeypatch.setattr(live, "get_writer_redis", lambda: broken)  # the loop's writes
+    monkeypatch.setattr(live, "get_redis", lambda: broken_sync)  # the final event's
     writer.add(key, "lost ", now=True)
     writer.finish(key, {"type": "done", "status": "done", "html": ""})  # returns all the same
     assert entries(key) == []
@@ -193,7 +194,7 @@ def test_a_redis_outage_loses_no_turn_and_the_writer_carries_on(monkeypatch):
 
 
 def test_one_mget_per_poll_answers_for_every_running_turn(counting_redis):
-    watcher = streams.CancelWatcher(interval=0.05)
+    watcher = live.CancelWatcher(interval=0.05)
     ids = [uuid.uuid4() for _ in range(20)]
     stopped: list[uuid.UUID] = []
 
@@ -201,7 +202,7 @@ def test_one_mget_per_poll_answers_for_every_running_turn(counting_redis):
         return lambda: stopped.append(message_id)
 
     for message_id in ids:
-        watcher.watch(message_id, stopper(message_id))
+        watcher.watch(streams.cancel_key(message_id), stopper(message_id))
     streams.request_cancel(ids[3])
     streams.request_cancel(ids[11])
     deadline = time.monotonic() + 2
@@ -210,17 +211,17 @@ def test_one_mget_per_poll_answers_for_every_running_turn(counting_redis):
     time.sleep(0.2)
     assert sorted(stopped) == sorted([ids[3], ids[11]])  # each called once, no others
     for message_id in ids:
-        watcher.unwatch(message_id)
+        watcher.unwatch(streams.cancel_key(message_id))
     polls = counting_redis.calls.get("mget", 0)
     assert polls >= 2
     assert "exists" not in counting_redis.calls, "no per-turn round trips"
 
 
 def test_a_watcher_with_nothing_to_watch_asks_redis_nothing(counting_redis):
-    watcher = streams.CancelWatcher(interval=0.02)
+    watcher = live.CancelWatcher(interval=0.02)
     message_id = uuid.uuid4()
-    watcher.watch(message_id, lambda: None)
-    watcher.unwatch(message_id)
+    watcher.watch(streams.cancel_key(message_id), lambda: None)
+    watcher.unwatch(streams.cancel_key(message_id))
     time.sleep(0.05)
     before = counting_redis.calls.get("mget", 0)
     time.sleep(0.2)
@@ -264,7 +265,7 @@ def test_stop_ends_the_provider_call_even_while_the_provider_is_silent(
 def test_a_turn_s_final_event_does_not_wait_for_a_busy_loop():
     """The end of a turn is written by the turn's own thread: a loop held up by other
     streams (or waiting for the interpreter lock) does not delay `done`."""
-    writer = streams.StreamWriter(window=0.01)
+    writer = live.StreamWriter(window=0.01)
     key = f"byok:turn:{uuid.uuid4()}"
     held = threading.Event()
 
@@ -282,8 +283,8 @@ def test_a_turn_s_final_event_does_not_wait_for_a_busy_loop():
 
 
 def test_a_final_event_is_written_even_when_an_earlier_write_never_ends(monkeypatch):
-    writer = streams.StreamWriter(window=0.01)
-    monkeypatch.setattr(streams.StreamWriter, "FINISH_TIMEOUT", 0.2)
+    writer = live.StreamWriter(window=0.01)
+    monkeypatch.setattr(live.StreamWriter, "FINISH_TIMEOUT", 0.2)
     key = f"byok:turn:{uuid.uuid4()}"
     stuck = threading.Event()
 

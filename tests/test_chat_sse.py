@@ -13,9 +13,10 @@ import pytest
 from asgiref.sync import SyncToAsync
 from django.urls import reverse
 
-from byok_site.redis import get_redis
 from chat import services, streams
 from chat.models import Message
+from core import streams as live
+from core.redis import get_redis
 from tests.chat_helpers import read_stream, send, session_cookie, start_chat
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -65,7 +66,7 @@ class RawStream:
 
 
 def subscriptions() -> int:
-    return sum(len(f) for hub in streams._hubs.values() for f in hub.subscriptions.values())
+    return sum(len(f) for hub in live._hubs.values() for f in hub.subscriptions.values())
 
 
 def wait_for(condition, timeout: float = 5.0) -> bool:
@@ -167,7 +168,7 @@ def test_a_bad_last_event_id_replays_from_the_start(alice, fake_provider, asgi_s
     ],
 )
 def test_only_stream_ids_redis_accepts_are_followed(value, valid):
-    assert streams.valid_stream_id(value) is valid
+    assert live.valid_stream_id(value) is valid
 
 
 def test_a_bad_cursor_from_one_user_never_silences_another_user_s_stream(
@@ -219,7 +220,7 @@ def test_a_quiet_stream_outlives_the_hub_s_blocking_read_without_a_reconnect(
     stream = RawStream(asgi_server, alice, reply)
     try:
         stream.read_until(b"retry: 2000")
-        time.sleep(streams.StreamHub.BLOCK_MS / 1000 + 0.7)
+        time.sleep(live.StreamHub.BLOCK_MS / 1000 + 0.7)
         get_redis().xadd(streams.stream_key(reply.pk), {"type": "delta", "text": "awake"})
         assert b"awake" in stream.read_until(b"awake", timeout=2)
     finally:
@@ -278,4 +279,4 @@ def test_the_stream_is_the_owner_s_alone(alice, bob, fake_provider, asgi_server,
     deleted = httpx.delete(url, cookies=session_cookie(alice), timeout=5)
     assert deleted.status_code in (403, 405)
     key = streams.stream_key(reply.pk)
-    assert all(key not in hub.subscriptions for hub in streams._hubs.values())
+    assert all(key not in hub.subscriptions for hub in live._hubs.values())

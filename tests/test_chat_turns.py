@@ -8,8 +8,8 @@ from chat import services, streams, turns
 from chat.models import Message
 from chat.selectors import message_view
 from keys.models import ProviderKey
-from keys.services import OwnerCipher
 from tests.chat_helpers import read_stream, send, start_chat, wait_final
+from vault.services import OwnerCipher
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -71,7 +71,7 @@ def test_a_turn_streams_deltas_then_done_for_each_protocol(
         "usage": f"{reply.input_tokens} in · {reply.output_tokens} out · "
         f"first token {reply.ttft_ms} ms",
     }
-    from byok_site.redis import get_redis
+    from core.redis import get_redis
 
     get_redis().delete(streams.stream_key(reply.pk))
     (stored,) = read_stream(asgi_server, alice, reply)
@@ -120,7 +120,7 @@ def test_an_expired_stream_is_served_from_the_database(
     fake_provider.script(text="Stored **answer**.", path="/chat/completions")
     _, reply = send(conversation)
     wait_final(reply)
-    from byok_site.redis import get_redis
+    from core.redis import get_redis
 
     get_redis().delete(streams.stream_key(reply.pk))
     events = read_stream(asgi_server, alice, reply)
@@ -389,7 +389,7 @@ def test_many_open_streams_share_one_redis_reader_per_process(
 
     import httpx
 
-    from byok_site.redis import get_redis
+    from core.redis import get_redis
     from tests.chat_helpers import session_cookie
 
     settings.BYOK_MAX_CONCURRENT_TURNS = 100

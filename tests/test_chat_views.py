@@ -134,7 +134,7 @@ def test_another_users_key_cannot_be_picked(alice_client, bob, fake_provider):
 def test_model_suggestions_come_from_the_preset_and_the_cached_list(
     alice_client, alice, fake_provider, bob
 ):
-    from byok_site.redis import get_redis
+    from core.redis import get_redis
     from tests.keys_helpers import add_key
 
     key = add_key(alice, fake_provider, preset="openai", base_url=None)

@@ -87,4 +87,4 @@ def test_procfile_dev_runs_web_worker_beat_redis_and_the_demo_provider():
     assert "--reload" in entries["web"]
     assert "-A byok_site worker" in entries["worker"]
     assert "-A byok_site beat" in entries["beat"]
-    assert "byok_site.embedded_redis" in entries["redis"]
+    assert "core.embedded_redis" in entries["redis"]

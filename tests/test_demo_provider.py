@@ -10,7 +10,8 @@ from chat import turns
 from chat.models import Message
 from chat.selectors import message_view
 from chat.services import conversation_create, message_send
-from keys.services import KeyVaultError, OwnerCipher, RequestInfo, provider_key_create
+from keys.services import KeyVaultError, RequestInfo, provider_key_create
+from vault.services import OwnerCipher
 
 pytestmark = pytest.mark.django_db
 

@@ -8,8 +8,8 @@ import pytest
 from django.test import RequestFactory
 from django.views.debug import ExceptionReporter
 
-from keys import vault
-from keys.models import DataKey
+from vault import crypto as vault
+from vault.models import DataKey
 
 pytestmark = pytest.mark.django_db
 
@@ -45,10 +45,10 @@ def test_redis_and_broker_urls_are_hidden(settings):
 
 
 def test_a_broken_data_key_is_a_form_error_not_a_500(alice_client, alice):
-    from keys.services import data_key_get_or_create
     from tests.keys_helpers import GOOD_SECRET
+    from vault.services import data_key_get_or_create
 
-    data_key_get_or_create(user=alice)
+    data_key_get_or_create(owner=alice)
     row = DataKey.objects.get(owner=alice)
     wrapped = bytearray(bytes(row.wrapped))
     wrapped[-1] ^= 1

@@ -5,8 +5,8 @@ import time
 import pytest
 from django.test import override_settings
 
-from byok_site.celery import WORKERS_KEY, Heartbeat
-from byok_site.redis import get_redis
+from core.heartbeat import WORKERS_KEY, Heartbeat
+from core.redis import get_redis
 
 pytestmark = pytest.mark.django_db
 

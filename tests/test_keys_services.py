@@ -10,10 +10,13 @@ from django.db import connection
 from django.utils import timezone
 
 from accounts.models import AuditEvent
-from keys import services, vault
-from keys.models import DataKey, ProviderKey
+from keys import services
+from keys.models import ProviderKey
 from keys.services import KeyVaultError, RequestInfo
 from tests.keys_helpers import GOOD_SECRET, add_key, wait_for_status
+from vault import crypto as vault
+from vault.models import DataKey
+from vault.services import data_key_get_or_create
 
 pytestmark = pytest.mark.django_db
 
@@ -38,8 +41,8 @@ def test_a_new_key_is_sealed_fingerprinted_and_audited(
 
 
 def test_it_creates_exactly_one_data_key_per_user(alice):
-    first = services.data_key_get_or_create(user=alice)
-    assert services.data_key_get_or_create(user=alice) == first
+    first = data_key_get_or_create(owner=alice)
+    assert data_key_get_or_create(owner=alice) == first
     assert DataKey.objects.filter(owner=alice).count() == 1
 
 
@@ -52,7 +55,7 @@ def test_racing_requests_still_create_one_data_key(alice):
 
     def worker() -> None:
         barrier.wait()
-        results.append(services.data_key_get_or_create(user=alice))
+        results.append(data_key_get_or_create(owner=alice))
         connection.close()
 
     threads = [threading.Thread(target=worker) for _ in range(4)]

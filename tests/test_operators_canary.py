@@ -19,8 +19,7 @@ from django.urls import NoReverseMatch, reverse
 
 from accounts.models import TOTPDevice
 from chat.models import Conversation, Message
-from keys.models import DataKey, ProviderKey
-from keys.services import OwnerCipher
+from keys.models import ProviderKey
 from tests.keys_helpers import add_key
 from tests.operators_helpers import (
     fresh_cache,  # noqa: F401 (a fixture)
@@ -29,6 +28,8 @@ from tests.operators_helpers import (
     verified_client,
 )
 from tests.security_helpers import enrol, make_conversation
+from vault.models import DataKey
+from vault.services import OwnerCipher
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_cache")]
 

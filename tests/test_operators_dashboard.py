@@ -11,9 +11,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import User
-from byok_site.celery import WORKERS_KEY
-from byok_site.redis import get_redis
 from chat.models import Conversation, Message
+from core.heartbeat import WORKERS_KEY
+from core.redis import get_redis
 from keys.models import ProviderKey
 from ops.models import ActivityDaily, LatencyDaily, ProviderDaily, UserActivity, latency_bucket
 from ops.selectors import dashboard, percentile_from_histogram

@@ -10,11 +10,13 @@ from django.urls import reverse
 from accounts.models import AuditEvent, TOTPDevice, User
 from accounts.services import user_delete
 from chat.models import Conversation, Message
-from keys import vault
-from keys.models import DataKey, ProviderKey
-from keys.services import OwnerCipher, provider_key_open, secret_context
+from keys.models import ProviderKey
+from keys.services import KEY_PURPOSE, provider_key_open
 from tests.keys_helpers import GOOD_SECRET, add_key
 from tests.security_helpers import enrol, expire_sudo, make_conversation
+from vault import crypto as vault
+from vault.models import DataKey
+from vault.services import OwnerCipher
 
 pytestmark = pytest.mark.django_db
 
@@ -70,7 +72,7 @@ def test_the_data_key_is_deleted_before_any_other_row(alice, alices_data):
         user_delete(user=alice)
     deletes = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("DELETE")]
     first_real = next(sql for sql in deletes if "django_session" not in sql)
-    assert "keys_datakey" in first_real
+    assert "vault_datakey" in first_real
 
 
 def test_sealed_values_copied_out_before_cannot_be_opened_after(alice, alices_data):
@@ -78,7 +80,7 @@ def test_sealed_values_copied_out_before_cannot_be_opened_after(alice, alices_da
     message = Message.objects.filter(conversation=conversation, role="user").get()
     stolen_message = bytes(message.sealed_content)
     stolen_key = bytes(key.sealed_secret)
-    stolen_context = secret_context(key)
+    binding = {"provider": key.preset, "base_url": key.base_url}
     assert OwnerCipher(alice).open("message", message.pk, stolen_message)  # opens before
     assert provider_key_open(key) == GOOD_SECRET
     alice_id, message_id = alice.pk, message.pk
@@ -91,10 +93,8 @@ def test_sealed_values_copied_out_before_cannot_be_opened_after(alice, alices_da
     imposter = User.objects.get(pk=alice_id)
     with pytest.raises(vault.VaultError):
         OwnerCipher(imposter).open("message", message_id, stolen_message)
-    from keys.services import data_key_get_or_create
-
     with pytest.raises(vault.VaultError):
-        vault.open_sealed(data_key_get_or_create(user=imposter), stolen_key, stolen_context)
+        OwnerCipher(imposter).open(KEY_PURPOSE, key.pk, stolen_key, extra=binding)
 
 
 def test_a_backup_copy_of_the_data_key_dies_with_the_retired_master_key(alice, alices_data):

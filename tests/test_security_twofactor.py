@@ -10,10 +10,10 @@ from django.urls import reverse
 
 from accounts.models import AuditEvent, RecoveryCode, TOTPDevice
 from accounts.twofactor import SEED_PURPOSE, open_seed
-from keys.services import OwnerCipher
-from keys.vault import VaultError
 from tests.conftest import PASSWORD
 from tests.security_helpers import allow_code_reuse, code_for, enrol, expire_sudo
+from vault.crypto import VaultError
+from vault.services import OwnerCipher
 
 pytestmark = pytest.mark.django_db
 

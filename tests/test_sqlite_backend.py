@@ -13,8 +13,8 @@ import pytest
 from django.db import connection, connections, transaction
 
 from accounts.models import AuditEvent
-from byok_site.sqlite import base as backend
-from byok_site.sqlite.base import WRITE_LOCK, lock_file_path
+from core.sqlite import base as backend
+from core.sqlite.base import WRITE_LOCK, lock_file_path
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

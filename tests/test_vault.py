@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keys import vault
-from keys.vault import Keyring, KeyringError, SealContext, VaultError
+from vault import crypto as vault
+from vault.crypto import Keyring, KeyringError, SealContext, VaultError
 
 K1 = os.urandom(32)
 K2 = os.urandom(32)

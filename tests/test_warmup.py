@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from byok_site import warmup
+from core.warmup import quietly
 from providers import aio
 from providers import loop as relay
 
@@ -47,6 +48,6 @@ def test_a_failing_warm_up_is_only_logged(caplog):
     def broken() -> None:
         raise RuntimeError("no trust store")
 
-    with caplog.at_level(logging.WARNING, logger="byok_site.warmup"):
-        warmup.quietly(broken)
+    with caplog.at_level(logging.WARNING, logger="core.warmup"):
+        quietly(broken)
     assert "warm-up failed" in caplog.text

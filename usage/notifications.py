@@ -9,7 +9,7 @@ from django.core.mail import send_mail
 from django.utils import timezone
 
 from accounts.models import User
-from byok_site.redis import get_redis
+from core.redis import get_redis
 
 logger = logging.getLogger(__name__)
 

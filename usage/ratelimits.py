@@ -13,7 +13,7 @@ import redis
 from django.conf import settings
 
 from accounts.models import User
-from byok_site.redis import get_redis
+from core.redis import get_redis
 from usage.models import RateLimitOverride
 
 logger = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ import pytest
 from django_otp.oath import TOTP
 
 from accounts.models import TOTPDevice, User
-from keys.models import DataKey
 from tests.conftest import PASSWORD
+from vault.models import DataKey
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -107,9 +107,9 @@ def test_a_stale_session_confirms_the_password_before_adding_a_key(
 
 def test_a_user_deletes_their_account(page, live_server, csp_violations):
     user = User.objects.create_user(email="finn@example.com", password=PASSWORD)
-    from keys.services import data_key_get_or_create
+    from vault.services import data_key_get_or_create
 
-    data_key_get_or_create(user=user)
+    data_key_get_or_create(owner=user)
     log_in(page, live_server.url, "finn@example.com")
     page.wait_for_url(re.compile(r"/$"))
     page.goto(live_server.url + "/accounts/settings/")

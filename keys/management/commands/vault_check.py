@@ -6,43 +6,41 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from keys import vault
-from keys.models import DataKey, ProviderKey
-from keys.services import get_keyring, secret_context
+from keys.models import ProviderKey
+from keys.services import provider_key_open
+from vault.models import DataKey
+from vault.services import OwnerCipher, VaultError
 
 
 class Command(BaseCommand):
     help = (
-        "Open every sealed value with the configured master keys and list failures by id, "
-        "without content. Exit status 1 on any failure."
+        "Open every data key and every provider key with the configured master keys and "
+        "list failures by id, without content. Exit status 1 on any failure."
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        keyring = get_keyring()
         failures: list[str] = []
-        deks: dict[int, bytes] = {}
+        ciphers: dict[int, OwnerCipher] = {}
         by_kek: Counter[str] = Counter()
         for row in DataKey.objects.order_by("pk").iterator():
             by_kek[row.kek_id] += 1
             try:
-                deks[row.owner_id] = vault.unwrap_dek(
-                    keyring, bytes(row.wrapped), user_id=str(row.owner_id)
-                )
-            except vault.VaultError as error:
+                ciphers[row.owner_id] = OwnerCipher.from_data_key(row)
+            except VaultError as error:
                 failures.append(f"data key {row.pk} (user {row.owner_id}): {error}")
         opened = 0
         keys = ProviderKey.objects.exclude(status=ProviderKey.Status.REVOKED).order_by("pk")
         for key in keys.iterator():
-            dek = deks.get(key.owner_id)
-            if dek is None:
+            cipher = ciphers.get(key.owner_id)
+            if cipher is None:
                 failures.append(
                     f"provider key {key.pk}: its owner's data key is missing or unreadable"
                 )
                 continue
             try:
-                vault.open_sealed(dek, bytes(key.sealed_secret), secret_context(key))
+                provider_key_open(key, cipher=cipher)
                 opened += 1
-            except vault.VaultError as error:
+            except VaultError as error:
                 failures.append(f"provider key {key.pk}: {error}")
         spread = ", ".join(f"{kek}: {count}" for kek, count in sorted(by_kek.items())) or "none"
         self.stdout.write(

@@ -8,14 +8,13 @@ stops every process group it started: nothing is left behind.
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-from keys.vault import generate_master_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -43,7 +42,8 @@ def ensure_dev_secrets() -> dict[str, str]:
     values = read_env_file(SECRETS_FILE)
     wanted = {
         "DJANGO_SECRET_KEY": lambda: secrets.token_urlsafe(50),
-        "BYOK_MASTER_KEYS": lambda: f"dev1:{generate_master_key()}",
+        # A vault master key (`id:base64 of 32 random bytes`), as vault.crypto parses it.
+        "BYOK_MASTER_KEYS": lambda: f"dev1:{base64.b64encode(os.urandom(32)).decode()}",
     }
     missing = {key: make() for key, make in wanted.items() if key not in values}
     if missing:

@@ -4,7 +4,7 @@ Used when REDIS_URL is not set: by `make run` (as the `redis` process of Procfil
 by the test suite's session fixture. It listens on a Unix socket only (no TCP port), keeps
 nothing on disk, and dies with its parent.
 
-    python -m byok_site.embedded_redis var/redis.sock   # runs in the foreground
+    python -m core.embedded_redis var/redis.sock   # runs in the foreground
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from keys.models import DataKey
-from keys.services import data_key_rotate, get_keyring
-from keys.vault import VaultError
+from vault.crypto import VaultError
+from vault.models import DataKey
+from vault.services import data_key_rotate, get_keyring
 
 
 class Command(BaseCommand):
