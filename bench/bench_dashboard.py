@@ -97,7 +97,7 @@ def without_indexes(cursor, table: str):
 
 
 def seed(cursor) -> None:
-    from ops.models import LATENCY_BUCKETS_MS
+    from usage.models import LATENCY_BUCKETS_MS
 
     # Bulk-load settings for this session only: no FK triggers, big sorts, async commit.
     cursor.execute("SET session_replication_role = replica")
@@ -173,7 +173,7 @@ def seed(cursor) -> None:
     t = step("usage rollup (UsageDaily) and indexes", t)
     cursor.execute(
         """
-        INSERT INTO ops_providerdaily (day, preset, turns, errors, input_tokens, output_tokens,
+        INSERT INTO usage_providerdaily (day, preset, turns, errors, input_tokens, output_tokens,
             cached_tokens, cost_micro, unpriced_turns)
         SELECT day, preset, count(*), count(*) FILTER (WHERE status = 'error'),
                sum(input_tokens), sum(output_tokens), sum(cached_tokens),
@@ -183,7 +183,7 @@ def seed(cursor) -> None:
     )
     cursor.execute(
         """
-        INSERT INTO ops_errordaily (day, preset, error_kind, count)
+        INSERT INTO usage_errordaily (day, preset, error_kind, count)
         SELECT day, preset, error_kind, count(*) FROM usage_usageevent
         WHERE status = 'error' GROUP BY day, preset, error_kind
         """
@@ -191,7 +191,7 @@ def seed(cursor) -> None:
     # Bucket = number of bounds below the value (the first bound at or above it).
     cursor.execute(
         f"""
-        INSERT INTO ops_latencydaily (day, preset, metric, bucket, count)
+        INSERT INTO usage_latencydaily (day, preset, metric, bucket, count)
         SELECT day, preset, metric, bucket, count(*) FROM (
             SELECT day, preset, 'ttft' AS metric, width_bucket(ttft_ms - 1, {bounds}) AS bucket
             FROM usage_usageevent WHERE ttft_ms IS NOT NULL
@@ -203,14 +203,14 @@ def seed(cursor) -> None:
     )
     cursor.execute(
         """
-        INSERT INTO ops_useractivity (user_id, last_turn_on)
+        INSERT INTO usage_useractivity (user_id, last_turn_on)
         SELECT owner_id, max(day) FROM usage_usageevent GROUP BY owner_id
         """
     )
     cursor.execute(
         """
-        INSERT INTO ops_activitydaily (day, users)
-        SELECT last_turn_on, count(*) FROM ops_useractivity GROUP BY last_turn_on
+        INSERT INTO usage_activitydaily (day, users)
+        SELECT last_turn_on, count(*) FROM usage_useractivity GROUP BY last_turn_on
         """
     )
     t = step("operator rollups (ops.*)", t)

@@ -121,8 +121,8 @@ def seed_worker(
     from chat.models import Conversation
     from chat.services import PURPOSE_TITLE
     from keys.models import ProviderKey
-    from usage.prices import TokenCounts
-    from usage.services import TurnUsage, usage_record
+    from usage.prices import TokenCounts, price_for
+    from usage.recording import TurnUsage, usage_record
     from vault.services import OwnerCipher
 
     rng = random.Random(worker)
@@ -173,6 +173,7 @@ def seed_worker(
             ago = rng.randrange(DAYS)
             days[(ago - start) % DAYS].append((rng.random(), ago, owner_id))
     clock = [now]
+    prices = {model: price_for("openai", model) for model in MODELS}
 
     def record(batch: list[tuple[float, int, int]], offset: int) -> None:
         with transaction.atomic():
@@ -183,7 +184,7 @@ def seed_worker(
                 error = g % 50 == 0
                 usage_record(
                     turn=TurnUsage(
-                        owner=owners[owner_id],
+                        owner_id=owner_id,
                         message_id=uuid.uuid4(),
                         conversation_id=conversations[owner_id][g % 20],
                         key_id=key_id,
@@ -198,6 +199,7 @@ def seed_worker(
                         reasoning_tokens=0,
                         ttft_ms=300 + g % 700,
                         latency_ms=1500 + g % 4000,
+                        price=prices[MODELS[g % 5]],
                     )
                 )
 
@@ -313,8 +315,8 @@ def main() -> None:
 
     from accounts.models import User
     from usage.models import UsageDaily, UsageEvent
-    from usage.prices import TokenCounts
-    from usage.services import TurnUsage, usage_record
+    from usage.prices import TokenCounts, price_for
+    from usage.recording import TurnUsage, usage_record
 
     seed_seconds = 0.0 if reuse else seed()
 
@@ -348,7 +350,7 @@ def main() -> None:
 
     def a_turn(owner: User) -> TurnUsage:
         return TurnUsage(
-            owner=owner,
+            owner_id=owner.pk,
             message_id=uuid.uuid4(),
             conversation_id=uuid.uuid4(),
             key_id=uuid.uuid4(),
@@ -361,6 +363,7 @@ def main() -> None:
             reasoning_tokens=0,
             ttft_ms=400,
             latency_ms=2000,
+            price=price_for("openai", "gpt-4.1"),
         )
 
     writers = list(User.objects.order_by("?").values_list("id", flat=True)[:200])

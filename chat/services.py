@@ -17,14 +17,9 @@ from chat.models import Conversation, Message
 from keys.models import ProviderKey
 from usage import ratelimits
 from usage.models import NO_KEY
-from usage.prices import TokenCounts
-from usage.services import (
-    BudgetError,
-    TurnUsage,
-    budget_check_before_send,
-    budget_release,
-    usage_record,
-)
+from usage.prices import TokenCounts, price_for
+from usage.recording import TurnUsage, usage_record
+from usage.services import BudgetError, budget_check_before_send, budget_release
 from vault.services import OwnerCipher
 
 logger = logging.getLogger(__name__)
@@ -220,7 +215,7 @@ def _close_unrun_turn(message: Message, *, status: str, error_kind: str = "") ->
     key = conversation.provider_key
     usage_record(
         turn=TurnUsage(
-            owner=message.owner,
+            owner_id=message.owner_id,
             message_id=message.pk,
             conversation_id=conversation.pk,
             key_id=key.pk if key else None,
@@ -233,6 +228,7 @@ def _close_unrun_turn(message: Message, *, status: str, error_kind: str = "") ->
             reasoning_tokens=0,
             ttft_ms=None,
             latency_ms=None,
+            price=price_for(conversation.preset, conversation.model),
         )
     )
     budget_release(message_id=message.pk)

@@ -42,8 +42,9 @@ from providers.catalog import build_adapter, get_preset
 from providers.errors import InvalidChatRequest, InvalidEndpoint, ProviderError, ProviderErrorKind
 from providers.types import ChatAdapter, ChatMessage, ChatRequest, Finish, Role, TextDelta, Usage
 from usage import ratelimits
-from usage.prices import TokenCounts
-from usage.services import BudgetError, TurnUsage, budget_release, budget_reserve, usage_record
+from usage.prices import Price, TokenCounts, price_for
+from usage.recording import TurnUsage, usage_record
+from usage.services import BudgetError, budget_release, budget_reserve
 from vault import crypto as vault
 from vault.services import OwnerCipher
 
@@ -97,6 +98,7 @@ class TurnState:
     key: ProviderKey | None = None
     notices: list[str] = field(default_factory=list)
     input_estimate: int = 0
+    price: Price | None = None  # the model's, looked up once when the turn starts
     cipher: OwnerCipher | None = None  # the owner's, opened once per turn
     ended: float | None = None  # set when the outcome is stored: one latency everywhere
 
@@ -238,6 +240,7 @@ def _run(reply: Message, publisher: streams.TurnPublisher, state: TurnState) -> 
     state.input_estimate = (
         sum(len(m.content) for m in history) + len(system_prompt or "")
     ) // 3 + 16
+    state.price = price_for(conversation.preset, conversation.model)
     for index, key in enumerate(keys):
         state.key = key
         if index:
@@ -248,8 +251,8 @@ def _run(reply: Message, publisher: streams.TurnPublisher, state: TurnState) -> 
                 message_id=reply.pk,
                 key_id=key.pk,
                 key_label=key.label,
-                preset=key.preset,
                 model=conversation.model,
+                price=state.price,
                 input_tokens_estimate=state.input_estimate,
                 max_output_tokens=settings.BYOK_MAX_OUTPUT_TOKENS,
             )
@@ -495,11 +498,11 @@ def _usage_fields(state: TurnState) -> dict[str, int | bool | None]:
 
 
 def _turn_usage(reply: Message, state: TurnState, status: str, error_kind: str) -> TurnUsage:
-    tokens, reasoning, _ = _token_counts(state) or (TokenCounts(input=0, output=0), 0, False)
+    tokens, reasoning, estimated = _token_counts(state) or (TokenCounts(0, 0), 0, False)
     timings = _timings(state)
     key = state.key
     return TurnUsage(
-        owner=reply.owner,
+        owner_id=reply.owner_id,
         message_id=reply.pk,
         conversation_id=reply.conversation_id,
         key_id=key.pk if key else None,
@@ -512,6 +515,8 @@ def _turn_usage(reply: Message, state: TurnState, status: str, error_kind: str) 
         reasoning_tokens=reasoning,
         ttft_ms=timings["ttft_ms"],
         latency_ms=timings["latency_ms"],
+        price=state.price,
+        estimated=estimated,
     )
 
 

@@ -22,10 +22,9 @@ from accounts.admin import UserAdmin
 from accounts.models import AuditEvent, User
 from byok_site.admin import changelist
 from chat.models import Conversation, Message
-from ops.models import UserActivity
 from ops.selectors import stuck_turns_filter
 from ops.services import operator_audit
-from usage.models import ModelPrice, RateLimitOverride, UsageDaily, UsageEvent
+from usage.models import ModelPrice, RateLimitOverride, UsageDaily, UsageEvent, UserActivity
 from usage.services import format_usd
 
 

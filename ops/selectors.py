@@ -15,7 +15,7 @@ from django.utils import timezone
 from accounts.models import User
 from chat.models import Message
 from keys.models import ProviderKey
-from ops.models import (
+from usage.models import (
     LATENCY_BUCKETS_MS,
     ActivityDaily,
     ErrorDaily,

@@ -16,12 +16,11 @@ from django.urls import reverse
 
 from accounts.models import User
 from ops.roles import OPERATORS, SUPPORT
-from ops.services import operator_rollups_record
 from tests.conftest import PASSWORD
 from tests.security_helpers import allow_code_reuse, code_for, enrol
 from usage.models import UsageEvent
-from usage.prices import TokenCounts
-from usage.services import TurnUsage, usage_record
+from usage.prices import TokenCounts, price_for
+from usage.recording import TurnUsage, operator_rollups_record, usage_record
 
 
 @pytest.fixture
@@ -75,7 +74,7 @@ def make_turn(
     latency_ms: int | None = 1200,
 ) -> TurnUsage:
     return TurnUsage(
-        owner=owner,
+        owner_id=owner.pk,
         message_id=uuid.uuid4(),
         conversation_id=None,
         key_id=None,
@@ -88,6 +87,7 @@ def make_turn(
         reasoning_tokens=0,
         ttft_ms=ttft_ms,
         latency_ms=latency_ms,
+        price=price_for(preset, model),
     )
 
 

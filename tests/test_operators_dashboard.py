@@ -15,7 +15,6 @@ from chat.models import Conversation, Message
 from core.heartbeat import WORKERS_KEY
 from core.redis import get_redis
 from keys.models import ProviderKey
-from ops.models import ActivityDaily, LatencyDaily, ProviderDaily, UserActivity, latency_bucket
 from ops.selectors import dashboard, percentile_from_histogram
 from tests.operators_helpers import (
     event_on,
@@ -25,7 +24,14 @@ from tests.operators_helpers import (
     operator_client,
     record_turn,
 )
-from usage.models import ModelPrice
+from usage.models import (
+    ActivityDaily,
+    LatencyDaily,
+    ModelPrice,
+    ProviderDaily,
+    UserActivity,
+    latency_bucket,
+)
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_cache")]
 

@@ -1,5 +1,6 @@
-"""The write per finished turn: one statement on PostgreSQL, the same rows as the portable
-path, nothing twice, caps settled exactly; and the usage page's cache follows the rollups."""
+"""The write per finished turn (usage.recording): one statement on PostgreSQL, the same rows
+as the step-by-step rendering of the same declarations, nothing twice, caps settled exactly;
+and the usage page's cache follows the rollups."""
 
 from __future__ import annotations
 
@@ -16,28 +17,26 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from ops.models import ActivityDaily, ErrorDaily, LatencyDaily, ProviderDaily, UserActivity
 from tests.usage_helpers import price
-from usage import services
+from usage import recording
 from usage.models import (
     NO_KEY,
+    ActivityDaily,
+    ErrorDaily,
+    LatencyDaily,
     ModelPrice,
     MonthlySpend,
+    ProviderDaily,
     Reservation,
     RollupStamp,
     UsageConversationDaily,
     UsageDaily,
     UsageEvent,
+    UserActivity,
 )
-from usage.prices import Price, TokenCounts, cost_micro
-from usage.services import (
-    TurnUsage,
-    budget_reserve,
-    month_start,
-    spend_cap_remove,
-    spend_cap_set,
-    usage_record,
-)
+from usage.prices import Price, TokenCounts, cost_micro, price_for
+from usage.recording import TurnUsage, usage_record
+from usage.services import budget_reserve, month_start, spend_cap_remove, spend_cap_set
 
 pytestmark = pytest.mark.django_db
 postgresql_only = pytest.mark.skipif(
@@ -56,7 +55,7 @@ def next_id():
 
 def turn(owner, **changes):
     values = {
-        "owner": owner,
+        "owner_id": owner.pk,
         "message_id": next_id(),
         "conversation_id": next_id(),
         "key_id": KEY,
@@ -71,6 +70,7 @@ def turn(owner, **changes):
         "latency_ms": 2100,
     }
     values.update(changes)
+    values.setdefault("price", price_for(values["preset"], values["model"]))
     return TurnUsage(**values)
 
 
@@ -81,8 +81,8 @@ def reserve(owner, usage, *, input_estimate, max_output):
         message_id=usage.message_id,
         key_id=usage.key_id,
         key_label=usage.key_label,
-        preset=usage.preset,
         model=usage.model,
+        price=usage.price,
         input_tokens_estimate=input_estimate,
         max_output_tokens=max_output,
     )
@@ -128,11 +128,17 @@ def run_scenario(record, scenario, alice, bob):
 
 
 def one_statement(turn_usage):
-    return services._record_in_one_statement(turn_usage, timezone.localdate())
+    return usage_record(turn=turn_usage)
 
 
 def step_by_step(turn_usage):
-    return services._record_step_by_step(turn_usage, timezone.localdate())
+    """The same declarations, one statement after the other (what SQLite runs)."""
+    original = recording._write_in_one_statement
+    recording._write_in_one_statement = recording._write_step_by_step
+    try:
+        return usage_record(turn=turn_usage)
+    finally:
+        recording._write_in_one_statement = original
 
 
 def mixed_turns(record, alice, bob):
@@ -213,15 +219,15 @@ def test_without_prepared_statements_it_writes_the_same(alice, bob, settings):
 def test_a_turn_is_recorded_in_one_statement(alice):
     price("custom", "gpt-test")
     usage_record(turn=turn(alice))  # the connection prepares the statement once
+    second = turn(alice)  # its price was looked up when it started
     with transaction.atomic(), CaptureQueriesContext(connection) as queries:
-        assert usage_record(turn=turn(alice)) is True
+        assert usage_record(turn=second) is True
     assert [q["sql"].split("(")[0] for q in queries.captured_queries] == [
         "EXECUTE byok_usage_record"
     ]
 
 
-@postgresql_only
-def test_the_cost_computed_in_sql_equals_cost_micro(alice):
+def test_the_recorded_cost_is_cost_micro_of_the_price_the_turn_ran_at(alice):
     generator = random.Random(6)
     for case in range(60):
         model = f"model-{case}"

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from usage.models import NO_KEY, UsageConversationDaily, UsageDaily, UsageEvent
-from usage.services import usage_rollups_changed
+from usage.recording import usage_rollups_changed
 
 DAILY_FIELDS = (
     "turns",

@@ -1,8 +1,9 @@
 """Rebuild the operator dashboard's rollups from the usage events.
 
-For a database that had usage before the `ops` rollups existed, or to repair them. Runs in
-one transaction, event by event through the same code as the write path (simple and exact;
-about 1 ms per event, so a very large history takes a while).
+For a database that had usage before the operator rollups existed, or to repair them. Runs
+in one transaction, event by event through the write path's own declarations
+(`usage.recording.OPERATOR_ROLLUPS`; simple and exact, about 1 ms per event, so a very large
+history takes a while).
 """
 
 from __future__ import annotations
@@ -12,25 +13,30 @@ from typing import Any
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from ops.models import ActivityDaily, ErrorDaily, LatencyDaily, ProviderDaily, UserActivity
-from ops.services import operator_rollups_record
-from usage.models import UsageEvent
+from usage.models import (
+    ActivityDaily,
+    ErrorDaily,
+    LatencyDaily,
+    ProviderDaily,
+    UsageEvent,
+    UserActivity,
+)
 from usage.prices import TokenCounts
-from usage.services import TurnUsage
+from usage.recording import TurnUsage, operator_rollups_record
 
 
 class Command(BaseCommand):
-    help = "Rebuild the operator dashboard's rollups (ops.*) from the usage events."
+    help = "Rebuild the operator dashboard's rollups from the usage events."
 
     def handle(self, *args: Any, **options: Any) -> None:
         done = 0
         with transaction.atomic():
             for model in (ProviderDaily, ErrorDaily, LatencyDaily, UserActivity, ActivityDaily):
                 model._default_manager.all().delete()
-            events = UsageEvent.objects.select_related("owner").order_by("day", "id")
+            events = UsageEvent.objects.order_by("day", "id")
             for event in events.iterator(chunk_size=2000):
                 turn = TurnUsage(
-                    owner=event.owner,
+                    owner_id=event.owner_id,
                     message_id=event.message_id,
                     conversation_id=event.conversation_id,
                     key_id=event.key_id,
@@ -48,6 +54,7 @@ class Command(BaseCommand):
                     reasoning_tokens=event.reasoning_tokens,
                     ttft_ms=event.ttft_ms,
                     latency_ms=event.latency_ms,
+                    price=None,  # the event's own cost is replayed, not recomputed
                 )
                 operator_rollups_record(turn=turn, day=event.day, cost_micro=event.cost_micro)
                 done += 1
