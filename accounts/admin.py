@@ -7,7 +7,7 @@ from django.http import HttpRequest
 from django.template.defaultfilters import pluralize
 
 from accounts.models import AuditEvent, User
-from accounts.services import audit_request, client_ip, sessions_end_others, user_delete
+from accounts.services import audit_request, client_ip, sessions_end_others
 from accounts.twofactor import has_two_factor, two_factor_disable
 
 
@@ -51,14 +51,8 @@ class UserAdmin(DjangoUserAdmin):
         return super().user_change_password(request, id, form_url)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Deleting goes through privacy's account deletion (ops.admin.OperatorUserAdmin).
         return bool(request.user.is_superuser)
-
-    def delete_model(self, request: HttpRequest, obj: User) -> None:
-        user_delete(user=obj)  # data key first (crypto-shredding), sessions ended
-
-    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
-        for user in queryset:
-            user_delete(user=user)
 
     def _operator_action(
         self, request: HttpRequest, user: User, action: str, **details: Any

@@ -119,7 +119,7 @@ class AuditEvent(models.Model):
         EXPORT_REQUESTED = "account.export_requested", "Data export requested"
         EXPORT_DOWNLOADED = "account.export_downloaded", "Data export downloaded"
         OPERATOR_CHANGED = "operator.changed", "Account changed by an operator"
-        # Operator actions (ops/, byok_site/admin.py).
+        # Operator actions (ops/).
         OPERATOR_DISABLED = "operator.disabled", "Account disabled by an operator"
         OPERATOR_ENABLED = "operator.enabled", "Account enabled by an operator"
         OPERATOR_SESSIONS_ENDED = "operator.sessions_ended", "All sessions ended by an operator"
@@ -353,52 +353,3 @@ class RecoveryCode(models.Model):
 
     def __str__(self) -> str:
         return f"recovery code {self.pk}"
-
-
-class AccountExportQuerySet(models.QuerySet["AccountExport"]):
-    def for_owner(self, user: User) -> AccountExportQuerySet:
-        return self.filter(owner=user)
-
-
-class AccountExport(models.Model):
-    """A ZIP of the user's data, built by a worker, downloadable once until it expires.
-
-    SECURITY: the archive holds opened conversations, so it is stored sealed under the
-    owner's data key (purpose "account_export") and wiped on download or expiry.
-    """
-
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Waiting for a worker"
-        RUNNING = "running", "Preparing"
-        READY = "ready", "Ready to download"
-        DOWNLOADED = "downloaded", "Downloaded"
-        EXPIRED = "expired", "Expired"
-        FAILED = "failed", "Failed"
-
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    owner = models.ForeignKey(User, on_delete=models.CASCADE, related_name="exports")
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
-    progress = models.PositiveSmallIntegerField(default=0)
-    sealed_archive = models.BinaryField(editable=False, default=b"")
-    size_bytes = models.PositiveBigIntegerField(default=0)
-    error_message = models.CharField(max_length=300, blank=True)
-    created_at = models.DateTimeField(default=timezone.now)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    expires_at = models.DateTimeField()
-    downloaded_at = models.DateTimeField(null=True, blank=True)
-
-    objects = AccountExportQuerySet.as_manager()
-
-    class Meta:
-        ordering = ["-created_at"]
-
-    def __str__(self) -> str:
-        return f"export {self.pk} ({self.status})"
-
-    @property
-    def is_pending(self) -> bool:
-        return self.status in {self.Status.QUEUED, self.Status.RUNNING}
-
-    @property
-    def is_downloadable(self) -> bool:
-        return self.status == self.Status.READY and self.expires_at > timezone.now()

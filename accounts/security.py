@@ -16,7 +16,7 @@ from django.conf import settings
 from django.http import HttpRequest
 from redis import RedisError
 
-from core.redis import get_redis
+from core.ratelimit import window_hit
 
 
 def _valid_ip(value: str) -> str | None:
@@ -50,22 +50,16 @@ def user_agent(request: HttpRequest) -> str:
 def rate_limit_hit(scope: str, identity: str, *, limit: int, window_seconds: int) -> int:
     """Count one attempt; return 0 if allowed, else the seconds to wait.
 
-    Fixed window in Redis, keyed by a hash of the identity (no email address in Redis).
-    Fails open when Redis is down: the limit is a brake, and the login has its own.
+    The window is keyed by a hash of the identity (no email address in Redis). Fails open
+    when Redis is down: the limit is a brake, and the login has its own.
     """
     digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:32]
-    key = f"byok:ratelimit:{scope}:{digest}"
     try:
-        client = get_redis()
-        count = int(client.incr(key))
-        if count == 1:
-            client.expire(key, window_seconds)
-        if count <= limit:
-            return 0
-        ttl = int(client.ttl(key))
+        return window_hit(
+            f"byok:ratelimit:{scope}:{digest}", limit=limit, window_seconds=window_seconds
+        )
     except RedisError:
         return 0
-    return max(ttl, 1)
 
 
 def wait_text(seconds: float) -> str:

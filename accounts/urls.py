@@ -19,10 +19,6 @@ urlpatterns = [
     path("sessions/<uuid:session_id>/end/", views.session_revoke, name="session_end"),
     path("sessions/end-others/", views.sessions_revoke_others, name="sessions_end_others"),
     path("security-log/", views.security_log, name="security_log"),
-    path("export/", views.export_list, name="export"),
-    path("export/<uuid:export_id>/status/", views.export_status, name="export_status"),
-    path("export/<uuid:export_id>/download/", views.export_download, name="export_download"),
-    path("delete/", views.account_delete, name="delete"),
     path("password/change/", views.PasswordChangeView.as_view(), name="password_change"),
     path("password/reset/", views.PasswordResetView.as_view(), name="password_reset"),
     path(

@@ -5,7 +5,7 @@ from typing import Any
 
 from axes.handlers.proxy import AxesProxyHandler
 from django.contrib import messages
-from django.contrib.auth import login, logout
+from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.signals import user_login_failed
@@ -26,9 +26,8 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_otp import login as otp_login
 
-from accounts import exports, security, twofactor
+from accounts import security, twofactor
 from accounts.forms import (
-    AccountDeleteForm,
     EmailAuthenticationForm,
     EmailChangeForm,
     OtpTokenForm,
@@ -41,7 +40,6 @@ from accounts.forms import (
 from accounts.http import AuthenticatedRequest
 from accounts.models import (
     AUDIT_CATEGORIES,
-    AccountExport,
     AuditEvent,
     RecoveryCodeDevice,
     User,
@@ -56,7 +54,6 @@ from accounts.services import (
     sessions_end_others,
     user_change_email,
     user_create,
-    user_delete,
     user_update_profile,
 )
 from accounts.sudo import require_sudo, sudo_grant
@@ -536,57 +533,3 @@ def security_log(request: AuthenticatedRequest) -> HttpResponse:
         "accounts/security_log.html",
         {"form": form, "page": page, "query": query.urlencode()},
     )
-
-
-@login_required
-@require_http_methods(["GET", "POST"])
-def export_list(request: AuthenticatedRequest) -> HttpResponse:
-    if request.method == "POST":
-        try:
-            exports.account_export_request(user=request.user, request=request)
-        except exports.ExportError as error:
-            messages.error(request, str(error))
-        else:
-            messages.success(request, "Your export is being prepared.")
-        return redirect("accounts:export")
-    exports.account_exports_expire()
-    items = AccountExport.objects.for_owner(request.user)[:10]
-    return render(request, "accounts/export.html", {"exports": items})
-
-
-@login_required
-@require_GET
-def export_status(request: AuthenticatedRequest, export_id: object) -> HttpResponse:
-    """htmx: one export's row, polling itself while it is being prepared."""
-    export = get_object_or_404(AccountExport.objects.for_owner(request.user), pk=export_id)
-    return render(request, "accounts/_export_row.html", {"export": export})
-
-
-@never_cache
-@login_required
-@require_GET
-def export_download(request: AuthenticatedRequest, export_id: object) -> HttpResponse:
-    export = get_object_or_404(AccountExport.objects.for_owner(request.user), pk=export_id)
-    try:
-        data = exports.account_export_take(export=export, request=request)
-    except exports.ExportError as error:
-        messages.error(request, str(error))
-        return redirect("accounts:export")
-    response = HttpResponse(data, content_type="application/zip")
-    stamp = export.created_at.strftime("%Y%m%d")
-    response["Content-Disposition"] = f'attachment; filename="byok-export-{stamp}.zip"'
-    return response
-
-
-@login_required
-@require_sudo
-@require_http_methods(["GET", "POST"])
-def account_delete(request: AuthenticatedRequest) -> HttpResponse:
-    form = AccountDeleteForm(request.POST or None, email=request.user.email)
-    if request.method == "POST" and form.is_valid():
-        user = request.user
-        logout(request)
-        user_delete(user=user)
-        messages.success(request, "Your account and everything in it were deleted.")
-        return redirect("home")
-    return render(request, "accounts/delete.html", {"form": form})

@@ -5,4 +5,4 @@ class OperatorAdminConfig(AdminConfig):
     """django.contrib.admin with the operator site as `admin.site`, so every app's
     `@admin.register` lands on it."""
 
-    default_site = "byok_site.admin.OperatorAdminSite"
+    default_site = "ops.site.OperatorAdminSite"

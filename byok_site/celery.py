@@ -38,6 +38,7 @@ app.conf.update(
         "keys.tasks.*": {"queue": "default"},
         "usage.tasks.*": {"queue": "default"},
         "accounts.tasks.*": {"queue": "default"},
+        "privacy.tasks.*": {"queue": "default"},
     },
     beat_schedule={
         "reap-stuck-turns": {"task": "chat.tasks.reap_stuck_turns", "schedule": 60},
@@ -51,7 +52,7 @@ app.conf.update(
             "schedule": 60 * 60,
         },
         "expire-account-exports": {
-            "task": "accounts.tasks.expire_account_exports",
+            "task": "privacy.tasks.expire_account_exports",
             "schedule": 60 * 60,
         },
         "clear-expired-sessions": {

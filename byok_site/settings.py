@@ -131,7 +131,8 @@ INSTALLED_APPS = [
     "chat",
     "usage",
     "ops",
-    # The admin with the operator site (byok_site.admin.OperatorAdminSite) as its default.
+    "privacy",
+    # The admin with the operator site (ops.site.OperatorAdminSite) as its default.
     "byok_site.apps.OperatorAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",

@@ -12,6 +12,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("accounts/", include("accounts.urls")),
+    path("accounts/", include("privacy.urls")),
     path("keys/", include("keys.urls")),
     path("chat/", include("chat.urls")),
     path("usage/", include("usage.urls")),

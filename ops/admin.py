@@ -20,10 +20,11 @@ from django.utils.html import format_html
 
 from accounts.admin import UserAdmin
 from accounts.models import AuditEvent, User
-from byok_site.admin import changelist
 from chat.models import Conversation, Message
 from ops.selectors import stuck_turns_filter
 from ops.services import operator_audit
+from ops.site import changelist
+from privacy.services import account_delete
 from usage.models import ModelPrice, RateLimitOverride, UsageDaily, UsageEvent, UserActivity
 from usage.services import format_usd
 
@@ -69,6 +70,13 @@ class RateLimitOverrideInline(admin.StackedInline):
 class OperatorUserAdmin(UserAdmin):
     inlines = [RateLimitOverrideInline]
     list_filter = (*UserAdmin.list_filter, ActiveFilter, "groups")  # type: ignore[assignment]
+
+    def delete_model(self, request: HttpRequest, obj: User) -> None:
+        account_delete(user=obj)  # data key first (crypto-shredding), sessions ended
+
+    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+        for user in queryset:
+            account_delete(user=user)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return (*super().get_readonly_fields(request, obj), "usage_totals")

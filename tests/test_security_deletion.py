@@ -8,10 +8,10 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from accounts.models import AuditEvent, TOTPDevice, User
-from accounts.services import user_delete
 from chat.models import Conversation, Message
 from keys.models import ProviderKey
 from keys.services import KEY_PURPOSE, provider_key_open
+from privacy.services import account_delete
 from tests.keys_helpers import GOOD_SECRET, add_key
 from tests.security_helpers import enrol, expire_sudo, make_conversation
 from vault import crypto as vault
@@ -20,7 +20,7 @@ from vault.services import OwnerCipher
 
 pytestmark = pytest.mark.django_db
 
-DELETE = reverse("accounts:delete")
+DELETE = reverse("privacy:delete")
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_it_needs_sudo_and_the_typed_email(alice_client, alice, alices_data):
 
 def test_it_removes_every_row_of_the_user_and_nobody_elses(alice, bob, alices_data):
     bobs_key = add_key(bob, None, preset="openai", label="Bob's")
-    user_delete(user=alice)
+    account_delete(user=alice)
     for model in (DataKey, ProviderKey, Conversation, Message, AuditEvent, TOTPDevice):
         rows = model.objects.filter(**{model_owner(model): alice.pk})  # type: ignore[misc]
         assert not rows.exists(), model
@@ -69,7 +69,7 @@ def model_owner(model) -> str:
 
 def test_the_data_key_is_deleted_before_any_other_row(alice, alices_data):
     with CaptureQueriesContext(connection) as queries:
-        user_delete(user=alice)
+        account_delete(user=alice)
     deletes = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("DELETE")]
     first_real = next(sql for sql in deletes if "django_session" not in sql)
     assert "vault_datakey" in first_real
@@ -85,7 +85,7 @@ def test_sealed_values_copied_out_before_cannot_be_opened_after(alice, alices_da
     assert provider_key_open(key) == GOOD_SECRET
     alice_id, message_id = alice.pk, message.pk
 
-    user_delete(user=alice)
+    account_delete(user=alice)
 
     # Someone who recreates a user with the same id only gets a brand-new data key.
     imposter = User.objects.create_user(email="alice@example.com", password="x" * 12)
@@ -105,7 +105,7 @@ def test_a_backup_copy_of_the_data_key_dies_with_the_retired_master_key(alice, a
     )
     backup_wrapped = bytes(DataKey.objects.get(owner=alice).wrapped)  # a database backup
     assert vault.unwrap_dek(old_ring, backup_wrapped, user_id=str(alice.pk))
-    user_delete(user=alice)
+    account_delete(user=alice)
     new_ring = vault.Keyring(keys={"t3": b"n" * 32}, active_id="t3")  # t2 and t1 retired
     with pytest.raises(vault.VaultError, match="not configured"):
         vault.unwrap_dek(new_ring, backup_wrapped, user_id=str(alice.pk))

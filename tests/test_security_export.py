@@ -14,12 +14,12 @@ from django.test import RequestFactory
 from django.urls import reverse
 from django.utils import timezone
 
-from accounts import exports
-from accounts.models import AccountExport
+from privacy import exports
+from privacy.models import AccountExport
 from tests.keys_helpers import GOOD_SECRET, add_key
 from tests.security_helpers import make_conversation
 
-EXPORT = reverse("accounts:export")
+EXPORT = reverse("privacy:export")
 
 
 def build(user) -> AccountExport:
@@ -43,7 +43,7 @@ def test_the_archive_holds_opened_conversations_key_metadata_usage_and_the_log(a
     assert export.status == "ready" and export.progress == 100
     assert b"secret plans" not in bytes(export.sealed_archive)  # sealed at rest
 
-    response = alice_client.get(reverse("accounts:export_download", args=[export.pk]))
+    response = alice_client.get(reverse("privacy:export_download", args=[export.pk]))
     assert response.status_code == 200
     assert response["Content-Type"] == "application/zip"
     files = read_zip(response.content)
@@ -66,7 +66,7 @@ def test_the_archive_holds_opened_conversations_key_metadata_usage_and_the_log(a
 @pytest.mark.django_db
 def test_it_downloads_once(alice_client, alice):
     export = build(alice)
-    url = reverse("accounts:export_download", args=[export.pk])
+    url = reverse("privacy:export_download", args=[export.pk])
     assert alice_client.get(url).status_code == 200
     again = alice_client.get(url)
     assert again.status_code == 302
@@ -80,7 +80,7 @@ def test_it_expires_after_a_day(alice_client, alice):
     AccountExport.objects.filter(pk=export.pk).update(
         expires_at=timezone.now() - timedelta(seconds=1)
     )
-    response = alice_client.get(reverse("accounts:export_download", args=[export.pk]))
+    response = alice_client.get(reverse("privacy:export_download", args=[export.pk]))
     assert response.status_code == 302
     export.refresh_from_db()
     assert export.status == "expired" and bytes(export.sealed_archive) == b""
@@ -92,34 +92,11 @@ def test_it_expires_after_a_day(alice_client, alice):
 def test_another_user_cannot_see_or_download_it(client, alice, bob):
     export = build(alice)
     client.force_login(bob)
-    for name in ("accounts:export_download", "accounts:export_status"):
+    for name in ("privacy:export_download", "privacy:export_status"):
         assert client.get(reverse(name, args=[export.pk])).status_code == 404
     assert str(export.pk) not in client.get(EXPORT).content.decode()
     export.refresh_from_db()
     assert export.status == "ready"
-
-
-@pytest.mark.django_db
-def test_usage_comes_from_the_usage_app_when_it_offers_rows(alice, monkeypatch):
-    import types
-
-    fake = types.ModuleType("usage.selectors")
-    fake.usage_csv_rows = lambda owner: [["day", "cost"], ["2026-01-01", "0.12"]]  # type: ignore[attr-defined]
-    monkeypatch.setitem(__import__("sys").modules, "usage.selectors", fake)
-    assert exports.usage_rows(alice) == [["day", "cost"], ["2026-01-01", "0.12"]]
-
-
-@pytest.mark.django_db
-def test_without_the_usage_app_it_exports_message_token_counts(alice, bob, monkeypatch):
-    import types
-
-    monkeypatch.setitem(__import__("sys").modules, "usage.selectors", types.ModuleType("x"))
-    key = add_key(alice, None, preset="openai")
-    make_conversation(alice, key, "hello")
-    make_conversation(bob, add_key(bob, None, preset="openai"), "bob's")
-    rows = exports.usage_rows(alice)
-    assert rows[0][0] == "created_at" and len(rows) == 2
-    assert rows[1][4:6] == [12, 34]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -137,9 +114,9 @@ def test_a_worker_prepares_it_while_the_page_shows_progress(client, celery_worke
         export.refresh_from_db()
         if export.status == "ready":
             break
-        fragment = client.get(reverse("accounts:export_status", args=[export.pk]))
+        fragment = client.get(reverse("privacy:export_status", args=[export.pk]))
         assert fragment.status_code == 200
         time.sleep(0.1)
     assert export.status == "ready"
-    row = client.get(reverse("accounts:export_status", args=[export.pk])).content.decode()
+    row = client.get(reverse("privacy:export_status", args=[export.pk])).content.decode()
     assert "Download ZIP" in row and "hx-trigger" not in row

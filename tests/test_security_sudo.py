@@ -39,8 +39,8 @@ def guarded_urls(key: ProviderKey) -> list[tuple[str, str]]:
         ("post", reverse("accounts:recovery_codes")),
         ("get", reverse("accounts:email_change")),
         ("post", reverse("accounts:email_change")),
-        ("get", reverse("accounts:delete")),
-        ("post", reverse("accounts:delete")),
+        ("get", reverse("privacy:delete")),
+        ("post", reverse("privacy:delete")),
     ]
 
 

@@ -15,9 +15,10 @@ import pytest
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from accounts.models import AccountExport, UserSession
+from accounts.models import UserSession
 from chat.models import Message
 from keys.models import ProviderKey
+from privacy.models import AccountExport
 from tests.conftest import PASSWORD
 from tests.keys_helpers import add_key
 from tests.security_helpers import make_conversation
@@ -90,7 +91,7 @@ def world_fixture(alice, bob):
     assert session is not None
     from django.test import RequestFactory
 
-    from accounts import exports
+    from privacy import exports
 
     export = exports.account_export_request(user=alice, request=RequestFactory().post("/"))
     exports.account_export_build(export_id=str(export.pk))
@@ -222,7 +223,7 @@ def assert_alices_things_are_intact(world) -> None:
 
 def test_the_sweep_covers_the_kinds_of_response_that_could_leak():
     names = {r.name for r in ROUTES}
-    for expected in ("chat:stream", "keys:status", "accounts:export_download", "usage:export"):
+    for expected in ("chat:stream", "keys:status", "privacy:export_download", "usage:export"):
         assert expected in names
 
 
@@ -230,7 +231,7 @@ def test_alice_herself_gets_her_pages(world, alice):
     """The sweep's ids are real: the owner reaches the same URLs."""
     client = Client()
     client.force_login(alice)
-    for name in ("keys:detail", "chat:conversation", "accounts:export_status"):
+    for name in ("keys:detail", "chat:conversation", "privacy:export_status"):
         route = next(r for r in ROUTES if r.name == name)
         response = client.get(url_of(route, world))
         assert response.status_code == 200, name

@@ -1,4 +1,5 @@
-"""Per-user rate limits in Redis: turns per minute and concurrent turns, both atomic.
+"""Per-user limits in Redis: messages per minute (the one rate limiter, core.ratelimit) and
+replies in flight (a slot per running turn), both atomic.
 
 Defaults come from settings; operators override them per user (RateLimitOverride).
 """
@@ -13,6 +14,7 @@ import redis
 from django.conf import settings
 
 from accounts.models import User
+from core.ratelimit import window_hit
 from core.redis import get_redis
 from usage.models import RateLimitOverride
 
@@ -27,15 +29,6 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
-"""
-
-# Count one more turn in the current minute unless the limit is reached.
-_COUNT_TURN = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-if used >= tonumber(ARGV[1]) then return -1 end
-used = redis.call('INCR', KEYS[1])
-if used == 1 then redis.call('EXPIRE', KEYS[1], 61) end
-return used
 """
 
 
@@ -69,21 +62,16 @@ def _running_key(user_id: object) -> str:
 def turn_admit(*, user: User, message_id: object) -> None:
     """Count a new turn against the user's limits, or raise RateLimited saying when to retry."""
     limits = limits_for(user)
-    client = get_redis()
-    now = time.time()
-    minute = int(now // 60)
-    used = client.eval(
-        _COUNT_TURN, 1, f"byok:rl:minute:{user.pk}:{minute}", limits.turns_per_minute
-    )
-    if int(used) < 0:
-        wait = max(1, 60 - int(now % 60))
+    wait = window_hit(f"byok:rl:turns:{user.pk}", limit=limits.turns_per_minute, window_seconds=60)
+    if wait:
         raise RateLimited(
-            f"You have sent {limits.turns_per_minute} messages this minute, the most allowed. "
-            f"You can send again in {wait} seconds.",
+            f"You have sent {limits.turns_per_minute} messages in the last minute, the most "
+            f"allowed. You can send again in {wait} seconds.",
             retry_after=wait,
         )
+    now = time.time()
     stale_before = now - settings.BYOK_TURN_HARD_LIMIT - 60
-    acquired = client.eval(
+    acquired = get_redis().eval(
         _ACQUIRE_SLOT,
         1,
         _running_key(user.pk),

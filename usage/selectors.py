@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import Any
 
 from django.db.models import OuterRef, Subquery, Sum
 from django.utils import timezone
@@ -24,6 +25,25 @@ from usage.models import (
 from usage.services import month_start, next_month_start
 
 MAX_RANGE_DAYS = 366
+
+# Conversations, and their sealed titles, belong to the chat app, which sits above usage: it
+# tells usage how to open them when it starts (chat.apps.ChatConfig.ready).
+TitleSource = Callable[[User, list[Any]], dict[Any, str]]
+_title_source: TitleSource | None = None
+
+
+def conversation_titles_from(source: TitleSource) -> None:
+    """Name the function that opens the owner's conversation titles for the usage pages."""
+    global _title_source
+    _title_source = source
+
+
+def conversation_titles(*, owner: User, ids: list[Any]) -> dict[Any, str]:
+    """Opened titles of the owner's conversations among `ids`; a conversation left out of
+    the answer is one that no longer exists (or no app provides titles)."""
+    if _title_source is None:
+        return {}
+    return _title_source(owner, ids)
 
 
 class PeriodError(ValueError):

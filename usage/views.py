@@ -140,12 +140,12 @@ def usage_home(request: AuthenticatedRequest) -> HttpResponse:
             f"{period.start:%Y%m%d}:{period.end:%Y%m%d}"
         )
     summary_html, conversations = _cached(key, lambda: _summary(owner, period))
-    # SECURITY: titles are sealed in chat; views sit above both apps and may open them.
+    # Titles are sealed by the app that owns conversations (see selectors.conversation_titles).
     # Opened on every request, so a renamed or deleted conversation shows at once; the
     # table is cached per set of titles.
-    from chat.selectors import conversation_titles
-
-    titles = conversation_titles(owner=owner, ids=[row["conversation_id"] for row in conversations])
+    titles = selectors.conversation_titles(
+        owner=owner, ids=[row["conversation_id"] for row in conversations]
+    )
     rows = [
         {**row, "title": titles[row["conversation_id"]]}
         if row["conversation_id"] in titles

@@ -1,14 +1,14 @@
 """Account export: a ZIP of conversations (opened), key metadata, usage and the security log.
 
-Built by a worker (accounts.tasks.build_account_export) with progress on the row; stored
+Built by a worker (privacy.tasks.build_account_export) with progress on the row; stored
 sealed under the owner's data key; downloadable once by its owner; wiped after
 BYOK_EXPORT_TTL_HOURS. No provider key secret, sealed value or password hash goes in.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
-import importlib
 import io
 import json
 import logging
@@ -22,8 +22,14 @@ from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
-from accounts.models import AccountExport, AuditEvent, User
+from accounts.models import AuditEvent, User
 from accounts.services import audit_request
+from chat.models import Conversation
+from chat.selectors import conversation_messages, conversation_system_prompt, conversation_title
+from keys.models import ProviderKey
+from privacy.models import AccountExport
+from usage.selectors import usage_csv_rows
+from vault.services import OwnerCipher
 
 logger = logging.getLogger(__name__)
 
@@ -35,15 +41,9 @@ class ExportError(Exception):
     """An export cannot be started or downloaded; the message is fit for the user."""
 
 
-def _cipher(user: User):
-    from vault.services import OwnerCipher
-
-    return OwnerCipher(user)
-
-
 def account_export_request(*, user: User, request: HttpRequest) -> AccountExport:
     """Queue a new export (one at a time per user)."""
-    from accounts.tasks import build_account_export
+    from privacy.tasks import build_account_export
 
     if (
         AccountExport.objects.for_owner(user)
@@ -76,51 +76,7 @@ def _csv(rows: Iterable[Iterable[Any]]) -> str:
     return buffer.getvalue()
 
 
-def usage_rows(owner: User) -> list[list[Any]]:
-    """Usage as CSV rows: the usage app's export when it has one, else per-message tokens."""
-    try:
-        selectors = importlib.import_module("usage.selectors")
-    except ImportError:
-        selectors = None
-    rows_of = getattr(selectors, "usage_csv_rows", None)
-    if callable(rows_of):
-        return [list(row) for row in rows_of(owner)]
-    from chat.models import Message  # chat/ sits above accounts/ in the import graph
-
-    rows: list[list[Any]] = [
-        [
-            "created_at",
-            "conversation_id",
-            "message_id",
-            "model",
-            "input_tokens",
-            "output_tokens",
-            "cached_tokens",
-        ]
-    ]
-    for message in (
-        Message.objects.for_owner(owner)
-        .filter(role=Message.Role.ASSISTANT)
-        .order_by("created_at")
-        .iterator()
-    ):
-        rows.append(
-            [
-                message.created_at.isoformat(),
-                message.conversation_id,
-                message.pk,
-                message.model,
-                message.input_tokens,
-                message.output_tokens,
-                message.cached_tokens,
-            ]
-        )
-    return rows
-
-
 def _key_metadata(owner: User) -> list[dict[str, Any]]:
-    from keys.models import ProviderKey
-
     fields = [
         "id",
         "preset",
@@ -172,14 +128,7 @@ def _security_log_rows(owner: User) -> list[list[Any]]:
 
 
 def _conversations(owner: User, export: AccountExport) -> Iterable[tuple[str, dict[str, Any]]]:
-    from chat.models import Conversation
-    from chat.selectors import (
-        conversation_messages,
-        conversation_system_prompt,
-        conversation_title,
-    )
-
-    cipher = _cipher(owner)
+    cipher = OwnerCipher(owner)
     conversations = list(Conversation.objects.for_owner(owner).order_by("created_at"))
     total = max(len(conversations), 1)
     for index, conversation in enumerate(conversations, start=1):
@@ -250,12 +199,10 @@ def account_export_build(*, export_id: str) -> None:
                 archive.writestr(name, json.dumps(document, indent=2, ensure_ascii=False))
             archive.writestr("keys.json", json.dumps(_key_metadata(owner), indent=2))
             _set_progress(export, 90)
-            archive.writestr("usage.csv", _csv(usage_rows(owner)))
+            archive.writestr("usage.csv", _csv(usage_csv_rows(owner)))
             archive.writestr("security_log.csv", _csv(_security_log_rows(owner)))
         data = buffer.getvalue()
-        import base64
-
-        sealed = _cipher(owner).seal(
+        sealed = OwnerCipher(owner).seal(
             ARCHIVE_PURPOSE, export.pk, base64.b64encode(data).decode("ascii")
         )
     except Exception:
@@ -277,8 +224,6 @@ def account_export_build(*, export_id: str) -> None:
 
 def account_export_take(*, export: AccountExport, request: HttpRequest) -> bytes:
     """The archive, once: the row is marked downloaded and wiped before it is returned."""
-    import base64
-
     if export.status == Status.READY and export.expires_at <= timezone.now():
         account_exports_expire()
         raise ExportError("This export expired. Request a new one.")
@@ -295,7 +240,7 @@ def account_export_take(*, export: AccountExport, request: HttpRequest) -> bytes
         action=AuditEvent.Action.EXPORT_DOWNLOADED,
         target_id=str(export.pk),
     )
-    text = _cipher(export.owner).open(ARCHIVE_PURPOSE, export.pk, sealed)
+    text = OwnerCipher(export.owner).open(ARCHIVE_PURPOSE, export.pk, sealed)
     return base64.b64decode(text)
 
 

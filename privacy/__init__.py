@@ -1,0 +1,1 @@
+"""Account export and deletion: the one app that reads every other one's rows."""
