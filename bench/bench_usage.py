@@ -118,8 +118,7 @@ def seed_worker(
     from django.utils import timezone
 
     from accounts.models import User
-    from chat.models import Conversation
-    from chat.services import PURPOSE_TITLE
+    from chat.models import PURPOSE_TITLE, Conversation
     from keys.models import ProviderKey
     from usage.prices import TokenCounts, price_for
     from usage.recording import TurnUsage, usage_record

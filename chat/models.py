@@ -16,6 +16,11 @@ from django.utils import timezone
 if TYPE_CHECKING:
     from accounts.models import User
 
+# What each sealed value is, bound into its ciphertext (vault.services.OwnerCipher).
+PURPOSE_TITLE = "conversation_title"
+PURPOSE_SYSTEM = "conversation_system_prompt"
+PURPOSE_MESSAGE = "message"
+
 
 class ConversationQuerySet(models.QuerySet["Conversation"]):
     def for_owner(self, user: User) -> ConversationQuerySet:
@@ -33,6 +38,9 @@ class Conversation(models.Model):
         "keys.ProviderKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     preset = models.CharField(max_length=32)
+    # The server the conversation was started against (its key's canonical base URL): its
+    # turns go to that server only, whichever of the owner's keys for it answers.
+    base_url = models.CharField("base URL", max_length=500, blank=True)
     model = models.CharField(max_length=200)
     temporary = models.BooleanField(
         default=False, help_text="Deleted 24 hours after its last message."

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from accounts.models import User
-from chat.models import Conversation, Message
+from chat.models import PURPOSE_MESSAGE, PURPOSE_SYSTEM, PURPOSE_TITLE, Conversation, Message
 from chat.rendering import render_markdown, turn_facts
-from chat.services import PURPOSE_MESSAGE, PURPOSE_SYSTEM, PURPOSE_TITLE
 from vault.services import OwnerCipher
 
 

@@ -9,17 +9,13 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
-from redis import RedisError
 
 from accounts.models import User
-from chat import streams
-from chat.models import Conversation, Message
+from chat import turns
+from chat.models import PURPOSE_MESSAGE, PURPOSE_SYSTEM, PURPOSE_TITLE, Conversation, Message
+from completion import admission, engine
+from completion.engine import Outcome, Refused
 from keys.models import ProviderKey
-from usage import ratelimits
-from usage.models import NO_KEY
-from usage.prices import TokenCounts, price_for
-from usage.recording import TurnUsage, usage_record
-from usage.services import BudgetError, budget_check_before_send, budget_release
 from vault.services import OwnerCipher
 
 logger = logging.getLogger(__name__)
@@ -27,9 +23,6 @@ logger = logging.getLogger(__name__)
 Status = Message.Status
 Role = Message.Role
 
-PURPOSE_TITLE = "conversation_title"
-PURPOSE_SYSTEM = "conversation_system_prompt"
-PURPOSE_MESSAGE = "message"
 TITLE_LENGTH = 60
 
 
@@ -70,7 +63,12 @@ def conversation_create(
     if len(system_prompt) > settings.BYOK_MAX_MESSAGE_CHARS:
         raise ChatError("The system prompt is too long.", field="system_prompt")
     conversation = Conversation(
-        owner=owner, provider_key=key, preset=key.preset, model=model, temporary=temporary
+        owner=owner,
+        provider_key=key,
+        preset=key.preset,
+        base_url=key.base_url,
+        model=model,
+        temporary=temporary,
     )
     cipher = OwnerCipher(owner)
     conversation.sealed_system_prompt = cipher.seal(
@@ -120,37 +118,23 @@ def conversation_delete(*, conversation: Conversation) -> None:
         )
     )
     for message_id in pending:
-        streams.request_cancel(message_id)
+        engine.request_cancel(message_id)
     conversation.delete()
 
 
 def _admit(conversation: Conversation, reply_id: uuid.UUID) -> None:
-    """Rate limits and spend caps, before a turn is created. Raises ChatError.
-
-    The concurrency slot taken here is given back when the turn ends (or, if the turn is
-    never created, when it goes stale).
-    """
-    try:
-        ratelimits.turn_admit(user=conversation.owner, message_id=reply_id)
-    except ratelimits.RateLimited as error:
-        raise ChatError(error.message, field="text") from None
-    except RedisError:
-        logger.exception("rate limiter unavailable")
-        raise ChatError(
-            "BYOK cannot reach its message queue right now. Nothing was sent; try again in a "
-            "moment.",
-            field="text",
-        ) from None
+    """Rate limits and spend caps, before a turn is created (`completion.admission`).
+    Raises ChatError."""
     key = conversation.provider_key
     try:
-        budget_check_before_send(
+        admission.admit(
             owner=conversation.owner,
-            key_id=key.pk if key else NO_KEY,
+            call_id=reply_id,
+            key_id=key.pk if key else None,
             key_label=key.label if key else "",
         )
-    except BudgetError as error:
-        ratelimits.turn_release(user_id=conversation.owner_id, message_id=reply_id)
-        raise ChatError(error.message, field="text") from None
+    except Refused as refused:
+        raise ChatError(refused.message, field="text") from None
 
 
 def message_send(
@@ -208,45 +192,28 @@ def message_send(
     return user_message, reply
 
 
-def _close_unrun_turn(message: Message, *, status: str, error_kind: str = "") -> None:
-    """Book a turn that ended without its worker finishing it: zero tokens, slot and
-    reservation given back. Call after the conditional update that ended it."""
-    conversation = message.conversation
-    key = conversation.provider_key
-    usage_record(
-        turn=TurnUsage(
-            owner_id=message.owner_id,
-            message_id=message.pk,
-            conversation_id=conversation.pk,
-            key_id=key.pk if key else None,
-            key_label=key.label if key else "",
-            preset=conversation.preset,
-            model=conversation.model,
-            status=status,
-            error_kind=error_kind,
-            tokens=TokenCounts(input=0, output=0),
-            reasoning_tokens=0,
-            ttft_ms=None,
-            latency_ms=None,
-            price=price_for(conversation.preset, conversation.model),
-        )
-    )
-    budget_release(message_id=message.pk)
-    ratelimits.turn_release(user_id=message.owner_id, message_id=message.pk)
+def _close_unrun(message: Message, outcome: Outcome, *, open_status: str) -> bool:
+    """End a turn its worker will not finish, through the engine's one way of ending a call:
+    zero tokens booked, slot and reservation given back, the final event sent."""
+    message.conversation.owner = message.owner
+    outcome.key = message.conversation.provider_key
+    turn = turns.ChatTurn(message.pk, reply=message, open_status=open_status)
+    return engine.close(turns.turn_call(message), turn, outcome)
 
 
 def turn_cancel(*, message: Message) -> Message:
     """Stop a reply. A queued one stops at once; a running one within a second (worker side)."""
     if message.role != Role.ASSISTANT or message.is_final:
         return message
-    stopped_now = Message.objects.filter(pk=message.pk, status=Status.QUEUED).update(
-        status=Status.STOPPED, finished_at=timezone.now()
+    queued = (
+        Message.objects.select_related("conversation__provider_key", "owner")
+        .filter(pk=message.pk, status=Status.QUEUED)
+        .first()
     )
-    if stopped_now:
-        _close_unrun_turn(message, status=Status.STOPPED)
-        streams.TurnPublisher(message.pk).done(status=Status.STOPPED, html="")
-    else:
-        streams.request_cancel(message.pk)
+    if queued is None or not _close_unrun(
+        queued, Outcome(status=Status.STOPPED), open_status=Status.QUEUED
+    ):
+        engine.request_cancel(message.pk)  # a worker has it (or is about to)
     message.refresh_from_db()
     return message
 
@@ -303,19 +270,14 @@ def turns_reap() -> int:
         ),
     ]
     for status, cutoff, kind, text in rules:
-        for message_id in Message.objects.filter(status=status, **cutoff).values_list(
-            "pk", flat=True
-        ):
-            if Message.objects.filter(pk=message_id, status=status).update(
-                status=Status.ERROR, error_kind=kind, error_message=text, finished_at=now
-            ):
-                message = Message.objects.select_related("conversation__provider_key", "owner").get(
-                    pk=message_id
-                )
-                # A dead worker may have spent tokens it never reported: the reservation is
-                # released, not charged; the provider's own dashboard has the exact figure.
-                _close_unrun_turn(message, status=Status.ERROR, error_kind=kind)
-                streams.TurnPublisher(message_id).error(message=text, action="retry")
+        stale = Message.objects.select_related("conversation__provider_key", "owner").filter(
+            status=status, **cutoff
+        )
+        for message in stale:
+            # A dead worker may have spent tokens it never reported: the reservation is
+            # released, not charged; the provider's own dashboard has the exact figure.
+            outcome = Outcome(status=Status.ERROR, error_kind=kind, error_message=text)
+            if _close_unrun(message, outcome, open_status=status):
                 reaped += 1
     return reaped
 

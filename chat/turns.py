@@ -1,67 +1,32 @@
-"""One chat turn, run by a worker: claim, call the provider with the owner's key, stream the
-reply into Redis, store the outcome once.
+"""A chat turn on the completion engine: the reply's row is the call's record, its Redis
+stream the live view of it.
 
-Provider calls are at most once per delivery of a turn: the turn is claimed with a
-conditional UPDATE (queued → running), so a redelivered or duplicated task finds nothing to
-claim and returns. Within one run, a call that failed *before the first token* may be retried
-(rate limited or unavailable: at most two retries within twenty seconds, honouring
-retry-after) or moved to the owner's next key for the same provider; after the first token,
-never.
+`ChatTurn` is the engine's sink for one assistant message: it claims the reply, builds the
+prompt from the conversation (sealed history, system prompt, trimmed to fit), hands deltas
+to the turn's stream, stores the outcome on the message (sealed) and publishes the final
+event with the rendered reply. Everything about keys, retries, money and usage is the
+engine's (`completion.engine`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import threading
-import time
 import uuid
-from dataclasses import dataclass, field
 
-from django import db
 from django.conf import settings
-from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
-from django.views.decorators.debug import sensitive_variables
 
 from chat import streams
-from chat.models import Conversation, Message
+from chat.models import PURPOSE_MESSAGE, Conversation, Message
 from chat.rendering import render_markdown, turn_facts
 from chat.selectors import conversation_system_prompt
-from chat.services import PURPOSE_MESSAGE
-from core import streams as live
-from keys.models import ProviderKey
-from keys.services import (
-    connection_config,
-    provider_key_mark_used,
-    provider_key_open,
-)
-from providers import loop as relay
-from providers.catalog import build_adapter, get_preset
-from providers.errors import InvalidChatRequest, InvalidEndpoint, ProviderError, ProviderErrorKind
-from providers.types import ChatAdapter, ChatMessage, ChatRequest, Finish, Role, TextDelta, Usage
-from usage import ratelimits
-from usage.prices import Price, TokenCounts, price_for
-from usage.recording import TurnUsage, usage_record
-from usage.services import BudgetError, budget_release, budget_reserve
-from vault import crypto as vault
+from completion import engine
+from completion.engine import Call, KeyChoice, Outcome, Prompt, Refused
+from providers.errors import ProviderErrorKind
+from providers.types import ChatMessage, Role
 from vault.services import OwnerCipher
 
-logger = logging.getLogger(__name__)
-
 Status = Message.Status
-KeyStatus = ProviderKey.Status
-
-RETRYABLE_BEFORE_FIRST_TOKEN = {ProviderErrorKind.RATE_LIMITED, ProviderErrorKind.UNAVAILABLE}
-FALLBACK_KINDS = {
-    ProviderErrorKind.RATE_LIMITED,
-    ProviderErrorKind.UNAVAILABLE,
-    ProviderErrorKind.NO_CREDIT,
-    ProviderErrorKind.INVALID_KEY,
-}
-MAX_RETRIES = 2
-RETRY_BUDGET_SECONDS = 20.0
 
 # What the page offers next to the error (chat.js), not words for the message itself; every
 # other action is a sentence that ends the message.
@@ -82,48 +47,14 @@ _ACTIONS = {
         "Retry; if it keeps happening, the endpoint may not be compatible."
     ),
 }
-
-
-@dataclass
-class TurnState:
-    """What one turn has produced so far."""
-
-    started: float = field(default_factory=time.monotonic)
-    parts: list[str] = field(default_factory=list)
-    first_token_at: float | None = None
-    usage: Usage | None = None
-    finish: Finish | None = None
-    cancelled: bool = False
-    provider_calls: int = 0
-    key: ProviderKey | None = None
-    notices: list[str] = field(default_factory=list)
-    input_estimate: int = 0
-    price: Price | None = None  # the model's, looked up once when the turn starts
-    cipher: OwnerCipher | None = None  # the owner's, opened once per turn
-    ended: float | None = None  # set when the outcome is stored: one latency everywhere
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
-
-    @property
-    def got_tokens(self) -> bool:
-        return self.first_token_at is not None
-
-
-def candidate_keys(conversation: Conversation) -> list[ProviderKey]:
-    """The conversation's key first, then the owner's other usable keys for the same provider."""
-    keys = list(
-        ProviderKey.objects.for_owner(conversation.owner)
-        .filter(preset=conversation.preset)
-        .usable()
-        .exclude(status__in=[KeyStatus.INVALID, KeyStatus.NO_CREDIT])
-        .order_by("priority", "created_at")
-    )
-    keys.sort(key=lambda key: key.pk != conversation.provider_key_id)  # stable: chosen first
-    for key in keys:
-        key.owner = conversation.owner  # loaded already
-    return keys
+# The engine's own refusals and the web's endings (reaper, stop before start).
+_ACTION_FOR_KIND = {
+    "internal": "retry",
+    "no_key": "keys",
+    "budget": "usage",
+    "worker_lost": "retry",
+    "no_worker": "retry",
+}
 
 
 def build_history(reply: Message, cipher: OwnerCipher) -> tuple[list[ChatMessage], int]:
@@ -162,460 +93,154 @@ def _turn_replies() -> QuerySet[Message]:
 
 
 def warm_up() -> None:
-    """Do at worker start what the first turn would otherwise wait for: the relay loop and
-    its provider sessions (aiohttp's import, the trust store), the claimed reply's query,
-    the Markdown renderer. Opens no database connection and calls nobody."""
-    from providers import aio
-
-    relay.submit(aio.warm_up(connection_config())).result(timeout=30)
+    """Do at worker start what the first turn would otherwise wait for: the engine's (the
+    relay loop's provider sessions), the claimed reply's query, the Markdown renderer.
+    Opens no database connection and calls nobody."""
+    engine.warm_up()
     str(_turn_replies().filter(pk=uuid.UUID(int=0)).query)
     render_markdown("*ready*")
 
 
 def run_turn(message_id: str) -> None:
     """Claim and run one turn. Safe to call twice: only the first call does anything."""
-    now = timezone.now()
-    claimed = Message.objects.filter(pk=message_id, status=Status.QUEUED).update(
-        status=Status.RUNNING, started_at=now
+    engine.run(ChatTurn(message_id))
+
+
+def turn_call(reply: Message) -> Call:
+    """The engine's call for a reply (its conversation and owner loaded)."""
+    conversation: Conversation = reply.conversation
+    return Call(
+        call_id=reply.pk,
+        owner=reply.owner,
+        choice=KeyChoice(
+            preset=conversation.preset,
+            base_url=conversation.base_url or None,
+            key_id=conversation.provider_key_id,
+        ),
+        model=conversation.model,
+        max_output_tokens=settings.BYOK_MAX_OUTPUT_TOKENS,
+        group_id=conversation.pk,
     )
-    if not claimed:
-        return  # already taken, finished, stopped or deleted: never call the provider twice
-    reply = _turn_replies().get(pk=message_id)
-    reply.conversation.owner = reply.owner  # the same user: no second query for it
-    publisher = streams.TurnPublisher(reply.pk)
-    state = TurnState()
-    try:
-        _run(reply, publisher, state)
-    except Exception:
-        logger.exception("turn %s crashed", reply.pk)
-        _finish_error(
-            reply,
-            publisher,
-            state,
-            kind="internal",
-            text="Something went wrong on our side while writing this reply. Retry.",
-            action="retry",
-        )
-    finally:
-        # A no-op once the turn has settled; after the final event, off the user's path.
-        budget_release(message_id=reply.pk)
-        ratelimits.turn_release(user_id=reply.owner_id, message_id=reply.pk)
 
 
-def _run(reply: Message, publisher: streams.TurnPublisher, state: TurnState) -> None:
-    conversation = reply.conversation
-    cipher = state.cipher = OwnerCipher(reply.owner)
-    history, dropped = build_history(reply, cipher)
-    if dropped:
-        state.notices.append(
-            f"The {dropped} oldest message{'s' if dropped != 1 else ''} of this conversation "
-            "were left out to fit the model's context."
-        )
-    if not history:
-        _finish_error(
-            reply,
-            publisher,
-            state,
-            kind="bad_request",
-            text="There is no message to answer.",
-            action="",
-        )
-        return
-    system_prompt = conversation_system_prompt(conversation, cipher) or None
-    keys = candidate_keys(conversation)
-    if not keys:
-        _finish_error(
-            reply,
-            publisher,
-            state,
-            kind="no_key",
-            text="You have no usable key for this provider. Add or replace one on the Keys page.",
-            action="keys",
-        )
-        return
-    if conversation.provider_key_id and keys[0].pk != conversation.provider_key_id:
-        state.notices.append(f"Your chosen key is not usable; “{keys[0].label}” answered instead.")
-    last_error: ProviderError | None = None
-    # Generous on purpose (about 3 characters a token): the reservation is a worst case.
-    state.input_estimate = (
-        sum(len(m.content) for m in history) + len(system_prompt or "")
-    ) // 3 + 16
-    state.price = price_for(conversation.preset, conversation.model)
-    for index, key in enumerate(keys):
-        state.key = key
-        if index:
-            budget_release(message_id=reply.pk)  # what the previous key held
-        try:
-            budget_reserve(
-                owner=reply.owner,
-                message_id=reply.pk,
-                key_id=key.pk,
-                key_label=key.label,
-                model=conversation.model,
-                price=state.price,
-                input_tokens_estimate=state.input_estimate,
-                max_output_tokens=settings.BYOK_MAX_OUTPUT_TOKENS,
-            )
-        except BudgetError as error:
-            _finish_error(
-                reply, publisher, state, kind="budget", text=error.message, action="usage"
-            )
-            return
-        last_error = _call_with_retries(reply, key, history, system_prompt, publisher, state)
-        if last_error is None or state.got_tokens or state.cancelled:
-            break
-        _note_key_failure(key, last_error)
-        has_next = index + 1 < len(keys)
-        if last_error.kind in FALLBACK_KINDS and has_next:
-            state.notices.append(
-                f"“{key.label}” failed ({last_error.user_message.rstrip('.')}); "
-                f"“{keys[index + 1].label}” answered instead."
-            )
-            continue
-        break
-    if last_error is not None and not state.cancelled:
-        _finish_provider_error(reply, publisher, state, last_error)
-    else:
-        _finish_success(reply, publisher, state)
-
-
-def _note_key_failure(key: ProviderKey, error: ProviderError) -> None:
-    """An invalid or empty key is marked so on the Keys page as well."""
-    status = {
-        ProviderErrorKind.INVALID_KEY: KeyStatus.INVALID,
-        ProviderErrorKind.NO_CREDIT: KeyStatus.NO_CREDIT,
-    }.get(error.kind)
-    if status is not None:
-        now = timezone.now()
-        ProviderKey.objects.filter(pk=key.pk).exclude(status=KeyStatus.REVOKED).update(
-            status=status, status_reason=error.user_message, last_verified_at=now, updated_at=now
-        )
-
-
-def _call_with_retries(
-    reply: Message,
-    key: ProviderKey,
-    history: list[ChatMessage],
-    system_prompt: str | None,
-    publisher: streams.TurnPublisher,
-    state: TurnState,
-) -> ProviderError | None:
-    """Call the provider with `key`; retry before the first token when that can help."""
-    budget_ends = time.monotonic() + RETRY_BUDGET_SECONDS
-    for attempt in range(MAX_RETRIES + 1):
-        error = _call_once(reply, key, history, system_prompt, publisher, state)
-        if error is None or state.got_tokens or state.cancelled:
-            return error
-        if error.kind not in RETRYABLE_BEFORE_FIRST_TOKEN or attempt == MAX_RETRIES:
-            return error
-        wait = error.retry_after if error.retry_after is not None else float(2**attempt)
-        if time.monotonic() + wait > budget_ends:
-            return error
-        if _sleep_unless_cancelled(reply.pk, wait):
-            state.cancelled = True
-            return None
-    return None  # pragma: no cover - the loop always returns
-
-
-def _sleep_unless_cancelled(message_id: object, seconds: float) -> bool:
-    stop = threading.Event()
-    watcher = live.get_cancel_watcher()
-    watcher.watch(streams.cancel_key(message_id), stop.set)
-    try:
-        return stop.wait(seconds)
-    finally:
-        watcher.unwatch(streams.cancel_key(message_id))
-
-
-@sensitive_variables("secret", "request")
-def _call_once(
-    reply: Message,
-    key: ProviderKey,
-    history: list[ChatMessage],
-    system_prompt: str | None,
-    publisher: streams.TurnPublisher,
-    state: TurnState,
-) -> ProviderError | None:
-    """One streaming call. Returns the error it ended with, or None."""
-    try:
-        secret = provider_key_open(key, cipher=state.cipher)
-        adapter = build_adapter(
-            get_preset(key.preset), config=connection_config(), base_url=key.base_url
-        )
-        request = ChatRequest(
-            model=reply.conversation.model,
-            messages=history,
-            api_key=secret,
-            system_prompt=system_prompt,
-            max_tokens=settings.BYOK_MAX_OUTPUT_TOKENS,
-        )
-    except vault.VaultError:
-        logger.error("key %s could not be opened for turn %s", key.pk, reply.pk)
-        return ProviderError(
-            ProviderErrorKind.INVALID_KEY, "This key could not be decrypted; replace its secret."
-        )
-    except InvalidChatRequest as error:
-        return ProviderError(ProviderErrorKind.BAD_REQUEST, error.user_message)
-    except InvalidEndpoint as error:
-        return ProviderError(ProviderErrorKind.NETWORK, error.user_message)
-    del secret
-    state.provider_calls += 1
-    return ProviderCall(reply.pk, publisher, state).run(adapter, request)
-
-
-class ProviderCall:
-    """One streaming provider call, read on the process's relay loop (`providers.loop`).
-
-    The loop does the per-token work for every running turn (keep the text, hand it to the
-    process's stream writer); the turn's thread just waits for the end, a cancel (from the
-    process's cancel watcher) or the deadline, so a turn costs no CPU between tokens and no
-    thread of its own while it streams. A cancel ends the turn at once and cancels the
-    call's task, which closes its connection even while the provider is silent (before its
-    first byte too); the task touches nothing of the turn after that.
-    """
+class ChatTurn:
+    """The engine's sink for one reply. `open_status` is the status the reply must still
+    have for an outcome to be stored (running, on the worker; queued, when the web stops a
+    turn no worker took)."""
 
     def __init__(
-        self, message_id: object, publisher: streams.TurnPublisher, state: TurnState
+        self,
+        message_id: uuid.UUID | str,
+        *,
+        reply: Message | None = None,
+        open_status: str = Status.RUNNING,
     ) -> None:
         self.message_id = message_id
-        self.publisher = publisher
-        self.state = state
-        self.lock = threading.Lock()  # the loop holds it while it updates the turn
-        self.wake = threading.Event()
-        self.stopped = False
-        self.finished = False
-        self.cancelled = False
-        self.error: ProviderError | None = None
+        self.reply = reply
+        self.open_status = open_status
+        self.publisher = streams.TurnPublisher(message_id)
 
-    def run(self, adapter: ChatAdapter, request: ChatRequest) -> ProviderError | None:
-        if db.connection.settings_dict["OPTIONS"].get("pool") and not (
-            db.connection.in_atomic_block
-        ):
-            # Seconds of streaming need no database: the connection goes back to the pool
-            # for other turns, and is taken again to store the outcome.
-            db.connection.close()
-        watcher = live.get_cancel_watcher()
-        watcher.watch(streams.cancel_key(self.message_id), self._cancel)
-        task = relay.submit(self._read(adapter, request))
-        try:
-            in_time = self.wake.wait(settings.BYOK_TURN_SOFT_LIMIT)
-        finally:
-            watcher.unwatch(streams.cancel_key(self.message_id))
-            with self.lock:
-                self.stopped = True
-        if self.finished:
-            return self.error
-        task.cancel()  # cancelled or out of time: end the provider call now
-        if self.cancelled:
-            self.state.cancelled = True
+    # -- the engine's sink ---------------------------------------------------------------
+
+    def claim(self) -> Call | None:
+        claimed = Message.objects.filter(pk=self.message_id, status=Status.QUEUED).update(
+            status=Status.RUNNING, started_at=timezone.now()
+        )
+        if not claimed:
             return None
-        assert not in_time
-        return ProviderError(ProviderErrorKind.TIMEOUT)
+        reply = self.reply = _turn_replies().get(pk=self.message_id)
+        reply.conversation.owner = reply.owner  # the same user: no second query for it
+        return turn_call(reply)
 
-    def _cancel(self) -> None:
-        self.cancelled = True
-        self.wake.set()
-
-    async def _read(self, adapter: ChatAdapter, request: ChatRequest) -> None:
-        state = self.state
-        error: ProviderError | None = None
-        try:
-            async with contextlib.aclosing(adapter.astream_chat(request)) as events:
-                async for event in events:
-                    with self.lock:
-                        if self.stopped:
-                            return
-                        if isinstance(event, TextDelta):
-                            if event.text:
-                                if state.first_token_at is None:
-                                    state.first_token_at = time.monotonic()
-                                state.parts.append(event.text)
-                                self.publisher.delta(event.text)
-                        elif isinstance(event, Usage):
-                            state.usage = event
-                        elif isinstance(event, Finish):
-                            state.finish = event
-        except ProviderError as caught:
-            error = caught
-        except InvalidEndpoint as caught:
-            error = ProviderError(ProviderErrorKind.NETWORK, caught.user_message)
-        except InvalidChatRequest as caught:
-            error = ProviderError(ProviderErrorKind.BAD_REQUEST, caught.user_message)
-        except Exception:
-            if not self.stopped:
-                logger.exception("provider stream crashed for turn %s", self.message_id)
-            error = ProviderError(ProviderErrorKind.BAD_RESPONSE)
-        with self.lock:
-            if not self.stopped:
-                self.error = error
-                self.finished = True
-                self.wake.set()
-
-
-def _timings(state: TurnState) -> dict[str, int | None]:
-    now = state.ended or time.monotonic()
-    return {
-        "ttft_ms": round((state.first_token_at - state.started) * 1000)
-        if state.first_token_at
-        else None,
-        "latency_ms": round((now - state.started) * 1000),
-    }
-
-
-def _token_counts(state: TurnState) -> tuple[TokenCounts, int, bool] | None:
-    """The turn's tokens, the reasoning among them, and whether they are an estimate.
-
-    A stream that broke off before the provider reported usage still billed what it sent:
-    about four characters a token out, the reservation's estimate in. None: nothing sent.
-    """
-    usage = state.usage
-    if usage is not None:
-        tokens = TokenCounts(
-            input=usage.input_tokens,
-            output=usage.output_tokens,
-            cached=usage.cached_input_tokens,
-            cache_write=usage.cache_write_input_tokens,
-        )
-        return tokens, usage.reasoning_tokens, False
-    if state.text:
-        tokens = TokenCounts(input=state.input_estimate, output=max(1, len(state.text) // 4))
-        return tokens, 0, True
-    return None
-
-
-def _usage_fields(state: TurnState) -> dict[str, int | bool | None]:
-    counts = _token_counts(state)
-    if counts is None:
-        return {}
-    tokens, reasoning, estimated = counts
-    return {
-        "input_tokens": tokens.input,
-        "output_tokens": tokens.output,
-        "cached_tokens": tokens.cached,
-        "reasoning_tokens": reasoning,
-        "tokens_estimated": estimated,
-    }
-
-
-def _turn_usage(reply: Message, state: TurnState, status: str, error_kind: str) -> TurnUsage:
-    tokens, reasoning, estimated = _token_counts(state) or (TokenCounts(0, 0), 0, False)
-    timings = _timings(state)
-    key = state.key
-    return TurnUsage(
-        owner_id=reply.owner_id,
-        message_id=reply.pk,
-        conversation_id=reply.conversation_id,
-        key_id=key.pk if key else None,
-        key_label=key.label if key else "",
-        preset=key.preset if key else reply.conversation.preset,
-        model=reply.conversation.model,
-        status=status,
-        error_kind=error_kind,
-        tokens=tokens,
-        reasoning_tokens=reasoning,
-        ttft_ms=timings["ttft_ms"],
-        latency_ms=timings["latency_ms"],
-        price=state.price,
-        estimated=estimated,
-    )
-
-
-def _store(reply: Message, state: TurnState, **fields: object) -> bool:
-    """Store the outcome and its usage once: only a turn still `running` can be finished."""
-    cipher = state.cipher or OwnerCipher(reply.owner)
-    state.ended = time.monotonic()  # the message, its usage record and its final event agree
-    values = {
-        "sealed_content": cipher.seal(PURPOSE_MESSAGE, reply.pk, state.text),
-        "finished_at": timezone.now(),
-        "provider_calls": state.provider_calls,
-        "provider_key": state.key,
-        "notice": " ".join(state.notices)[:500],
-        **_timings(state),
-        **_usage_fields(state),
-        **fields,
-    }
-    with transaction.atomic():
-        stored = bool(Message.objects.filter(pk=reply.pk, status=Status.RUNNING).update(**values))
-        if stored:
-            usage_record(
-                turn=_turn_usage(
-                    reply, state, str(fields["status"]), str(fields.get("error_kind", ""))
-                )
+    def prompt(self, cipher: OwnerCipher) -> Prompt:
+        reply = self._reply()
+        history, dropped = build_history(reply, cipher)
+        if not history:
+            raise Refused("bad_request", "There is no message to answer.")
+        notices: tuple[str, ...] = ()
+        if dropped:
+            notices = (
+                f"The {dropped} oldest message{'s' if dropped != 1 else ''} of this "
+                "conversation were left out to fit the model's context.",
             )
-    return stored
+        system_prompt = conversation_system_prompt(reply.conversation, cipher) or None
+        return Prompt(messages=history, system_prompt=system_prompt, notices=notices)
+
+    def delta(self, text: str) -> None:
+        self.publisher.delta(text)
+
+    def store(self, outcome: Outcome, cipher: OwnerCipher) -> bool:
+        reply = self._reply()
+        tokens = outcome.tokens
+        values: dict[str, object] = {
+            "status": outcome.status,
+            "sealed_content": cipher.seal(PURPOSE_MESSAGE, reply.pk, outcome.text),
+            "finished_at": timezone.now(),
+            "provider_calls": outcome.provider_calls,
+            "provider_key": outcome.key if outcome.provider_calls else None,
+            "notice": _notice(outcome)[:500],
+            "ttft_ms": outcome.ttft_ms,
+            "latency_ms": outcome.latency_ms,
+            "finish_reason": outcome.finish_reason,
+        }
+        if tokens is not None:
+            values.update(
+                input_tokens=tokens.input,
+                output_tokens=tokens.output,
+                cached_tokens=tokens.cached,
+                reasoning_tokens=outcome.reasoning_tokens,
+                tokens_estimated=outcome.estimated,
+            )
+        if outcome.status == Status.ERROR:
+            message, _ = _error_display(outcome)
+            values.update(error_kind=outcome.error_kind[:32], error_message=message[:500])
+        return bool(Message.objects.filter(pk=reply.pk, status=self.open_status).update(**values))
+
+    def published(self, outcome: Outcome) -> None:
+        html = render_markdown(outcome.text) if outcome.text else ""
+        facts = _facts(outcome)
+        if outcome.status == Status.ERROR:
+            message, action = _error_display(outcome)
+            self.publisher.error(message=message, action=action, html=html, facts=facts)
+        else:
+            self.publisher.done(
+                status=outcome.status, html=html, notice=_notice(outcome), facts=facts
+            )
+
+    def _reply(self) -> Message:
+        assert self.reply is not None, "claim the turn first"
+        return self.reply
 
 
-def _facts(state: TurnState) -> dict[str, str]:
-    """The reply's small print as stored (see `_store`), for its final event."""
-    counts = _token_counts(state)
-    return turn_facts(
-        key_label=state.key.label if state.key is not None else "",
-        input_tokens=counts[0].input if counts else None,
-        output_tokens=counts[0].output if counts else None,
-        ttft_ms=_timings(state)["ttft_ms"],
-        estimated=counts[2] if counts else False,
-    )
+def _notice(outcome: Outcome) -> str:
+    notices = list(outcome.notices)
+    if outcome.cut_off_by_length:
+        notices.append("The reply reached the length limit and was cut short.")
+    return " ".join(notices)
 
 
-def _after_finish(state: TurnState) -> None:
-    """Bookkeeping that the user does not wait for: runs after the final event is sent."""
-    if state.key is not None and state.provider_calls:
-        provider_key_mark_used(key=state.key)
-
-
-def _finish_success(reply: Message, publisher: streams.TurnPublisher, state: TurnState) -> None:
-    status = Status.STOPPED if state.cancelled else Status.DONE
-    finish_reason = state.finish.reason.value if state.finish else ""
-    if status == Status.DONE and finish_reason == "length":
-        state.notices.append("The reply reached the length limit and was cut short.")
-    if _store(reply, state, status=status, finish_reason=finish_reason):
-        publisher.done(
-            status=status,
-            html=render_markdown(state.text),
-            notice=" ".join(state.notices),
-            facts=_facts(state),
-        )
-        _after_finish(state)
-
-
-def _finish_provider_error(
-    reply: Message, publisher: streams.TurnPublisher, state: TurnState, error: ProviderError
-) -> None:
-    text = error.user_message
-    if error.provider_message and error.kind in {
-        ProviderErrorKind.BAD_REQUEST,
-        ProviderErrorKind.CONTEXT_TOO_LONG,
-    }:
-        text = f"{text} The provider said: {error.provider_message}"
-    if state.got_tokens:
-        text = f"The reply was cut off: {text[0].lower()}{text[1:]} What arrived is kept."
-    if error.kind == ProviderErrorKind.RATE_LIMITED and error.retry_after:
-        text += f" Try again in {max(1, round(error.retry_after))} seconds."
-    _finish_error(
-        reply,
-        publisher,
-        state,
-        kind=error.kind.value,
-        text=text,
-        action=_ACTIONS.get(error.kind, ""),
-    )
-
-
-def _finish_error(
-    reply: Message,
-    publisher: streams.TurnPublisher,
-    state: TurnState,
-    *,
-    kind: str,
-    text: str,
-    action: str,
-) -> None:
+def _error_display(outcome: Outcome) -> tuple[str, str]:
+    """A failed reply's message, and the action the page offers next to it."""
+    text = outcome.error_message
+    error = outcome.error
+    if error is not None:
+        if outcome.text:
+            text = f"The reply was cut off: {text[0].lower()}{text[1:]} What arrived is kept."
+        action = _ACTIONS.get(error.kind, "")
+    else:
+        action = _ACTION_FOR_KIND.get(outcome.error_kind, "")
     message = text if not action or action in ACTION_CODES else f"{text} {action}"
-    if _store(reply, state, status=Status.ERROR, error_kind=kind, error_message=message[:500]):
-        publisher.error(
-            message=message,
-            action=action,
-            html=render_markdown(state.text) if state.text else "",
-            facts=_facts(state),
-        )
-        _after_finish(state)
+    return message, action
+
+
+def _facts(outcome: Outcome) -> dict[str, str]:
+    """The reply's small print as stored (see `ChatTurn.store`), for its final event."""
+    tokens = outcome.tokens
+    used = outcome.key if outcome.provider_calls else None
+    return turn_facts(
+        key_label=used.label if used is not None else "",
+        input_tokens=tokens.input if tokens else None,
+        output_tokens=tokens.output if tokens else None,
+        ttft_ms=outcome.ttft_ms,
+        estimated=outcome.estimated,
+    )
