@@ -96,3 +96,8 @@ def turn_release(*, user_id: object, message_id: object) -> None:
         get_redis().zrem(_running_key(user_id), str(message_id))
     except redis.RedisError:
         logger.warning("could not free the turn slot of message %s", message_id)
+
+
+def running_turns(*, user_id: object) -> int:
+    """How many of the user's turns hold a concurrency slot now."""
+    return int(get_redis().zcard(_running_key(user_id)))
