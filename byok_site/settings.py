@@ -96,10 +96,9 @@ BYOK_ALLOW_PRIVATE_ENDPOINTS = env.bool("BYOK_ALLOW_PRIVATE_ENDPOINTS", default=
 BYOK_PROVIDER_CONNECT_TIMEOUT = env.float("BYOK_PROVIDER_CONNECT_TIMEOUT", default=10.0)
 BYOK_PROVIDER_READ_TIMEOUT = env.float("BYOK_PROVIDER_READ_TIMEOUT", default=120.0)
 BYOK_PROVIDER_CALL_DEADLINE = env.float("BYOK_PROVIDER_CALL_DEADLINE", default=300.0)
-# Open provider connections per process (and how many stay open for reuse): a worker runs
-# as many turns at once as its concurrency, each holding one connection while it streams.
+# Open provider connections per process: a worker runs as many turns at once as its
+# concurrency, each holding one connection while it streams.
 BYOK_PROVIDER_MAX_CONNECTIONS = env.int("BYOK_PROVIDER_MAX_CONNECTIONS", default=512)
-BYOK_PROVIDER_KEEPALIVE_CONNECTIONS = env.int("BYOK_PROVIDER_KEEPALIVE_CONNECTIONS", default=128)
 # Chat turns.
 BYOK_MAX_MESSAGE_CHARS = env.int("BYOK_MAX_MESSAGE_CHARS", default=100_000)
 BYOK_MAX_CONCURRENT_TURNS = env.int("BYOK_MAX_CONCURRENT_TURNS", default=4)

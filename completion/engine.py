@@ -487,6 +487,9 @@ def _call_once(
         return ProviderError(ProviderErrorKind.NETWORK, error.user_message)
     del secret
     state.provider_calls += 1
+    logger.debug(
+        "call %s: %s with key %s at %s", call.call_id, call.model, key.pk, key.base_url
+    )
     return _ProviderCall(call.call_id, sink.delta, state).run(adapter, request)
 
 

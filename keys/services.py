@@ -59,7 +59,6 @@ def connection_config() -> ConnectionConfig:
         read_timeout=settings.BYOK_PROVIDER_READ_TIMEOUT,
         call_deadline=settings.BYOK_PROVIDER_CALL_DEADLINE,
         max_connections=settings.BYOK_PROVIDER_MAX_CONNECTIONS,
-        max_keepalive_connections=settings.BYOK_PROVIDER_KEEPALIVE_CONNECTIONS,
     )
 
 
@@ -501,6 +500,7 @@ def provider_key_verify(*, key_id: str) -> ProviderKey | None:
         reason = "This key could not be decrypted. Replace its secret to use it again."
     else:
         status, reason = Status.VALID, ""
+    logger.debug("key %s checked at %s: %s", key.pk, key.base_url, status)
     now = timezone.now()
     if key.expires_on and key.expires_on <= timezone.localdate():
         status, reason = (

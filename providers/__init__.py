@@ -1,13 +1,15 @@
 """Provider adapters: pure Python, no Django.
 
-Typical use (in the worker, with the key just opened from the vault)::
+Typical use (in the worker, with the key just opened from the vault, on the process's relay
+loop `providers.loop`)::
 
     adapter = build_adapter(get_preset("anthropic"), config=config, base_url=key_base_url)
-    for event in adapter.stream_chat(ChatRequest(model=..., messages=..., api_key=...)):
+    async for event in adapter.astream_chat(ChatRequest(model=..., messages=..., api_key=...)):
         ...  # TextDelta*, then Usage?, then Finish; ProviderError on failure
 
-On an event loop (the worker's relay loop, `providers.loop`), `async for event in
-adapter.astream_chat(request)` gives the same events and errors (aiohttp, `providers.aio`).
+`adapter.verify(key)` and `adapter.list_models(key)` block their thread while the relay loop
+makes the request. Every request goes through the one HTTP client (`providers.aio`) and the
+network guard (`providers.netguard`).
 
 See types.py for the event contract, errors.py for the error taxonomy, netguard.py for the
 rules on base URLs.
@@ -22,7 +24,7 @@ from providers.catalog import (
     get_preset,
     resolve_base_url,
 )
-from providers.connections import ConnectionConfig, close_shared_clients, shared_client
+from providers.connections import ConnectionConfig
 from providers.errors import (
     InvalidChatRequest,
     InvalidEndpoint,
@@ -32,7 +34,7 @@ from providers.errors import (
 from providers.gemini_generate import GeminiAdapter
 from providers.netguard import (
     BlockedEndpoint,
-    GuardedNetworkBackend,
+    GuardedResolver,
     canonical_base_url,
     check_endpoint,
     system_resolver,
@@ -63,7 +65,7 @@ __all__ = [
     "Finish",
     "FinishReason",
     "GeminiAdapter",
-    "GuardedNetworkBackend",
+    "GuardedResolver",
     "InvalidChatRequest",
     "InvalidEndpoint",
     "ModelInfo",
@@ -78,9 +80,7 @@ __all__ = [
     "build_adapter",
     "canonical_base_url",
     "check_endpoint",
-    "close_shared_clients",
     "get_preset",
     "resolve_base_url",
-    "shared_client",
     "system_resolver",
 ]

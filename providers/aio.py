@@ -1,23 +1,22 @@
-"""Provider streams on one asyncio event loop per process (aiohttp), behind the network guard.
+"""The one HTTP client of provider calls: aiohttp, on an asyncio event loop, behind the
+network guard.
 
 A worker relays hundreds of replies at once. Reading each on a thread of its own costs a
 thread wake-up and a hand-off of the interpreter lock per provider event (110 to 120 µs of CPU
 per event at 100 streams, against about 45 µs here); one loop reading every stream does not.
-`HttpAdapter.astream_chat` runs on the process's relay loop (`providers.loop`).
+Streams (`HttpAdapter.astream_chat`) run on the process's relay loop (`providers.loop`); the
+few blocking calls (a key check, a model list: `HttpAdapter.verify`, `list_models`) are
+handed to the same loop and waited for.
 
-The guard is the same as the blocking client's (`providers.netguard`): the host is resolved
-once per connection through the configured resolver, every address must be allowed, the
-socket is opened to the vetted address (the name still goes in the Host header and in TLS
-SNI and certificate checks), a plain-http URL may not reach a public address (its key would
-cross the internet in clear), redirects are never followed, proxies and `.netrc` from the
+Every connection is resolved through `netguard.GuardedResolver` (the host resolved once per
+connection through the configured resolver, every address allowed, the socket opened to the
+vetted address, the name kept in the Host header and in TLS SNI and certificate checks, no
+plain http to a public address); redirects are never followed, proxies and `.netrc` from the
 environment are ignored, and no cookie is kept between calls. An IP-literal host is not
 resolved (aiohttp connects to it as written): `HttpAdapter._url` has checked it, with the
-same rules, just before (`check_endpoint`), and a literal cannot change in between.
-
-Differences from the blocking client's `ConnectionConfig` use: aiohttp has no write timeout
-(a request body is a few hundred kilobytes at most, and the call's deadline bounds the
-whole call) and no separate cap on idle keep-alive connections (`keepalive_expiry` closes
-them).
+same rules, just before (`check_endpoint`), and a literal cannot change in between. Every
+failure becomes a `ProviderError` (`_translated`), raised `from None`: aiohttp's exceptions
+carry the request, and with it the key header.
 """
 
 from __future__ import annotations
@@ -27,19 +26,17 @@ import contextlib
 import functools
 import json
 import os
-import socket
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import httpx
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from providers import loop as loop_module
 from providers.connections import ConnectionConfig
 from providers.errors import InvalidEndpoint, ProviderError, ProviderErrorKind, connection_dropped
-from providers.netguard import HTTPS_REQUIRED, is_public_address, vetted_addresses
+from providers.netguard import GuardedResolver
 from providers.sse import ServerSentEvent, SSEDecoder, SSEProtocolError
 
 if TYPE_CHECKING:
@@ -56,46 +53,6 @@ os.register_at_fork(after_in_child=lambda: _sessions.clear())
 _sessions: dict[tuple[int, ConnectionConfig, bool], aiohttp.ClientSession] = {}
 
 
-class GuardedResolver(AbstractResolver):
-    """Resolves through the config's resolver (off the loop) and the network guard.
-
-    `public_allowed` is False for plain-http URLs: such a URL may reach a private endpoint
-    (when the operator allows those) but never a public address.
-    """
-
-    def __init__(self, config: ConnectionConfig, *, public_allowed: bool) -> None:
-        self.config = config
-        self.public_allowed = public_allowed
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        lookup = functools.partial(
-            vetted_addresses,
-            host,
-            port,
-            allow_private_endpoints=self.config.allow_private_endpoints,
-            resolver=self.config.resolver,
-        )
-        addresses = await asyncio.get_running_loop().run_in_executor(None, lookup)
-        if not self.public_allowed and any(is_public_address(a) for a in addresses):
-            raise InvalidEndpoint(HTTPS_REQUIRED)
-        return [
-            ResolveResult(
-                hostname=host,
-                host=str(address),
-                port=port,
-                family=socket.AF_INET6 if address.version == 6 else socket.AF_INET,
-                proto=0,
-                flags=socket.AI_NUMERICHOST,
-            )
-            for address in addresses
-        ]
-
-    async def close(self) -> None:
-        return None
-
-
 @functools.cache
 def _default_ssl_context() -> ssl.SSLContext:
     """The blocking client's trust store (certifi), not the environment's; loaded once."""
@@ -109,7 +66,11 @@ def session_for(config: ConnectionConfig, *, public_allowed: bool) -> aiohttp.Cl
     session = _sessions.get(key)
     if session is None or session.closed:
         connector = aiohttp.TCPConnector(
-            resolver=GuardedResolver(config, public_allowed=public_allowed),
+            resolver=GuardedResolver(
+                allow_private_endpoints=config.allow_private_endpoints,
+                resolver=config.resolver,
+                public_allowed=public_allowed,
+            ),
             use_dns_cache=False,  # resolve (and vet) for every new connection
             limit=config.max_connections,
             limit_per_host=0,
@@ -143,6 +104,11 @@ async def close_sessions() -> None:
 
 
 # -- one streaming call ----------------------------------------------------------------------
+
+# Error bodies are a few hundred bytes; model lists a few hundred kilobytes. Anything far
+# larger is not what we asked for, and reading it whole would let an endpoint exhaust memory.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
 
 _open_calls: set[object] = set()  # set.add and discard are atomic: any loop may touch it
 
@@ -212,6 +178,51 @@ async def _drain_then_release(response: aiohttp.ClientResponse) -> None:
         response.release()
 
 
+def _timeout(config: ConnectionConfig) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(
+        total=None,
+        connect=config.pool_timeout + config.connect_timeout,
+        sock_connect=config.connect_timeout,
+        sock_read=config.read_timeout,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _translated(deadline: asyncio.Timeout) -> AsyncIterator[None]:
+    """The call's deadline, and every failure of the request or its reply as a
+    `ProviderError` (or `InvalidEndpoint`): the one error mapping of provider calls.
+
+    Raised `from None`: aiohttp's exceptions can carry the request (`request_info`, with its
+    headers, so the key), and a chained cause lives as long as the ProviderError.
+    """
+    try:
+        async with deadline:
+            yield
+    except ProviderError:
+        raise
+    except TimeoutError:
+        if deadline.expired():
+            raise ProviderError(
+                ProviderErrorKind.TIMEOUT, "The provider took too long to finish the reply."
+            ) from None
+        raise ProviderError(ProviderErrorKind.TIMEOUT) from None
+    except aiohttp.InvalidURL:
+        raise InvalidEndpoint("That URL is not valid.") from None
+    except (aiohttp.ClientConnectorError, aiohttp.ClientSSLError):
+        raise ProviderError(
+            ProviderErrorKind.NETWORK, "Could not connect to the provider."
+        ) from None
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
+        raise connection_dropped() from None
+    except aiohttp.ClientResponseError:
+        # A response that is not HTTP/1.1 as it should be (aiohttp's parser refused it).
+        raise ProviderError(ProviderErrorKind.BAD_RESPONSE) from None
+    except aiohttp.ClientError:
+        raise ProviderError(
+            ProviderErrorKind.NETWORK, "The connection to the provider failed."
+        ) from None
+
+
 @contextlib.asynccontextmanager
 async def event_stream(
     adapter: HttpAdapter,
@@ -222,30 +233,21 @@ async def event_stream(
     params: Mapping[str, str] | None,
     api_key: str,
 ) -> AsyncIterator[EventStream]:
-    """POST `body` to `url` and give the reply's event stream; the async twin of
-    `HttpAdapter._stream_events`, with the same errors."""
-    from providers.base import MAX_ERROR_BODY_BYTES, is_json_content
-
+    """POST `body` to `url` and give the reply's event stream. A non-200 answer, or a JSON
+    body where a stream was expected, raises the adapter's classified `ProviderError`."""
     config = adapter.config
-    session = session_for(config, public_allowed=url.startswith("https://"))
-    timeout = aiohttp.ClientTimeout(
-        total=None,
-        connect=config.pool_timeout + config.connect_timeout,
-        sock_connect=config.connect_timeout,
-        sock_read=config.read_timeout,
-    )
     data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    deadline = asyncio.timeout(config.call_deadline)
     token = object()
     _open_calls.add(token)
     try:
-        async with deadline:
+        async with _translated(asyncio.timeout(config.call_deadline)):
+            session = session_for(config, public_allowed=url.startswith("https://"))
             response = await session.post(
                 url,
                 params=params,
                 data=data.encode(),
                 headers={**headers, "content-type": "application/json"},
-                timeout=timeout,
+                timeout=_timeout(config),
                 allow_redirects=False,
             )
             stream = EventStream(response)
@@ -268,33 +270,37 @@ async def event_stream(
                     task.add_done_callback(_draining.discard)
                 else:
                     response.close()  # cut off (cancel, error): the connection goes
-    except ProviderError:
-        raise
-    # Raised `from None`: aiohttp's exceptions can carry the request (`request_info`, with
-    # its headers, so the key), and a chained cause lives as long as the ProviderError.
-    except TimeoutError:
-        if deadline.expired():
-            raise ProviderError(
-                ProviderErrorKind.TIMEOUT, "The provider took too long to finish the reply."
-            ) from None
-        raise ProviderError(ProviderErrorKind.TIMEOUT) from None
-    except aiohttp.InvalidURL:
-        raise InvalidEndpoint("That URL is not valid.") from None
-    except (aiohttp.ClientConnectorError, aiohttp.ClientSSLError):
-        raise ProviderError(
-            ProviderErrorKind.NETWORK, "Could not connect to the provider."
-        ) from None
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
-        raise connection_dropped() from None
-    except aiohttp.ClientResponseError:
-        # A response that is not HTTP/1.1 as it should be (aiohttp's parser refused it).
-        raise ProviderError(ProviderErrorKind.BAD_RESPONSE) from None
-    except aiohttp.ClientError:
-        raise ProviderError(
-            ProviderErrorKind.NETWORK, "The connection to the provider failed."
-        ) from None
     finally:
         _open_calls.discard(token)
+
+
+async def get_body(
+    adapter: HttpAdapter,
+    *,
+    url: str,
+    headers: Mapping[str, str],
+    params: Mapping[str, str] | None,
+    api_key: str,
+) -> bytes:
+    """GET `url` and return its body (at most MAX_JSON_BODY_BYTES); a non-200 answer raises
+    the adapter's classified `ProviderError`. For key checks and model lists."""
+    config = adapter.config
+    async with _translated(asyncio.timeout(config.call_deadline)):
+        session = session_for(config, public_allowed=url.startswith("https://"))
+        response = await session.get(
+            url, params=params, headers=headers, timeout=_timeout(config), allow_redirects=False
+        )
+        try:
+            if response.status != 200:
+                raw = await _read_limited(response, MAX_ERROR_BODY_BYTES, strict=False)
+                raise adapter.error_from_status(response.status, response.headers, raw, api_key)
+            return await _read_limited(response, MAX_JSON_BODY_BYTES, strict=True)
+        finally:
+            response.release()
+
+
+def is_json_content(headers: Mapping[str, str]) -> bool:
+    return headers.get("content-type", "").lower().startswith("application/json")
 
 
 async def _read_limited(response: aiohttp.ClientResponse, limit: int, *, strict: bool) -> bytes:

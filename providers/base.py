@@ -1,7 +1,9 @@
-"""What the wire-protocol adapters share: endpoint checks, auth hygiene, HTTP and SSE plumbing.
+"""What the wire-protocol adapters share: endpoint checks, auth hygiene, the request and the
+reading of its reply.
 
-Each adapter supplies its auth headers and its vendor's error classification; everything
-about sending, deadlines, reading bounded bodies and decoding event streams lives here once.
+Each adapter supplies its auth headers, its requests and its vendor's error classification;
+sending, deadlines and bounded reads are `providers.aio`'s (the one HTTP client), and
+decoding a reply's events is the protocol's `ReplyParser`.
 """
 
 from __future__ import annotations
@@ -9,23 +11,18 @@ from __future__ import annotations
 import contextlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, Generator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
-from providers.connections import ConnectionConfig, Deadline, shared_client
-from providers.connections import translated_transport_errors as _translated
+from providers import aio
+from providers import loop as relay
+from providers.connections import ConnectionConfig
 from providers.errors import ProviderError, ProviderErrorKind, parse_retry_after
 from providers.netguard import canonical_base_url, check_endpoint
-from providers.sse import ServerSentEvent, SSEDecoder, SSEProtocolError
+from providers.sse import ServerSentEvent
 from providers.types import ChatEvent, ChatRequest
 
-# Error bodies are a few hundred bytes; model lists a few hundred kilobytes. Anything far
-# larger is not what we asked for, and reading it whole would let an endpoint exhaust memory.
-MAX_ERROR_BODY_BYTES = 64 * 1024
-MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
 MAX_API_KEY_LENGTH = 1024
 
 JSONObject = dict[str, Any]
@@ -91,9 +88,9 @@ def retry_after_from_headers(headers: Mapping[str, str]) -> float | None:
 class ReplyParser(ABC):
     """Turns one reply's server-sent events into chat events, one event at a time.
 
-    No I/O: the same parser serves the blocking client (`HttpAdapter.stream_chat`) and the
-    worker's event loop (`HttpAdapter.astream_chat`). `complete` turns true when the
-    protocol's end-of-reply marker arrives; nothing after it is read as reply.
+    No I/O: `HttpAdapter.astream_chat` feeds it the events as they arrive (and tests can
+    feed it events of their own). `complete` turns true when the protocol's end-of-reply
+    marker arrives; nothing after it is read as reply.
     """
 
     complete: bool = False
@@ -148,34 +145,15 @@ class HttpAdapter(ABC):
 
     # -- streaming a reply -----------------------------------------------------------------------
 
-    def stream_chat(self, request: ChatRequest) -> Iterator[ChatEvent]:
-        """Stream one reply: `TextDelta`s, then `Usage` (when reported), then `Finish`.
+    async def astream_chat(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
+        """Stream one reply, on an asyncio event loop (the worker's relay loop):
+        `TextDelta`s, then `Usage` (when reported), then `Finish`.
 
         The request is sent when iteration starts. Raises `ProviderError` (or
         `InvalidChatRequest` / `InvalidEndpoint` before anything is sent); a stream that
-        breaks off raises after the deltas that arrived.
+        breaks off raises after the deltas that arrived. Cancelling the task ends the
+        provider call.
         """
-        call = self._chat_call(request)
-        events = self._stream_events(
-            call.path, api_key=request.api_key, body=call.body, params=call.params
-        )
-        parser = call.parser
-        try:
-            for event in events:
-                yield from parser.feed(event)
-                if parser.complete:
-                    break
-            yield from parser.end()
-            if parser.complete:
-                drain_finished_stream(events)
-        finally:
-            events.close()
-
-    async def astream_chat(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
-        """`stream_chat` on an asyncio event loop (the worker's relay loop): same events,
-        same errors, same network guard. Cancelling the task ends the provider call."""
-        from providers import aio  # aiohttp is loaded only where an event loop streams
-
         call = self._chat_call(request)
         parser = call.parser
         async with aio.event_stream(
@@ -213,81 +191,14 @@ class HttpAdapter(ABC):
     def _get_json(
         self, path: str, *, api_key: str, params: Mapping[str, str] | None = None
     ) -> JSONObject:
-        """GET a JSON object, mapping every failure to a `ProviderError`."""
+        """GET a JSON object on the relay loop and wait for it (a key check, a model list),
+        every failure a `ProviderError`."""
         url = self._url(path)
         headers = self._headers(api_key, streaming=False)
-        deadline = Deadline(self.config.call_deadline)
-        client = shared_client(self.config)
-        with _translated():
-            request = client.build_request(
-                "GET", url, params=params, headers=headers, timeout=deadline.timeout(self.config)
-            )
-            response = client.send(request, stream=True)
-            try:
-                if response.status_code != 200:
-                    raise self._error_from_response(response, deadline, api_key)
-                body = _read_limited(response, deadline, MAX_JSON_BODY_BYTES)
-            finally:
-                response.close()
+        body = relay.call(
+            aio.get_body(self, url=url, headers=headers, params=params, api_key=api_key)
+        )
         return json_object(body)
-
-    def _stream_events(
-        self,
-        path: str,
-        *,
-        api_key: str,
-        body: JSONObject,
-        params: Mapping[str, str] | None = None,
-    ) -> Generator[ServerSentEvent, None, None]:
-        """POST `body` and yield the server-sent events of the reply as they arrive.
-
-        Non-200 answers become the adapter's `ProviderError`; a JSON body where a stream was
-        expected is classified the same way; the stream's own failures (drop, timeout,
-        garbage) become `network`, `timeout` or `bad_response` after the events that did
-        arrive have been yielded.
-        """
-        url = self._url(path)
-        headers = self._headers(api_key, streaming=True)
-        deadline = Deadline(self.config.call_deadline)
-        client = shared_client(self.config)
-        with _translated():
-            request = client.build_request(
-                "POST",
-                url,
-                params=params,
-                json=body,
-                headers=headers,
-                timeout=deadline.timeout(self.config),
-            )
-            response = client.send(request, stream=True)
-            try:
-                if response.status_code != 200:
-                    raise self._error_from_response(response, deadline, api_key)
-                if is_json_content(response.headers):
-                    raise self.error_from_unstreamed_body(
-                        _read_limited(response, deadline, MAX_ERROR_BODY_BYTES), api_key
-                    )
-                decoder = SSEDecoder()
-                for chunk in response.iter_bytes():
-                    try:
-                        events = decoder.feed(chunk)
-                    except SSEProtocolError:
-                        raise ProviderError(ProviderErrorKind.BAD_RESPONSE) from None
-                    yield from events
-                    deadline.check()
-            finally:
-                response.close()
-
-    def _error_from_response(
-        self, response: httpx.Response, deadline: Deadline, api_key: str
-    ) -> ProviderError:
-        try:
-            raw = _read_limited(response, deadline, MAX_ERROR_BODY_BYTES)
-        except (ProviderError, httpx.HTTPError):
-            # The status alone still classifies the error; an unreadable body must not turn
-            # a 429 into a network error.
-            raw = b""
-        return self.error_from_status(response.status_code, response.headers, raw, api_key)
 
     def error_from_status(
         self, status: int, headers: Mapping[str, str], raw: bytes, api_key: str
@@ -316,32 +227,3 @@ class HttpAdapter(ABC):
         return ProviderError(
             ProviderErrorKind.BAD_RESPONSE, "The provider answered without streaming the reply."
         )
-
-
-def is_json_content(headers: Mapping[str, str]) -> bool:
-    return headers.get("content-type", "").lower().startswith("application/json")
-
-
-def drain_finished_stream(events: Generator[ServerSentEvent, None, None]) -> None:
-    """Read what is left of a stream whose reply is complete, then close it.
-
-    Reading to the end lets the connection go back to the pool for the next call (closing a
-    half-read response would discard it). The reply is already delivered, so a failure here
-    no longer matters.
-    """
-    with contextlib.suppress(ProviderError):
-        for _ in events:
-            pass
-    events.close()
-
-
-def _read_limited(response: httpx.Response, deadline: Deadline, limit: int) -> bytes:
-    body = bytearray()
-    for chunk in response.iter_bytes():
-        body += chunk
-        if len(body) > limit:
-            raise ProviderError(
-                ProviderErrorKind.BAD_RESPONSE, "The provider's response was unexpectedly large."
-            )
-        deadline.check()
-    return bytes(body)

@@ -3,8 +3,8 @@
 A worker relays many replies at once. The loop reads every provider stream
 (`HttpAdapter.astream_chat`) and writes every turn's Redis stream (`chat.streams`), so the
 per-token work of all turns happens on one thread, with no thread wake-up and no hand-off of
-the interpreter lock per token. Blocking threads (a turn's own, a web request's) hand it
-work with `submit`.
+the interpreter lock per token. Blocking threads (a turn's own, a key check's) hand it work
+with `submit`, or `call` to wait for the answer.
 """
 
 from __future__ import annotations
@@ -60,6 +60,15 @@ def on_relay_loop() -> bool:
 def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
     """Run `coro` on the relay loop; cancelling the returned future cancels the task."""
     return asyncio.run_coroutine_threadsafe(coro, relay_loop())
+
+
+def call(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` on the relay loop and wait for its result, from a blocking thread (a key
+    check in a worker's task). The coroutine bounds its own time (a call's deadline)."""
+    if on_relay_loop():
+        coro.close()
+        raise RuntimeError("providers.loop.call blocks: await the coroutine on the loop instead")
+    return submit(coro).result()
 
 
 def at_exit(hook: Callable[[], Coroutine[Any, Any, None]]) -> None:

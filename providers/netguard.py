@@ -8,12 +8,13 @@ Three layers:
    keys to it); credentials, queries, fragments, odd IP spellings are refused.
 2. `check_endpoint` - policy on the URL: https unless private endpoints are allowed, literal
    addresses classified, and (optionally) the host name resolved and every address classified.
-3. `GuardedNetworkBackend` - the enforcement that matters. httpx connects through it; it
-   resolves the host once, refuses the connection unless every address is allowed, and
-   connects to the vetted IP itself. There is no second lookup, so DNS rebinding between
-   "check" and "connect" is impossible. The Host header and TLS SNI/certificate checks still
-   use the original host name (httpx passes it to `start_tls`). Plain-text HTTP is refused at
-   the socket unless the peer address is a private one that policy allows.
+3. `GuardedResolver` - the enforcement that matters. Every provider connection (there is one
+   client, `providers.aio`) is resolved through it: the host is resolved once, the
+   connection refused unless every address is allowed, and aiohttp connects to the vetted
+   IP. There is no second lookup, so DNS rebinding between "check" and "connect" is
+   impossible. The Host header and TLS SNI/certificate checks still use the original host
+   name. Plain-text HTTP is refused unless the peer address is a private one that policy
+   allows.
 
 `allow_private_endpoints` (from BYOK_ALLOW_PRIVATE_ENDPOINTS; off in production) lets loopback,
 RFC 1918, CGNAT and unique-local addresses through, for self-hosted models. Link-local (cloud
@@ -23,15 +24,15 @@ blocked even then: no model server lives there, and a metadata service must neve
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import ipaddress
 import re
 import socket
-import ssl
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
-import httpcore
 import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from providers.errors import InvalidEndpoint
 
@@ -241,7 +242,7 @@ def check_endpoint(
     allowed, and literal IP addresses. With `resolver` (e.g. `system_resolver`, when a user
     saves an endpoint), the host name is resolved too and every address must be allowed.
     Raises `InvalidEndpoint` (or its subclass `BlockedEndpoint`). The connection itself is
-    checked again by `GuardedNetworkBackend`, which is what actually keeps calls safe.
+    checked again by `GuardedResolver`, which is what actually keeps calls safe.
     """
     canonical = canonical_base_url(url)
     parsed = httpx.URL(canonical)
@@ -309,101 +310,49 @@ def vetted_addresses(
     return addresses
 
 
-class _TlsRequiredStream(httpcore.NetworkStream):
-    """A TCP stream to a public address: usable only once TLS has been started on it.
+class GuardedResolver(AbstractResolver):
+    """The connect-time guard: aiohttp resolves every new connection through it.
 
-    httpx calls `start_tls` for https before sending anything; for plain http it would write
-    the request (with the key in a header) straight away, which this refuses.
-    """
-
-    def __init__(self, inner: httpcore.NetworkStream) -> None:
-        self._inner = inner
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        raise InvalidEndpoint(HTTPS_REQUIRED)
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        raise InvalidEndpoint(HTTPS_REQUIRED)
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.NetworkStream:
-        return self._inner.start_tls(ssl_context, server_hostname, timeout)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-class GuardedNetworkBackend(httpcore.NetworkBackend):
-    """An httpcore network backend that only opens connections the policy allows.
-
-    `connect_tcp` gets the host name from the URL, resolves it once with `resolver`, refuses
-    unless every address is allowed, and connects to the vetted IP literal through `inner`
-    (the plain socket backend), so nothing re-resolves the name afterwards.
+    It resolves the host once with `resolver` (off the event loop), refuses the connection
+    unless every address is allowed (`vetted_addresses`), and hands aiohttp the vetted
+    addresses as numeric hosts, so nothing re-resolves the name and DNS rebinding between
+    "check" and "connect" is impossible; the Host header and TLS SNI and certificate checks
+    still use the name. `public_allowed` is False for plain-http URLs: such a URL may reach
+    a private endpoint (when policy allows those) but never a public address, where the key
+    would cross the internet in clear.
     """
 
     def __init__(
-        self,
-        *,
-        allow_private_endpoints: bool,
-        resolver: Resolver = system_resolver,
-        inner: httpcore.NetworkBackend | None = None,
+        self, *, allow_private_endpoints: bool, resolver: Resolver, public_allowed: bool
     ) -> None:
-        self._allow_private_endpoints = allow_private_endpoints
-        self._resolver = resolver
-        self._inner = inner or httpcore.SyncBackend()
+        self.allow_private_endpoints = allow_private_endpoints
+        self.resolver = resolver
+        self.public_allowed = public_allowed
 
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        try:
-            addresses = vetted_addresses(
-                host,
-                port,
-                allow_private_endpoints=self._allow_private_endpoints,
-                resolver=self._resolver,
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        lookup = functools.partial(
+            vetted_addresses,
+            host,
+            port,
+            allow_private_endpoints=self.allow_private_endpoints,
+            resolver=self.resolver,
+        )
+        addresses = await asyncio.get_running_loop().run_in_executor(None, lookup)
+        if not self.public_allowed and any(is_public_address(a) for a in addresses):
+            raise InvalidEndpoint(HTTPS_REQUIRED)
+        return [
+            ResolveResult(
+                hostname=host,
+                host=str(address),
+                port=port,
+                family=socket.AF_INET6 if address.version == 6 else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
             )
-        except BlockedEndpoint:
-            raise
-        except (OSError, UnicodeError) as exc:
-            raise httpcore.ConnectError(f"could not resolve the provider's host: {exc}") from exc
-        last_error: Exception | None = None
-        for address in addresses:
-            try:
-                stream = self._inner.connect_tcp(
-                    str(address),
-                    port,
-                    timeout=timeout,
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-            except httpcore.ConnectError as exc:
-                last_error = exc
-                continue
-            if is_public_address(address):
-                return _TlsRequiredStream(stream)
-            return stream
-        assert last_error is not None
-        raise last_error
+            for address in addresses
+        ]
 
-    def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        raise InvalidEndpoint("Unix sockets are not provider endpoints.")
-
-    def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
+    async def close(self) -> None:
+        return None

@@ -1,6 +1,6 @@
 """Typed requests and events shared by every adapter.
 
-A stream from `ChatAdapter.stream_chat` yields `TextDelta`s as text arrives, then at most one
+A stream from `ChatAdapter.astream_chat` yields `TextDelta`s as text arrives, then at most one
 `Usage` (the provider's own token counts, when it sent them), then exactly one `Finish`.
 If the stream fails part-way, the deltas already yielded stay yielded and a `ProviderError`
 is raised: the caller keeps the partial text.
@@ -9,7 +9,7 @@ is raised: the caller keeps the partial text.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, TypeAlias
@@ -140,12 +140,9 @@ class ModelInfo:
 class ChatAdapter(Protocol):
     """The shape every wire-protocol adapter has."""
 
-    def stream_chat(self, request: ChatRequest) -> Iterator[ChatEvent]:
-        """Stream one reply. Raises `ProviderError` (or `InvalidEndpoint` from the guard)."""
-        ...
-
     def astream_chat(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
-        """`stream_chat` on an asyncio event loop: the same events and errors."""
+        """Stream one reply on an asyncio event loop. Raises `ProviderError` (or
+        `InvalidEndpoint` from the guard)."""
         ...
 
     def verify(self, api_key: str) -> None:

@@ -101,6 +101,7 @@ def test_a_call_streams_to_the_sink_and_is_recorded_once(alice, fake_provider):
     assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
     event = UsageEvent.objects.get(message_id=sink.call.call_id)
     assert (event.key_id, event.status, event.tokens_estimated) == (key.pk, "done", False)
+    assert outcome.tokens is not None
     assert event.input_tokens == outcome.tokens.input > 0
     key.refresh_from_db()
     assert key.last_used_at is not None

@@ -6,13 +6,13 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import ipaddress
+import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpcore
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -33,8 +33,9 @@ from providers import (
     check_endpoint,
     get_preset,
 )
-from providers.netguard import GuardedNetworkBackend, address_block_reason, system_resolver
-from tests.fakes.helpers import FAKE_CONFIG, collect
+from providers import loop as relay
+from providers.netguard import GuardedResolver, address_block_reason, system_resolver
+from tests.fakes.helpers import FAKE_CONFIG, stream, stream_events
 from tests.fakes.provider import FakeProvider
 
 pytest_plugins = ["tests.fakes.fixtures"]
@@ -178,7 +179,7 @@ def test_it_requires_https_unless_private_endpoints_are_allowed() -> None:
         check_endpoint("http://8.8.8.8/v1", allow_private_endpoints=True)
 
 
-def resolver_for(table: dict[str, Sequence[str]]) -> Callable[[str, int], Sequence[str]]:
+def resolver_for(table: Mapping[str, Sequence[str]]) -> Callable[[str, int], Sequence[str]]:
     def resolve(host: str, port: int) -> Sequence[str]:
         if host not in table:
             raise OSError(f"unknown host {host}")
@@ -252,7 +253,7 @@ def test_with_the_flag_off_it_refuses_to_call_the_fake_on_127_0_0_1(
     )
 
     with pytest.raises(InvalidEndpoint):
-        list(adapter.stream_chat(hello()))
+        stream_events(adapter, hello())
     with pytest.raises(InvalidEndpoint):
         adapter.verify(KEY)
 
@@ -300,7 +301,7 @@ def test_it_connects_to_the_checked_address_keeping_the_host_name_in_the_host_he
     adapter = build_adapter(get_preset("custom"), config=config, base_url=base_url)
 
     adapter.verify(KEY)
-    result = collect(adapter.stream_chat(hello()))
+    result = stream(adapter, hello())
 
     assert result.error is None
     # "api.provider.test" is not in any DNS: the call only worked because the guard's own
@@ -310,37 +311,22 @@ def test_it_connects_to_the_checked_address_keeping_the_host_name_in_the_host_he
     assert hosts == {f"api.provider.test:{fake_provider.port}"}
 
 
-class RecordingBackend(httpcore.NetworkBackend):
-    def __init__(self) -> None:
-        self.inner = httpcore.SyncBackend()
-        self.connected_to: list[tuple[str, int]] = []
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        self.connected_to.append((host, port))
-        return self.inner.connect_tcp(host, port, timeout, local_address, socket_options)
+def resolve(resolver: GuardedResolver, host: str, port: int) -> list[Any]:
+    return relay.call(resolver.resolve(host, port))
 
 
-def test_the_socket_is_opened_to_the_vetted_ip_not_the_host_name(
-    fake_provider: FakeProvider,
-) -> None:
-    recording = RecordingBackend()
-    backend = GuardedNetworkBackend(
+def test_the_connection_goes_to_the_vetted_ip_not_the_host_name() -> None:
+    guard = GuardedResolver(
         allow_private_endpoints=True,
-        resolver=resolver_for({"api.provider.test": ["127.0.0.1"]}),
-        inner=recording,
+        resolver=resolver_for({"api.provider.test": ["127.0.0.1", "::1"]}),
+        public_allowed=True,
     )
-    with httpcore.ConnectionPool(network_backend=backend) as pool:
-        response = pool.request("GET", f"http://api.provider.test:{fake_provider.port}/v1/models")
-
-    assert response.status == 200
-    assert recording.connected_to == [("127.0.0.1", fake_provider.port)]
+    answers = resolve(guard, "api.provider.test", 8080)
+    assert [(a["host"], a["port"], a["hostname"]) for a in answers] == [
+        ("127.0.0.1", 8080, "api.provider.test"),
+        ("::1", 8080, "api.provider.test"),
+    ]
+    assert all(a["flags"] & socket.AI_NUMERICHOST for a in answers), "nothing resolves again"
 
 
 def test_a_rebinding_answer_on_a_later_lookup_is_refused(fake_provider: FakeProvider) -> None:
@@ -357,25 +343,14 @@ def test_a_rebinding_answer_on_a_later_lookup_is_refused(fake_provider: FakeProv
     assert fake_provider.requests == []
 
 
-def test_it_refuses_plain_http_to_a_public_address_at_the_socket() -> None:
-    class FakeSocketBackend(httpcore.NetworkBackend):
-        def connect_tcp(self, host: str, port: int, *args: Any, **kwargs: Any) -> Any:
-            return httpcore.MockStream([])
-
-    backend = GuardedNetworkBackend(
-        allow_private_endpoints=True,
-        resolver=resolver_for({"public.example": ["93.184.216.34"]}),
-        inner=FakeSocketBackend(),
+def test_plain_http_may_reach_a_private_endpoint_but_never_a_public_address() -> None:
+    answers = {"public.example": ["93.184.216.34"], "lan.example": ["10.0.0.7"]}
+    plain_http = GuardedResolver(
+        allow_private_endpoints=True, resolver=resolver_for(answers), public_allowed=False
     )
-    stream = backend.connect_tcp("public.example", 80)
-
+    assert resolve(plain_http, "lan.example", 80)[0]["host"] == "10.0.0.7"
     with pytest.raises(InvalidEndpoint, match="https"):
-        stream.write(b"GET / HTTP/1.1\r\nAuthorization: Bearer sk-secret\r\n\r\n")
-
-
-def test_it_refuses_unix_sockets() -> None:
-    with pytest.raises(InvalidEndpoint):
-        GuardedNetworkBackend(allow_private_endpoints=True).connect_unix_socket("/tmp/x.sock")
+        resolve(plain_http, "public.example", 80)
 
 
 # -- TLS: the vetted IP on the wire, the host name for SNI and the certificate ------------------
@@ -459,7 +434,7 @@ def test_tls_goes_to_the_vetted_ip_with_sni_and_certificate_checks_for_the_host_
         base_url=f"https://api.provider.test:{tls_fake.port}/v1",
     )
 
-    result = collect(adapter.stream_chat(hello()))
+    result = stream(adapter, hello())
 
     assert result.error is None
     assert tls_fake.requests[0].headers["host"] == f"api.provider.test:{tls_fake.port}"

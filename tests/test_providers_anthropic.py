@@ -14,7 +14,7 @@ from providers import (
     Usage,
 )
 from providers.anthropic_messages import ANTHROPIC_VERSION
-from tests.fakes.helpers import collect, fake_adapter
+from tests.fakes.helpers import fake_adapter, stream
 from tests.fakes.provider import FakeProvider
 
 pytest_plugins = ["tests.fakes.fixtures"]
@@ -42,7 +42,7 @@ def conversation(**overrides: object) -> ChatRequest:
 def test_it_sends_the_key_in_x_api_key_and_the_system_prompt_as_its_own_field(
     fake_provider: FakeProvider,
 ) -> None:
-    collect(fake_adapter(fake_provider, "anthropic").stream_chat(conversation()))
+    stream(fake_adapter(fake_provider, "anthropic"), conversation())
 
     [sent] = fake_provider.requests
     assert (sent.method, sent.path) == ("POST", "/v1/messages")
@@ -64,7 +64,7 @@ def test_it_sends_the_key_in_x_api_key_and_the_system_prompt_as_its_own_field(
 
 
 def test_it_leaves_out_an_empty_system_prompt(fake_provider: FakeProvider) -> None:
-    collect(fake_adapter(fake_provider, "anthropic").stream_chat(conversation(system_prompt="")))
+    stream(fake_adapter(fake_provider, "anthropic"), conversation(system_prompt=""))
     [sent] = fake_provider.requests
     assert "system" not in sent.body
 
@@ -80,7 +80,7 @@ def test_it_counts_cache_reads_and_writes_as_part_of_the_input(fake_provider: Fa
         },
     )
 
-    result = collect(fake_adapter(fake_provider, "anthropic").stream_chat(conversation()))
+    result = stream(fake_adapter(fake_provider, "anthropic"), conversation())
 
     assert result.usage == Usage(
         input_tokens=3000, output_tokens=4, cached_input_tokens=2048, cache_write_input_tokens=900
@@ -114,7 +114,7 @@ def test_it_lists_models_with_their_display_names(fake_provider: FakeProvider) -
 def test_it_ignores_pings_and_unknown_event_types(fake_provider: FakeProvider) -> None:
     # The fake always sends a ping; a future event type must not break old clients either.
     fake_provider.script(text="still fine")
-    result = collect(fake_adapter(fake_provider, "anthropic").stream_chat(conversation()))
+    result = stream(fake_adapter(fake_provider, "anthropic"), conversation())
     assert result.text == "still fine"
     assert result.error is None
 
@@ -131,6 +131,6 @@ def test_it_maps_a_spend_limit_rate_limit_to_no_credit(fake_provider: FakeProvid
             },
         },
     )
-    result = collect(fake_adapter(fake_provider, "anthropic").stream_chat(conversation()))
+    result = stream(fake_adapter(fake_provider, "anthropic"), conversation())
     assert result.error is not None
     assert result.error.kind is ProviderErrorKind.NO_CREDIT

@@ -16,7 +16,7 @@ from providers import (
     get_preset,
 )
 from providers.errors import parse_retry_after
-from tests.fakes.helpers import FAKE_CONFIG, collect, fake_adapter
+from tests.fakes.helpers import FAKE_CONFIG, fake_adapter, stream
 from tests.fakes.provider import FakeProvider
 
 pytest_plugins = ["tests.fakes.fixtures"]
@@ -30,7 +30,7 @@ def chat_request(model: str = "fake-model") -> ChatRequest:
 
 
 def stream_error(fake: FakeProvider, preset: str, model: str = "fake-model") -> ProviderError:
-    result = collect(fake_adapter(fake, preset).stream_chat(chat_request(model)))
+    result = stream(fake_adapter(fake, preset), chat_request(model))
     assert result.deltas == []
     assert result.error is not None
     return result.error
@@ -209,7 +209,7 @@ def test_it_maps_a_refused_connection_to_network() -> None:
         get_preset("openai"), config=FAKE_CONFIG, base_url=f"http://127.0.0.1:{port}/v1"
     )
 
-    result = collect(adapter.stream_chat(chat_request()))
+    result = stream(adapter, chat_request())
 
     assert result.error is not None
     assert result.error.kind is K.NETWORK

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from providers import ChatMessage, ChatRequest, Role
-from tests.fakes.helpers import collect, fake_adapter
+from tests.fakes.helpers import fake_adapter, stream
 from tests.fakes.provider import DEFAULT_REPLY, FakeProvider
 
 pytest_plugins = ["tests.fakes.fixtures"]
@@ -31,8 +31,8 @@ def test_it_takes_scripts_over_http_for_other_processes(fake_provider: FakeProvi
     )
     assert answer.json() == {"queued": 2}
 
-    openai = collect(fake_adapter(fake_provider, "openai").stream_chat(chat_request()))
-    anthropic = collect(fake_adapter(fake_provider, "anthropic").stream_chat(chat_request()))
+    openai = stream(fake_adapter(fake_provider, "openai"), chat_request())
+    anthropic = stream(fake_adapter(fake_provider, "anthropic"), chat_request())
 
     assert openai.text == "scripted over http"
     assert anthropic.error is not None
@@ -46,7 +46,7 @@ def test_it_refuses_a_script_with_unknown_fields(fake_provider: FakeProvider) ->
 
 
 def test_it_records_requests_and_serves_them_over_http(fake_provider: FakeProvider) -> None:
-    collect(fake_adapter(fake_provider, "anthropic").stream_chat(chat_request()))
+    stream(fake_adapter(fake_provider, "anthropic"), chat_request())
 
     [recorded] = httpx.get(f"{fake_provider.url}/__fake__/requests").json()
 

@@ -16,7 +16,7 @@ from providers import (
     Role,
     Usage,
 )
-from tests.fakes.helpers import collect, fake_adapter
+from tests.fakes.helpers import fake_adapter, stream, stream_events
 from tests.fakes.provider import FakeProvider
 
 pytest_plugins = ["tests.fakes.fixtures"]
@@ -42,7 +42,7 @@ def conversation(**overrides: object) -> ChatRequest:
 
 
 def test_it_sends_the_key_in_a_header_and_never_in_the_url(fake_provider: FakeProvider) -> None:
-    collect(fake_adapter(fake_provider, "gemini").stream_chat(conversation()))
+    stream(fake_adapter(fake_provider, "gemini"), conversation())
 
     [sent] = fake_provider.requests
     assert (sent.method, sent.path) == ("POST", "/v1beta/models/gemini-test:streamGenerateContent")
@@ -61,7 +61,7 @@ def test_it_sends_the_key_in_a_header_and_never_in_the_url(fake_provider: FakePr
 
 
 def test_it_accepts_model_ids_with_the_models_prefix(fake_provider: FakeProvider) -> None:
-    collect(fake_adapter(fake_provider, "gemini").stream_chat(conversation(model="models/g-1.5")))
+    stream(fake_adapter(fake_provider, "gemini"), conversation(model="models/g-1.5"))
     [sent] = fake_provider.requests
     assert sent.path == "/v1beta/models/g-1.5:streamGenerateContent"
 
@@ -71,7 +71,7 @@ def test_it_refuses_a_model_id_that_would_change_the_url(
     fake_provider: FakeProvider, model: str
 ) -> None:
     with pytest.raises(InvalidChatRequest):
-        list(fake_adapter(fake_provider, "gemini").stream_chat(conversation(model=model)))
+        stream_events(fake_adapter(fake_provider, "gemini"), conversation(model=model))
     assert fake_provider.requests == []
 
 
@@ -88,7 +88,7 @@ def test_it_counts_thinking_as_output_and_reports_cached_input(
         },
     )
 
-    result = collect(fake_adapter(fake_provider, "gemini").stream_chat(conversation()))
+    result = stream(fake_adapter(fake_provider, "gemini"), conversation())
 
     assert result.usage == Usage(
         input_tokens=1200, output_tokens=150, cached_input_tokens=1024, reasoning_tokens=148
@@ -125,7 +125,7 @@ def test_it_finishes_with_content_filter_when_the_prompt_is_blocked(
 ) -> None:
     fake_provider.script(block_reason="SAFETY")
 
-    result = collect(fake_adapter(fake_provider, "gemini").stream_chat(conversation()))
+    result = stream(fake_adapter(fake_provider, "gemini"), conversation())
 
     assert result.error is None
     assert result.deltas == []

@@ -12,7 +12,7 @@ from providers import (
     Role,
     Usage,
 )
-from tests.fakes.helpers import collect, fake_adapter
+from tests.fakes.helpers import fake_adapter, stream
 from tests.fakes.provider import FakeProvider
 
 pytest_plugins = ["tests.fakes.fixtures"]
@@ -38,7 +38,7 @@ def conversation(**overrides: object) -> ChatRequest:
 
 
 def test_it_sends_a_streaming_chat_completion_with_bearer_auth(fake_provider: FakeProvider) -> None:
-    collect(fake_adapter(fake_provider, "openai").stream_chat(conversation()))
+    stream(fake_adapter(fake_provider, "openai"), conversation())
 
     [sent] = fake_provider.requests
     assert (sent.method, sent.path) == ("POST", "/v1/chat/completions")
@@ -62,7 +62,7 @@ def test_it_sends_a_streaming_chat_completion_with_bearer_auth(fake_provider: Fa
 def test_it_sends_max_tokens_and_no_temperature_to_compatible_servers(
     fake_provider: FakeProvider,
 ) -> None:
-    collect(fake_adapter(fake_provider, "groq").stream_chat(conversation(temperature=None)))
+    stream(fake_adapter(fake_provider, "groq"), conversation(temperature=None))
 
     [sent] = fake_provider.requests
     assert sent.path == "/openai/v1/chat/completions"
@@ -72,13 +72,13 @@ def test_it_sends_max_tokens_and_no_temperature_to_compatible_servers(
 
 
 def test_it_leaves_out_stream_options_for_mistral(fake_provider: FakeProvider) -> None:
-    collect(fake_adapter(fake_provider, "mistral").stream_chat(conversation()))
+    stream(fake_adapter(fake_provider, "mistral"), conversation())
     [sent] = fake_provider.requests
     assert "stream_options" not in sent.body
 
 
 def test_it_sends_no_authorization_header_without_a_key(fake_provider: FakeProvider) -> None:
-    collect(fake_adapter(fake_provider, "ollama").stream_chat(conversation(api_key="")))
+    stream(fake_adapter(fake_provider, "ollama"), conversation(api_key=""))
     [sent] = fake_provider.requests
     assert "authorization" not in sent.headers
 
@@ -94,7 +94,7 @@ def test_it_reports_cached_and_reasoning_tokens(fake_provider: FakeProvider) -> 
         },
     )
 
-    result = collect(fake_adapter(fake_provider, "openai").stream_chat(conversation()))
+    result = stream(fake_adapter(fake_provider, "openai"), conversation())
 
     assert result.usage == Usage(
         input_tokens=2000, output_tokens=90, cached_input_tokens=1536, reasoning_tokens=64
@@ -139,7 +139,7 @@ def test_it_reads_usage_wherever_compatible_servers_put_it(
         usage={"input_tokens": 50, "cached_tokens": 32, "output_tokens": 7},
     )
 
-    result = collect(fake_adapter(fake_provider, preset).stream_chat(conversation()))
+    result = stream(fake_adapter(fake_provider, preset), conversation())
 
     assert result.usage == Usage(input_tokens=50, output_tokens=7, cached_input_tokens=32)
 
@@ -148,7 +148,7 @@ def test_it_raises_network_when_a_stream_ends_without_done_or_finish_reason(
     fake_provider: FakeProvider,
 ) -> None:
     fake_provider.script(text="a b c d", drop_after_tokens=4)
-    result = collect(fake_adapter(fake_provider, "openai").stream_chat(conversation()))
+    result = stream(fake_adapter(fake_provider, "openai"), conversation())
     assert result.text == "a b c d"
     assert result.error is not None
     assert result.error.kind is ProviderErrorKind.NETWORK

@@ -14,7 +14,7 @@ from providers import (
     ProviderErrorKind,
     Role,
 )
-from tests.fakes.helpers import fake_adapter
+from tests.fakes.helpers import fake_adapter, stream_events
 from tests.fakes.provider import FakeProvider
 
 pytest_plugins = ["tests.fakes.fixtures"]
@@ -82,7 +82,7 @@ def test_it_refuses_a_key_that_cannot_be_a_header_before_sending_anything(
     adapter = fake_adapter(fake_provider, "openai")
 
     with pytest.raises(ProviderError) as caught:
-        list(adapter.stream_chat(make(api_key=bad_key)))
+        stream_events(adapter, make(api_key=bad_key))
 
     assert caught.value.kind is ProviderErrorKind.INVALID_KEY
     assert bad_key not in str(caught.value)

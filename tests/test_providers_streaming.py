@@ -4,13 +4,13 @@ stream goes wrong after it started."""
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from providers import (
+    ChatEvent,
     ChatMessage,
     ChatRequest,
     Finish,
@@ -19,8 +19,10 @@ from providers import (
     Role,
     TextDelta,
     Usage,
+    aio,
 )
-from tests.fakes.helpers import FAKE_CONFIG, collect, fake_adapter
+from providers import loop as relay
+from tests.fakes.helpers import FAKE_CONFIG, fake_adapter, stream, stream_events
 from tests.fakes.provider import DEFAULT_REPLY, FakeProvider
 
 pytest_plugins = ["tests.fakes.fixtures"]
@@ -47,7 +49,7 @@ def test_it_streams_the_reply_text_then_usage_then_finish(
 ) -> None:
     fake_provider.script(text="Bonjour, ça va? 日本語 🎉", usage={"input_tokens": 21})
 
-    events = list(fake_adapter(fake_provider, preset).stream_chat(chat_request()))
+    events = stream_events(fake_adapter(fake_provider, preset), chat_request())
 
     deltas = [event for event in events if isinstance(event, TextDelta)]
     assert "".join(d.text for d in deltas) == "Bonjour, ça va? 日本語 🎉"
@@ -63,7 +65,7 @@ def test_it_streams_the_reply_text_then_usage_then_finish(
 def test_it_answers_with_the_default_text_when_nothing_is_scripted(
     fake_provider: FakeProvider, preset: str
 ) -> None:
-    result = collect(fake_adapter(fake_provider, preset).stream_chat(chat_request()))
+    result = stream(fake_adapter(fake_provider, preset), chat_request())
     assert result.text == DEFAULT_REPLY
     assert result.error is None
 
@@ -74,7 +76,7 @@ def test_it_raises_network_after_the_deltas_it_got_when_the_connection_drops(
 ) -> None:
     fake_provider.script(text="one two three four five six", drop_after_tokens=3)
 
-    result = collect(fake_adapter(fake_provider, preset).stream_chat(chat_request()))
+    result = stream(fake_adapter(fake_provider, preset), chat_request())
 
     assert result.text == "one two three "
     assert result.error is not None
@@ -88,7 +90,7 @@ def test_it_raises_network_when_the_connection_drops_before_any_token(
     fake_provider: FakeProvider, preset: str
 ) -> None:
     fake_provider.script(drop_after_tokens=0)
-    result = collect(fake_adapter(fake_provider, preset).stream_chat(chat_request()))
+    result = stream(fake_adapter(fake_provider, preset), chat_request())
     assert result.deltas == []
     assert result.error is not None
     assert result.error.kind is ProviderErrorKind.NETWORK
@@ -100,7 +102,7 @@ def test_it_maps_bad_json_in_the_stream_to_bad_response_after_the_deltas(
 ) -> None:
     fake_provider.script(text="alpha beta gamma", malformed_after_tokens=2)
 
-    result = collect(fake_adapter(fake_provider, preset).stream_chat(chat_request()))
+    result = stream(fake_adapter(fake_provider, preset), chat_request())
 
     assert result.text == "alpha beta "
     assert result.error is not None
@@ -123,7 +125,7 @@ def test_it_raises_an_error_event_mid_stream_after_the_deltas(
         text="partial answer here", stream_error="overloaded", stream_error_after_tokens=2
     )
 
-    result = collect(fake_adapter(fake_provider, preset).stream_chat(chat_request()))
+    result = stream(fake_adapter(fake_provider, preset), chat_request())
 
     assert result.text == "partial answer "
     assert result.error is not None
@@ -135,7 +137,7 @@ def test_it_maps_a_mid_stream_rate_limit_event_to_rate_limited(
     fake_provider: FakeProvider,
 ) -> None:
     fake_provider.script(text="a b c", stream_error="rate_limited", stream_error_after_tokens=1)
-    result = collect(fake_adapter(fake_provider, "anthropic").stream_chat(chat_request()))
+    result = stream(fake_adapter(fake_provider, "anthropic"), chat_request())
     assert result.text == "a "
     assert result.error is not None
     assert result.error.kind is ProviderErrorKind.RATE_LIMITED
@@ -144,7 +146,7 @@ def test_it_maps_a_mid_stream_rate_limit_event_to_rate_limited(
 @pytest.mark.parametrize("preset", PROTOCOL_PRESETS)
 def test_it_reads_streams_with_crlf_line_endings(fake_provider: FakeProvider, preset: str) -> None:
     fake_provider.script(text="carriage return line feed", line_ending="\r\n")
-    result = collect(fake_adapter(fake_provider, preset).stream_chat(chat_request()))
+    result = stream(fake_adapter(fake_provider, preset), chat_request())
     assert result.text == "carriage return line feed"
     assert result.finish is not None
 
@@ -168,7 +170,7 @@ def test_it_yields_the_same_reply_however_the_network_cuts_the_bytes(
     fake_provider.reset()
     fake_provider.script(text=text, chunk_bytes=chunk_bytes, line_ending=line_ending)
 
-    result = collect(fake_adapter(fake_provider, preset).stream_chat(chat_request()))
+    result = stream(fake_adapter(fake_provider, preset), chat_request())
 
     assert result.error is None
     assert result.text == text
@@ -183,7 +185,7 @@ def test_it_times_out_when_the_first_token_takes_longer_than_the_read_timeout(
     fake_provider.script(first_token_delay=0.6)
     config = dataclasses.replace(FAKE_CONFIG, read_timeout=0.2)
 
-    result = collect(fake_adapter(fake_provider, preset, config=config).stream_chat(chat_request()))
+    result = stream(fake_adapter(fake_provider, preset, config=config), chat_request())
 
     assert result.error is not None
     assert result.error.kind is ProviderErrorKind.TIMEOUT
@@ -193,38 +195,32 @@ def test_it_times_out_when_the_first_token_takes_longer_than_the_read_timeout(
 def test_it_stops_a_slow_trickle_at_the_call_deadline_keeping_the_partial_text(
     fake_provider: FakeProvider,
 ) -> None:
-    # Every token arrives well within the read timeout; only the overall deadline can stop it.
-    fake_provider.script(text=" ".join(["word"] * 40), tokens_per_second=20)
-    config = dataclasses.replace(FAKE_CONFIG, call_deadline=0.5)
+    # Every token arrives well within the read timeout; only the overall deadline can stop
+    # it: the reply takes ten seconds at the fake's pace, the deadline is two.
+    words = ["word"] * 200
+    fake_provider.script(text=" ".join(words), tokens_per_second=20)
+    config = dataclasses.replace(FAKE_CONFIG, call_deadline=2.0)
 
-    started = time.monotonic()
-    result = collect(
-        fake_adapter(fake_provider, "openai", config=config).stream_chat(chat_request())
-    )
+    result = stream(fake_adapter(fake_provider, "openai", config=config), chat_request())
 
-    assert time.monotonic() - started < 1.5
     assert result.error is not None
     assert result.error.kind is ProviderErrorKind.TIMEOUT
-    assert 0 < len(result.deltas) < 40
+    assert len(result.deltas) < len(words)
+    assert " ".join(words).startswith(result.text), "what arrived is kept, in order"
 
 
-def test_it_streams_at_the_scripted_pace(fake_provider: FakeProvider) -> None:
+def test_it_streams_the_scripted_chunks(fake_provider: FakeProvider) -> None:
     fake_provider.script(
         text=" ".join(["tok"] * 10),
         first_token_delay=0.1,
         tokens_per_second=100,
         tokens_per_chunk=2,
     )
-    started = time.monotonic()
-    stream = fake_adapter(fake_provider, "anthropic").stream_chat(chat_request())
-    first = next(event for event in stream if isinstance(event, TextDelta))
-    time_to_first_token = time.monotonic() - started
-    rest = collect(stream)
 
-    assert first.text == "tok tok "
-    assert 0.1 <= time_to_first_token < 0.5
-    assert len(rest.deltas) == 4
-    assert rest.finish is not None
+    result = stream(fake_adapter(fake_provider, "anthropic"), chat_request())
+
+    assert result.deltas == ["tok tok "] * 4 + ["tok tok"]
+    assert result.finish is not None
 
 
 @pytest.mark.parametrize("preset", PROTOCOL_PRESETS)
@@ -232,9 +228,9 @@ def test_it_reuses_the_keep_alive_connection_across_calls(
     fake_provider: FakeProvider, preset: str
 ) -> None:
     adapter = fake_adapter(fake_provider, preset)
-    collect(adapter.stream_chat(chat_request()))
+    stream(adapter, chat_request())
     adapter.verify(KEY)
-    collect(adapter.stream_chat(chat_request()))
+    stream(adapter, chat_request())
 
     ports = {request.client_port for request in fake_provider.requests}
     assert len(ports) == 1
@@ -242,15 +238,18 @@ def test_it_reuses_the_keep_alive_connection_across_calls(
 
 def test_it_stops_reading_when_the_caller_stops_iterating(fake_provider: FakeProvider) -> None:
     fake_provider.script(text=" ".join(["slow"] * 50), tokens_per_second=50)
-    stream = fake_adapter(fake_provider, "openai").stream_chat(chat_request())
+    adapter = fake_adapter(fake_provider, "openai")
 
-    started = time.monotonic()
-    assert isinstance(next(stream), TextDelta)
-    stream.close()  # type: ignore[attr-defined]  # a user cancelled the turn
+    async def first_then_stop() -> ChatEvent:
+        events = adapter.astream_chat(chat_request())
+        first = await anext(events)
+        await events.aclose()  # a user stopped the turn
+        return first
 
-    assert time.monotonic() - started < 0.5
+    assert isinstance(relay.call(first_then_stop()), TextDelta)
+    assert aio.calls_in_flight() == 0, "the call ended with the iteration"
     # The next call still works (on a new connection: the cancelled one was discarded).
-    assert collect(fake_adapter(fake_provider, "openai").stream_chat(chat_request())).error is None
+    assert stream(fake_adapter(fake_provider, "openai"), chat_request()).error is None
 
 
 @pytest.mark.parametrize(
@@ -269,7 +268,7 @@ def test_it_maps_each_vendors_finish_reason(
     fake_provider: FakeProvider, preset: str, provider_reason: str, expected: FinishReason
 ) -> None:
     fake_provider.script(finish_reason=provider_reason)
-    result = collect(fake_adapter(fake_provider, preset).stream_chat(chat_request()))
+    result = stream(fake_adapter(fake_provider, preset), chat_request())
     assert result.finish is not None
     assert result.finish.reason is expected
     assert result.finish.provider_reason == provider_reason
@@ -280,7 +279,7 @@ def test_it_finishes_without_usage_when_the_provider_reports_none(
     fake_provider: FakeProvider, preset: str
 ) -> None:
     fake_provider.script(include_usage=False)
-    result = collect(fake_adapter(fake_provider, preset).stream_chat(chat_request()))
+    result = stream(fake_adapter(fake_provider, preset), chat_request())
     assert result.error is None
     assert result.usage is None
     assert result.finish is not None
@@ -291,5 +290,5 @@ def test_it_leaves_reasoning_out_of_the_reply_text(
     fake_provider: FakeProvider, preset: str
 ) -> None:
     fake_provider.script(text="The answer is 4.", thinking="Let me add two and two...")
-    result = collect(fake_adapter(fake_provider, preset).stream_chat(chat_request()))
+    result = stream(fake_adapter(fake_provider, preset), chat_request())
     assert result.text == "The answer is 4."

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from providers import (
     ChatAdapter,
     ChatEvent,
+    ChatRequest,
     ConnectionConfig,
     Finish,
     ProviderError,
     TextDelta,
     Usage,
+    aio,
     build_adapter,
     get_preset,
 )
+from providers import loop as relay
 from tests.fakes.provider import FakeProvider
 
 # The fake listens on 127.0.0.1, so calls to it need private endpoints allowed. Short timeouts
@@ -25,7 +28,6 @@ FAKE_CONFIG = ConnectionConfig(
     allow_private_endpoints=True,
     connect_timeout=2.0,
     read_timeout=2.0,
-    write_timeout=2.0,
     pool_timeout=2.0,
     call_deadline=10.0,
 )
@@ -75,3 +77,35 @@ def collect(events: Iterable[ChatEvent]) -> StreamResult:
     except ProviderError as error:
         result.error = error
     return result
+
+
+async def _gather(
+    events: AsyncIterator[ChatEvent],
+) -> tuple[list[ChatEvent], ProviderError | None]:
+    gathered: list[ChatEvent] = []
+    error: ProviderError | None = None
+    try:
+        async for event in events:
+            gathered.append(event)
+    except ProviderError as caught:
+        error = caught
+    await aio.settle()  # the rest of a finished body is read: its connection is free again
+    return gathered, error
+
+
+def stream(adapter: ChatAdapter, request: ChatRequest) -> StreamResult:
+    """One reply streamed on the process's relay loop, as a worker streams it; a
+    `ProviderError` is kept with what arrived before it, anything else raises here."""
+    events, error = relay.call(_gather(adapter.astream_chat(request)))
+    result = collect(events)
+    result.error = error
+    return result
+
+
+async def _all(events: AsyncIterator[ChatEvent]) -> list[ChatEvent]:
+    return [event async for event in events]
+
+
+def stream_events(adapter: ChatAdapter, request: ChatRequest) -> list[ChatEvent]:
+    """Every event of one reply streamed on the relay loop; any error raises here."""
+    return relay.call(_all(adapter.astream_chat(request)))
