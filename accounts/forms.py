@@ -6,7 +6,7 @@ from django import forms
 from django.contrib.auth import password_validation
 from django.contrib.auth.forms import AuthenticationForm
 
-from accounts.models import User, normalize_email
+from accounts.models import AUDIT_CATEGORIES, User, normalize_email
 
 
 class SignupForm(forms.Form):
@@ -139,8 +139,6 @@ class SecurityLogFilterForm(forms.Form):
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        from accounts.models import AUDIT_CATEGORIES
-
         super().__init__(*args, **kwargs)
         category = self.fields["category"]
         assert isinstance(category, forms.ChoiceField)

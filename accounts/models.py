@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import hashlib
 import time
 import uuid
@@ -12,6 +13,8 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 from django_otp.models import Device, ThrottlingMixin
 from django_otp.oath import TOTP
+
+from vault.services import OwnerCipher
 
 
 def normalize_email(email: str) -> str:
@@ -254,6 +257,10 @@ def describe_user_agent(user_agent: str) -> str:
     return f"{browser} on {system}" if system else browser
 
 
+# The purpose a TOTP seed is sealed under (bound to the device row), vault.services.
+SEED_PURPOSE = "totp_seed"
+
+
 class TOTPDevice(ThrottlingMixin, Device):
     """An authenticator app (TOTP, RFC 6238) whose seed is sealed in the owner's vault.
 
@@ -281,9 +288,9 @@ class TOTPDevice(ThrottlingMixin, Device):
         return 1
 
     def seed(self) -> bytes:
-        from accounts.twofactor import open_seed  # the vault lives in keys/, above accounts
-
-        return open_seed(self)
+        """The TOTP seed, opened from the vault for the code being checked."""
+        text = OwnerCipher(self.user).open(SEED_PURPOSE, self.pk, bytes(self.sealed_seed))
+        return base64.b32decode(text)
 
     def verify_token(self, token: object) -> bool:
         allowed, _ = self.verify_is_allowed()

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.http import HttpRequest
 from redis import RedisError
 
+from accounts.models import normalize_email
 from core.ratelimit import window_hit
 
 
@@ -73,8 +74,6 @@ def wait_text(seconds: float) -> str:
 
 def axes_username(request: HttpRequest, credentials: dict[str, object] | None) -> str:
     """The account a login attempt is about, normalised so letter case cannot dodge a lock."""
-    from accounts.models import normalize_email
-
     value = (credentials or {}).get("username")
     if value is None:
         value = request.POST.get("username", "") if request.method == "POST" else ""

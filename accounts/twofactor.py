@@ -18,6 +18,7 @@ from django.db import transaction
 from django.views.decorators.debug import sensitive_variables
 
 from accounts.models import (
+    SEED_PURPOSE,
     AuditEvent,
     RecoveryCode,
     RecoveryCodeDevice,
@@ -28,7 +29,6 @@ from accounts.models import (
 from accounts.services import audit_record
 from vault.services import OwnerCipher
 
-SEED_PURPOSE = "totp_seed"
 SEED_BYTES = 20
 RECOVERY_CODE_COUNT = 10
 _CODE_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no look-alikes (0/o, 1/l/i)
@@ -36,9 +36,7 @@ _CODE_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no look-alikes (0/o, 1/l/i
 
 @sensitive_variables("seed")
 def open_seed(device: TOTPDevice) -> bytes:
-    sealed = bytes(device.sealed_seed)
-    text = OwnerCipher(device.user).open(SEED_PURPOSE, device.pk, sealed)
-    return base64.b32decode(text)
+    return device.seed()
 
 
 def has_two_factor(user: User) -> bool:

@@ -8,8 +8,11 @@ from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from chat.selectors import conversation_list
 from core.heartbeat import live_workers
 from core.redis import get_redis
+from keys.models import ProviderKey
+from usage.selectors import cap_statuses, parse_period, usage_totals
 
 logger = logging.getLogger(__name__)
 
@@ -19,10 +22,6 @@ def home(request: HttpRequest) -> HttpResponse:
     """The landing page, or for a signed-in user a dashboard of keys, chats and spend."""
     if not request.user.is_authenticated:
         return render(request, "landing.html")
-    from chat.selectors import conversation_list
-    from keys.models import ProviderKey
-    from usage.selectors import cap_statuses, parse_period, usage_totals
-
     user = request.user
     keys = ProviderKey.objects.for_owner(user)
     context = {

@@ -24,6 +24,7 @@ from chat.services import ChatError
 from chat.sse import EventStreamResponse
 from core import streams as live
 from keys.models import ProviderKey
+from keys.services import provider_key_cached_models
 from providers.catalog import PRESETS
 from usage.selectors import cap_statuses
 from vault.services import OwnerCipher
@@ -96,8 +97,6 @@ def model_options(request: AuthenticatedRequest) -> HttpResponse:
     if key is not None:
         preset = PRESETS.get(key.preset)
         models = list(preset.popular_models) if preset else []
-        from keys.services import provider_key_cached_models
-
         for model in provider_key_cached_models(key):
             if model not in models:
                 models.append(model)

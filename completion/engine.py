@@ -51,6 +51,7 @@ from keys.services import (
     provider_key_mark_used,
     provider_key_open,
 )
+from providers import aio
 from providers import loop as relay
 from providers.catalog import build_adapter, get_preset, resolve_base_url
 from providers.errors import InvalidChatRequest, InvalidEndpoint, ProviderError, ProviderErrorKind
@@ -268,8 +269,6 @@ class _State:
 def warm_up() -> None:
     """What a worker's first call would otherwise wait for: the relay loop and its provider
     sessions (aiohttp's import, the trust store). Calls nobody."""
-    from providers import aio  # aiohttp is loaded only where an event loop streams
-
     relay.submit(aio.warm_up(connection_config())).result(timeout=30)
 
 
@@ -487,9 +486,7 @@ def _call_once(
         return ProviderError(ProviderErrorKind.NETWORK, error.user_message)
     del secret
     state.provider_calls += 1
-    logger.debug(
-        "call %s: %s with key %s at %s", call.call_id, call.model, key.pk, key.base_url
-    )
+    logger.debug("call %s: %s with key %s at %s", call.call_id, call.model, key.pk, key.base_url)
     return _ProviderCall(call.call_id, sink.delta, state).run(adapter, request)
 
 

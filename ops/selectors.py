@@ -14,6 +14,8 @@ from django.utils import timezone
 
 from accounts.models import User
 from chat.models import Message
+from core.heartbeat import live_workers
+from core.redis import get_redis
 from keys.models import ProviderKey
 from usage.models import (
     LATENCY_BUCKETS_MS,
@@ -126,8 +128,6 @@ def queue_depths() -> dict[str, int | None]:
 
     None when Redis cannot be reached: the dashboard says so instead of failing.
     """
-    from core.redis import get_redis
-
     try:
         pipe = get_redis().pipeline(transaction=False)
         for queue in QUEUES:
@@ -139,8 +139,6 @@ def queue_depths() -> dict[str, int | None]:
 
 def health(*, now: datetime | None = None) -> Health:
     """Workers, queues, the oldest queued turn and stuck turns, with what looks wrong."""
-    from core.heartbeat import live_workers
-
     now = now or timezone.now()
     depths = queue_depths()
     try:
