@@ -7,18 +7,11 @@ database has the final text, so the stream may expire.
 
 from __future__ import annotations
 
-from django.conf import settings
-
-from core.redis import get_redis
 from core.streams import EVENT_DONE, EVENT_ERROR, get_writer
 
 
 def stream_key(message_id: object) -> str:
     return f"byok:turn:{message_id}"
-
-
-def cancel_key(message_id: object) -> str:
-    return f"byok:turn:{message_id}:cancel"
 
 
 class TurnPublisher:
@@ -58,7 +51,3 @@ class TurnPublisher:
                 **(facts or {}),
             },
         )
-
-
-def request_cancel(message_id: object) -> None:
-    get_redis().set(cancel_key(message_id), "1", ex=settings.BYOK_TURN_STREAM_TTL)

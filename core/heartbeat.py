@@ -26,6 +26,7 @@ class Heartbeat:
         self.hostname = hostname
         self.interval = interval
         self._stop = threading.Event()
+        self._beating = threading.Lock()  # held while a beat is written
         self._thread = threading.Thread(target=self._run, name="byok-heartbeat", daemon=True)
 
     def start(self) -> None:
@@ -33,11 +34,12 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._beating:  # a beat under way lands first; none starts after this
+            try:
+                get_redis().zrem(WORKERS_KEY, self.hostname)
+            except Exception:
+                logger.debug("could not remove heartbeat for %s", self.hostname)
         self._thread.join(timeout=self.interval + 1)
-        try:
-            get_redis().zrem(WORKERS_KEY, self.hostname)
-        except Exception:
-            logger.debug("could not remove heartbeat for %s", self.hostname)
 
     terminate = stop
 
@@ -46,10 +48,13 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.beat_once()
-            except Exception:
-                logger.warning("worker heartbeat failed", exc_info=True)
+            with self._beating:
+                if self._stop.is_set():
+                    break
+                try:
+                    self.beat_once()
+                except Exception:
+                    logger.warning("worker heartbeat failed", exc_info=True)
             self._stop.wait(self.interval)
 
 

@@ -29,11 +29,13 @@ def test_beat_runs_a_registered_task():
 
 
 def test_a_stopped_heartbeat_removes_its_worker():
-    heartbeat = Heartbeat("worker@a", interval=0.05)
+    # It beats at once, then waits: `stop` finds it waiting, not in the middle of a beat
+    # that would land after the removal (its join gives up after `interval + 1` seconds).
+    heartbeat = Heartbeat("worker@a", interval=30)
     heartbeat.start()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while "worker@a" not in live_workers() and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert "worker@a" in live_workers()
+    assert "worker@a" in live_workers(), "the heartbeat never beat"
     heartbeat.stop()
     assert get_redis().zscore(WORKERS_KEY, "worker@a") is None

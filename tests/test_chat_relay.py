@@ -18,24 +18,31 @@ import pytest
 import redis
 import redis.asyncio
 
-from chat import streams
+from completion import engine
 from core import streams as live
 from core.redis import get_redis
 from providers import aio
 from providers import loop as relay
+from tests.waiting import wait_until
 
 
 class CountingRedis:
-    """The real client, counting commands sent by name."""
+    """The real client, counting commands sent by name (and by the thread sending them)."""
 
     def __init__(self) -> None:
         self.real = get_redis()
         self.calls: dict[str, int] = {}
+        self.callers: dict[str, list[threading.Thread]] = {}
         self.lock = threading.Lock()
 
     def _count(self, name: str) -> None:
         with self.lock:
             self.calls[name] = self.calls.get(name, 0) + 1
+            self.callers.setdefault(name, []).append(threading.current_thread())
+
+    def calls_from(self, name: str, thread: threading.Thread | None) -> int:
+        with self.lock:
+            return sum(caller is thread for caller in self.callers.get(name, []))
 
     def __getattr__(self, name):
         attribute = getattr(self.real, name)
@@ -74,9 +81,40 @@ def counted_writes(writer: live.StreamWriter, monkeypatch) -> list[list[str]]:
     return writes
 
 
+def counted_ticks(writer: live.StreamWriter, monkeypatch) -> list[None]:
+    """One item per tick the writer's timer runs, however late the loop gets to it."""
+    ticks: list[None] = []
+    real_tick = writer._tick
+
+    def tick() -> None:
+        ticks.append(None)
+        real_tick()
+
+    monkeypatch.setattr(writer, "_tick", tick)  # `_ensure_tick` schedules `self._tick`
+    return ticks
+
+
+class WatcherRounds:
+    """Stands in for `time` in core.streams: counts the rounds of one cancel watcher's loop
+    (each starts with its sleep) and passes everything else through."""
+
+    def __init__(self, watcher: live.CancelWatcher) -> None:
+        self.watcher = watcher
+        self.count = 0
+
+    def sleep(self, seconds: float) -> None:
+        if threading.current_thread() is self.watcher._thread:
+            self.count += 1
+        time.sleep(seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
 def test_many_turns_share_one_pipeline_per_tick_and_keep_their_order(monkeypatch):
     writer = live.StreamWriter(window=0.05)
     writes = counted_writes(writer, monkeypatch)
+    ticks = counted_ticks(writer, monkeypatch)
     turns = [f"byok:turn:{uuid.uuid4()}" for _ in range(8)]
     tokens = 30
 
@@ -84,15 +122,14 @@ def test_many_turns_share_one_pipeline_per_tick_and_keep_their_order(monkeypatch
         writer.add(key, "t0 ", now=True)  # the first token goes out at once
         for index in range(1, tokens):
             writer.add(key, f"t{index} ")
-            await asyncio.sleep(0.01)  # 100 tokens/s
+            if index % 3 == 0:  # 100 tokens/s, three at a time: no tick comes between those
+                await asyncio.sleep(0.03)
 
-    started = time.monotonic()
     readers = [relay.submit(run(key)) for key in turns]
     for reader in readers:
-        reader.result(timeout=10)
+        reader.result(timeout=30)
     for key in turns:  # from the turns' own threads, as a turn ends
         writer.finish(key, {"type": "done", "status": "done", "html": "", "notice": ""})
-    elapsed = time.monotonic() - started
 
     expected = "".join(f"t{index} " for index in range(tokens))
     for key in turns:
@@ -103,10 +140,8 @@ def test_many_turns_share_one_pipeline_per_tick_and_keep_their_order(monkeypatch
         assert len(stream) < tokens / 2, "deltas within one tick share one entry"
         assert get_redis().ttl(key) > 0
     # One first write per turn (the final ones are the turns' own), plus one pipeline per
-    # tick for all of them; a writer per turn would need about (elapsed / window) per turn.
-    ticks = elapsed / writer.window + 2
-    assert len(writes) <= len(turns) + ticks, len(writes)
-    assert len(writes) < len(turns) * ticks / 2
+    # tick for all of them, where a writer per turn would send one per turn and tick.
+    assert len(writes) <= len(turns) + len(ticks), (len(writes), len(ticks))
     assert any(len(keys) > 1 for keys in writes), "a tick carries several turns' deltas"
 
 
@@ -128,6 +163,7 @@ def test_a_slow_write_holds_back_only_its_own_stream(monkeypatch):
     """A new turn's first delta goes out while another stream's write is still in flight;
     the slow stream's own later entries wait for it, so its order holds."""
     writer = live.StreamWriter(window=0.01)
+    ticks = counted_ticks(writer, monkeypatch)
     slow, fast = f"byok:turn:{uuid.uuid4()}", f"byok:turn:{uuid.uuid4()}"
     release = threading.Event()
     real_write = writer._write
@@ -150,22 +186,23 @@ def test_a_slow_write_holds_back_only_its_own_stream(monkeypatch):
 
     monkeypatch.setattr(writer, "_write", write)
     writer.add(slow, "s0 ", now=True)
-    time.sleep(0.05)
+    wait_until(lambda: in_flight.get(slow) == 1, "the slow stream's first write never started")
     writer.add(slow, "s1 ")  # pending behind the write in flight
     finished = threading.Thread(
         target=writer.finish, args=(slow, {"type": "done", "status": "done", "html": ""})
     )
     finished.start()
-    started = time.monotonic()
     writer.add(fast, "f0", now=True)
-    while not entries(fast) and time.monotonic() - started < 2:
-        time.sleep(0.005)
-    assert time.monotonic() - started < 1.0, "the other stream's write held this one back"
+    # The slow write stays in flight until the test releases it: the fast one lands meanwhile.
+    wait_until(lambda: entries(fast), "the other stream's write held this one back")
     assert [f.get("text") for f in entries(fast)] == ["f0"]
     assert entries(slow) == []  # still in flight
-    time.sleep(0.1)  # ticks come meanwhile: they must leave the busy stream alone
+    # Ticks come meanwhile (s1 is pending): they must leave the busy stream alone.
+    seen = len(ticks)
+    wait_until(lambda: len(ticks) >= seen + 3, "no tick came while the slow write was in flight")
     release.set()
-    finished.join(5)
+    finished.join(30)
+    assert not finished.is_alive(), "the slow stream's final event was never written"
     assert [(f["type"], f.get("text")) for f in entries(slow)] == [
         ("delta", "s0 "),
         ("delta", "s1 "),
@@ -193,8 +230,10 @@ def test_a_redis_outage_loses_no_turn_and_the_writer_carries_on(monkeypatch):
     ]
 
 
-def test_one_mget_per_poll_answers_for_every_running_turn(counting_redis):
+def test_one_mget_per_poll_answers_for_every_running_turn(counting_redis, monkeypatch):
     watcher = live.CancelWatcher(interval=0.05)
+    rounds = WatcherRounds(watcher)
+    monkeypatch.setattr(live, "time", rounds)
     ids = [uuid.uuid4() for _ in range(20)]
     stopped: list[uuid.UUID] = []
 
@@ -202,38 +241,44 @@ def test_one_mget_per_poll_answers_for_every_running_turn(counting_redis):
         return lambda: stopped.append(message_id)
 
     for message_id in ids:
-        watcher.watch(streams.cancel_key(message_id), stopper(message_id))
-    streams.request_cancel(ids[3])
-    streams.request_cancel(ids[11])
-    deadline = time.monotonic() + 2
-    while len(stopped) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.2)
+        watcher.watch(engine.cancel_key(message_id), stopper(message_id))
+    engine.request_cancel(ids[3])
+    engine.request_cancel(ids[11])
+    wait_until(lambda: len(stopped) >= 2, "the watcher never saw the stop buttons")
+    # A whole round more, both flags still set: it calls back nobody, as the watcher
+    # forgets a key once stopped (the next round's start is the end of that one).
+    seen = rounds.count
+    wait_until(lambda: rounds.count >= seen + 2, "the watcher's loop stopped")
     assert sorted(stopped) == sorted([ids[3], ids[11]])  # each called once, no others
     for message_id in ids:
-        watcher.unwatch(streams.cancel_key(message_id))
-    polls = counting_redis.calls.get("mget", 0)
-    assert polls >= 2
+        watcher.unwatch(engine.cancel_key(message_id))
+    assert counting_redis.calls_from("mget", watcher._thread) >= 2
     assert "exists" not in counting_redis.calls, "no per-turn round trips"
 
 
-def test_a_watcher_with_nothing_to_watch_asks_redis_nothing(counting_redis):
+def test_a_watcher_with_nothing_to_watch_asks_redis_nothing(counting_redis, monkeypatch):
     watcher = live.CancelWatcher(interval=0.02)
+    rounds = WatcherRounds(watcher)
+    monkeypatch.setattr(live, "time", rounds)
     message_id = uuid.uuid4()
-    watcher.watch(streams.cancel_key(message_id), lambda: None)
-    watcher.unwatch(streams.cancel_key(message_id))
-    time.sleep(0.05)
-    before = counting_redis.calls.get("mget", 0)
-    time.sleep(0.2)
-    assert counting_redis.calls.get("mget", 0) == before
+    watcher.watch(engine.cancel_key(message_id), lambda: None)
+    watcher.unwatch(engine.cancel_key(message_id))
+    unwatched = rounds.count
+    # The round under way may have looked before the unwatch: wait for it to end.
+    wait_until(lambda: rounds.count >= unwatched + 1, "the watcher's loop is not running")
+    before = counting_redis.calls_from("mget", watcher._thread)
+    # Two whole rounds later, with nothing to watch in either of them.
+    wait_until(lambda: rounds.count >= unwatched + 3, "the watcher's loop stopped")
+    assert counting_redis.calls_from("mget", watcher._thread) == before
 
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     "silence",
     [
-        {"first_token_delay": 30},  # answered, then silent before the first token
-        {"response_delay": 30},  # not even a status line yet
+        # Silences longer than the waits below (and shorter than the read timeout).
+        {"first_token_delay": 120},  # answered, then silent before the first token
+        {"response_delay": 120},  # not even a status line yet
     ],
     ids=["before-the-first-token", "before-the-response-headers"],
 )
@@ -247,19 +292,13 @@ def test_stop_ends_the_provider_call_even_while_the_provider_is_silent(
     fake_provider.script(text="never seen", path="/chat/completions", **silence)
     conversation, _ = start_chat(alice, fake_provider)
     _, reply = send(conversation)
-    deadline = time.monotonic() + 10
-    while not aio.calls_in_flight() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(aio.calls_in_flight, "the provider call never started")
     assert aio.calls_in_flight() == 1, "the provider call should be under way"
-    stopped_at = time.monotonic()
     services.turn_cancel(message=reply)
-    reply = wait_final(reply, timeout=5)
+    reply = wait_final(reply, timeout=30)
     assert reply.status == Message.Status.STOPPED
-    while aio.calls_in_flight() and time.monotonic() - stopped_at < 5:
-        time.sleep(0.02)
-    # Without the task's cancel the call would wait out the provider's 30 s silence.
-    assert not aio.calls_in_flight()
-    assert time.monotonic() - stopped_at < 1.5
+    # Without the task's cancel the call would wait out the provider's 120 s silence.
+    wait_until(lambda: not aio.calls_in_flight(), "the provider call outlived the stop")
 
 
 def test_a_turn_s_final_event_does_not_wait_for_a_busy_loop():
@@ -267,19 +306,22 @@ def test_a_turn_s_final_event_does_not_wait_for_a_busy_loop():
     streams (or waiting for the interpreter lock) does not delay `done`."""
     writer = live.StreamWriter(window=0.01)
     key = f"byok:turn:{uuid.uuid4()}"
-    held = threading.Event()
+    held, release, let_go = threading.Event(), threading.Event(), threading.Event()
 
-    def hold_the_loop() -> None:
+    def hold_the_loop() -> None:  # the loop runs nothing else until the test lets it go
         held.set()
-        time.sleep(1.0)
+        release.wait(30)
+        let_go.set()
 
     relay.relay_loop().call_soon_threadsafe(hold_the_loop)
-    assert held.wait(2)
-    started = time.monotonic()
-    writer.finish(key, {"type": "done", "status": "done", "html": ""})
-    assert time.monotonic() - started < 0.5
-    assert [f["type"] for f in entries(key)] == ["done"]
-    time.sleep(1.0)  # the loop is free again for the next test
+    assert held.wait(30)
+    try:
+        writer.finish(key, {"type": "done", "status": "done", "html": ""})
+        assert not let_go.is_set(), "the final event waited for the loop"
+        assert [f["type"] for f in entries(key)] == ["done"]
+    finally:
+        release.set()
+        relay.submit(asyncio.sleep(0)).result(timeout=30)  # the loop is free for the next test
 
 
 def test_a_final_event_is_written_even_when_an_earlier_write_never_ends(monkeypatch):

@@ -50,15 +50,16 @@ class RawStream:
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         self.data = b""
 
-    def read_until(self, marker: bytes, timeout: float = 10) -> bytes:
+    def read_until(self, marker: bytes, timeout: float = 20, count: int = 1) -> bytes:
+        """Everything read so far, once `marker` is in it `count` times."""
         deadline = time.monotonic() + timeout
-        while marker not in self.data:
+        while self.data.count(marker) < count:
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             chunk = self.sock.recv(65536)
             if not chunk:
                 break
             self.data += chunk
-        assert marker in self.data, self.data
+        assert self.data.count(marker) >= count, self.data
         return self.data
 
     def close(self) -> None:
@@ -66,10 +67,12 @@ class RawStream:
 
 
 def subscriptions() -> int:
-    return sum(len(f) for hub in live._hubs.values() for f in hub.subscriptions.values())
+    # Snapshots: the server's loop adds and removes subscriptions while the test counts.
+    hubs = list(live._hubs.values())
+    return sum(len(f) for hub in hubs for f in list(hub.subscriptions.values()))
 
 
-def wait_for(condition, timeout: float = 5.0) -> bool:
+def wait_for(condition, timeout: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -184,7 +187,7 @@ def test_a_bad_cursor_from_one_user_never_silences_another_user_s_stream(
         attacker.read_until(b"retry: 2000")
         victim.read_until(b"retry: 2000")
         get_redis().xadd(streams.stream_key(theirs.pk), {"type": "delta", "text": "still here"})
-        assert b"still here" in victim.read_until(b"still here", timeout=5)
+        assert b"still here" in victim.read_until(b"still here")
     finally:
         attacker.close()
         victim.close()
@@ -198,8 +201,7 @@ def test_an_idle_stream_gets_heartbeats_and_then_the_stored_outcome(
     stream = RawStream(asgi_server, alice, reply)
     try:
         stream.read_until(b"retry: 2000")
-        time.sleep(1.2)
-        assert stream.read_until(b": keep-alive").count(b": keep-alive") >= 2
+        stream.read_until(b": keep-alive", count=2)
         # The turn ends and its stream is gone (expired, or Redis lost it): the next
         # heartbeat finds that out and serves the stored outcome.
         Message.objects.filter(pk=reply.pk).update(status=Message.Status.STOPPED)
@@ -210,19 +212,32 @@ def test_an_idle_stream_gets_heartbeats_and_then_the_stored_outcome(
 
 
 def test_a_quiet_stream_outlives_the_hub_s_blocking_read_without_a_reconnect(
-    alice, fake_provider, asgi_server, settings, caplog
+    alice, fake_provider, asgi_server, settings, caplog, monkeypatch
 ):
     """The hub's XREAD blocks for BLOCK_MS; its connection must wait longer than that. With
     redis-py's default socket timeout (5 s, the same as BLOCK_MS) every quiet 5 s ended in
     a read timeout, a reconnect and half a second in which no stream moved."""
     settings.BYOK_SSE_HEARTBEAT_SECONDS = 60
     (reply,) = queued_replies(alice, fake_provider, 1, settings)
+    key = streams.stream_key(reply.pk)
+    readers: list[int | None] = []  # the hub's reader connection, at each XREAD for `key`
+    real_command = live.StreamHub._xread_command
+
+    def xread_command(hub: live.StreamHub) -> bytes:
+        if key in hub.subscriptions:
+            readers.append(hub._reader_id)
+        return real_command(hub)
+
+    monkeypatch.setattr(live.StreamHub, "_xread_command", xread_command)
     stream = RawStream(asgi_server, alice, reply)
     try:
         stream.read_until(b"retry: 2000")
-        time.sleep(live.StreamHub.BLOCK_MS / 1000 + 0.7)
-        get_redis().xadd(streams.stream_key(reply.pk), {"type": "delta", "text": "awake"})
-        assert b"awake" in stream.read_until(b"awake", timeout=2)
+        # One quiet stream: only its BLOCK_MS ends the first XREAD, then the next one goes.
+        quiet = live.StreamHub.BLOCK_MS / 1000
+        assert wait_for(lambda: len(readers) >= 2, timeout=quiet + 30), readers
+        assert readers[0] == readers[1], "the hub reconnected after a quiet read"
+        get_redis().xadd(key, {"type": "delta", "text": "awake"})
+        assert b"awake" in stream.read_until(b"awake")
     finally:
         stream.close()
     assert "Redis read failed" not in caplog.text
@@ -231,7 +246,7 @@ def test_a_quiet_stream_outlives_the_hub_s_blocking_read_without_a_reconnect(
 def test_a_disconnect_releases_the_subscription_at_once(
     alice, fake_provider, asgi_server, settings
 ):
-    settings.BYOK_SSE_HEARTBEAT_SECONDS = 60  # only the disconnect itself can end them
+    settings.BYOK_SSE_HEARTBEAT_SECONDS = 3600  # only the disconnect itself can end them
     replies = queued_replies(alice, fake_provider, 5, settings)
     before = subscriptions()
     opened = [RawStream(asgi_server, alice, reply) for reply in replies]
@@ -240,12 +255,13 @@ def test_a_disconnect_releases_the_subscription_at_once(
     assert wait_for(lambda: subscriptions() - before == 5)
     for stream in opened:
         stream.close()
-    assert wait_for(lambda: subscriptions() == before, timeout=2)
+    assert wait_for(lambda: subscriptions() == before), subscriptions() - before
 
 
 def test_many_streams_opening_at_once_cost_no_redis_round_trip_each(
     alice, fake_provider, asgi_server, settings
 ):
+    settings.BYOK_SSE_HEARTBEAT_SECONDS = 3600  # no heartbeat (nor its EXISTS) falls due
     replies = queued_replies(alice, fake_provider, 40, settings)
     redis = get_redis()
 
@@ -270,13 +286,13 @@ def test_many_streams_opening_at_once_cost_no_redis_round_trip_each(
 def test_the_stream_is_the_owner_s_alone(alice, bob, fake_provider, asgi_server, settings):
     (reply,) = queued_replies(alice, fake_provider, 1, settings)
     url = f"{asgi_server.url}{reverse('chat:stream', args=[reply.pk])}"
-    as_bob = httpx.get(url, cookies=session_cookie(bob), timeout=5)
+    as_bob = httpx.get(url, cookies=session_cookie(bob), timeout=20)
     assert as_bob.status_code == 404
     assert "text/event-stream" not in as_bob.headers["content-type"]
-    anonymous = httpx.get(url, timeout=5, follow_redirects=False)
+    anonymous = httpx.get(url, timeout=20, follow_redirects=False)
     assert anonymous.status_code == 302
     assert anonymous.headers["location"].startswith("/accounts/login/")
-    deleted = httpx.delete(url, cookies=session_cookie(alice), timeout=5)
+    deleted = httpx.delete(url, cookies=session_cookie(alice), timeout=20)
     assert deleted.status_code in (403, 405)
     key = streams.stream_key(reply.pk)
     assert all(key not in hub.subscriptions for hub in live._hubs.values())

@@ -117,6 +117,6 @@ def test_a_worker_prepares_it_while_the_page_shows_progress(client, celery_worke
         fragment = client.get(reverse("privacy:export_status", args=[export.pk]))
         assert fragment.status_code == 200
         time.sleep(0.1)
-    assert export.status == "ready"
+    assert export.status == "ready", f"the export stayed {export.status}"
     row = client.get(reverse("privacy:export_status", args=[export.pk])).content.decode()
     assert "Download ZIP" in row and "hx-trigger" not in row

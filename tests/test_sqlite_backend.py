@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 from django.db import connection, connections, transaction
@@ -116,9 +117,9 @@ def _lock_path() -> str:
     return path
 
 
-def test_a_write_in_another_process_holds_this_one_back_until_it_ends(alice):
-    """Processes queue on the `.writers` file lock, and the next one goes at once (SQLite's
-    busy handler would sleep up to 100 ms between tries)."""
+def test_a_write_in_another_process_holds_this_one_back_until_it_ends(alice, monkeypatch):
+    """Processes queue on the `.writers` file lock, and the next one goes at once: it looks
+    again every 2 ms at most (SQLite's busy handler would sleep up to 100 ms between tries)."""
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, _lock_path()],
         stdin=subprocess.PIPE,
@@ -128,26 +129,37 @@ def test_a_write_in_another_process_holds_this_one_back_until_it_ends(alice):
     assert holder.stdin is not None and holder.stdout is not None
     try:
         assert holder.stdout.readline().strip() == "held"
-        written: list[float] = []
+        written = threading.Event()
+        pauses: list[float] = []  # the waiting write's sleeps between two looks at the lock
 
         def write() -> None:
             try:
                 with transaction.atomic():
                     record(alice, "waited")
-                written.append(time.monotonic())
+                written.set()
             finally:
                 connections.close_all()
 
         thread = threading.Thread(target=write)
+
+        def sleep(seconds: float) -> None:
+            if threading.current_thread() is thread:
+                pauses.append(seconds)
+            time.sleep(seconds)
+
+        monkeypatch.setattr(backend, "time", SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
         thread.start()
-        time.sleep(0.3)
-        assert not written, "the write went ahead while another process held the lock"
+        deadline = time.monotonic() + 30
+        while len(pauses) < 10 and not written.is_set() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert not written.is_set(), "the write went ahead while another process held the lock"
+        assert len(pauses) >= 10, "the write is not waiting for the file lock"
         holder.stdin.write("\n")
         holder.stdin.flush()
         assert holder.stdout.readline().strip() == "free"
-        freed = time.monotonic()
-        thread.join(5)
-        assert written and written[0] - freed < 0.1
+        thread.join(30)
+        assert written.is_set(), "the write never went ahead once the lock was free"
+        assert max(pauses) <= 0.002, f"it waited {max(pauses)} s between two looks"
     finally:
         holder.kill()
         holder.wait()
@@ -197,7 +209,7 @@ def test_a_forked_child_writes_even_if_a_parent_thread_held_the_lock():
     def hold() -> None:
         with WRITE_LOCK:
             taken.set()
-            release.wait(5)
+            release.wait(30)  # held until the parent has its child's answer
 
     holder = threading.Thread(target=hold)
     holder.start()
@@ -207,8 +219,9 @@ def test_a_forked_child_writes_even_if_a_parent_thread_held_the_lock():
         if pid == 0:  # the child: the parent's thread does not exist here
             code = 1
             try:
-                started = time.monotonic()
-                if backend._take(2.0, None) and time.monotonic() - started < 1.0:
+                # The parent's holder never gives the lock back here: taking it at all (rather
+                # than giving up after the timeout) means the child did not inherit it.
+                if backend._take(2.0, None):
                     backend._give_back()
                     backend._give_back()  # one too many (a stale connection): harmless
                     code = 0

@@ -38,7 +38,7 @@ def test_the_warm_ups_open_no_database_connection():
 def test_a_starting_worker_opens_its_provider_sessions_before_the_first_turn(
     fresh_relay_sessions, celery_worker
 ):
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while len(_relay_sessions()) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(_relay_sessions()) == 2  # https, and plain http to allowed addresses
