@@ -3,7 +3,7 @@
 Seeds a PostgreSQL database of its own (`byok_bench_dashboard`, dropped and recreated) in bulk
 SQL (INSERT ... SELECT over generate_series): users, provider keys, 10,000,000 usage events
 over 90 days, the usage rollups (UsageDaily) and the operator rollups the write path keeps
-(ops.ProviderDaily, ErrorDaily, LatencyDaily, UserActivity), plus a few queued turns. Then
+(usage's ProviderDaily, ErrorDaily, LatencyDaily, UserActivity), plus a few queued turns. Then
 it measures, as a verified superuser through the Django test client with a real (bundled)
 Redis:
 
@@ -205,12 +205,6 @@ def seed(cursor) -> None:
         """
         INSERT INTO usage_useractivity (user_id, last_turn_on)
         SELECT owner_id, max(day) FROM usage_usageevent GROUP BY owner_id
-        """
-    )
-    cursor.execute(
-        """
-        INSERT INTO usage_activitydaily (day, users)
-        SELECT last_turn_on, count(*) FROM usage_useractivity GROUP BY last_turn_on
         """
     )
     t = step("operator rollups (ops.*)", t)

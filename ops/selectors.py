@@ -19,10 +19,10 @@ from core.redis import get_redis
 from keys.models import ProviderKey
 from usage.models import (
     LATENCY_BUCKETS_MS,
-    ActivityDaily,
     ErrorDaily,
     LatencyDaily,
     ProviderDaily,
+    UserActivity,
 )
 
 QUEUES = ("turns", "default")
@@ -204,9 +204,8 @@ def dashboard(*, today: date | None = None) -> Dashboard:
     window_start_at = timezone.make_aware(datetime.combine(window_start, datetime.min.time()))
 
     users = user_counts(joined_since=window_start_at)
-    users_active = (
-        ActivityDaily.objects.filter(day__gte=window_start).aggregate(n=Sum("users"))["n"] or 0
-    )
+    # Users whose latest turn is in the window: a count on UserActivity's day index.
+    users_active = UserActivity.objects.filter(last_turn_on__gte=window_start).count()
 
     days = [chart_start + timedelta(days=i) for i in range(CHART_DAYS)]
     index = {day: i for i, day in enumerate(days)}

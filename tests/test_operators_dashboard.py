@@ -25,7 +25,6 @@ from tests.operators_helpers import (
     record_turn,
 )
 from usage.models import (
-    ActivityDaily,
     LatencyDaily,
     ModelPrice,
     ProviderDaily,
@@ -209,8 +208,9 @@ def test_active_users_follow_each_users_latest_day(alice, bob):
     record_turn(alice)
     record_turn(alice)  # a second turn the same day changes nothing
     event_on(bob, today - timedelta(days=2))
-    counts = dict(ActivityDaily.objects.values_list("day", "users"))
-    assert counts == {today - timedelta(days=10): 0, today - timedelta(days=2): 1, today: 1}
+    event_on(bob, today - timedelta(days=20))  # an older turn recorded later moves nothing
+    days = dict(UserActivity.objects.values_list("user__email", "last_turn_on"))
+    assert days == {"alice@example.com": today, "bob@example.com": today - timedelta(days=2)}
     assert dashboard().users_active == 2
     assert UserActivity.objects.get(user=alice).last_turn_on == today
 
@@ -220,7 +220,7 @@ def test_the_rollups_can_be_rebuilt_from_the_events(seeded):
 
     before = dashboard()
     ProviderDaily.objects.all().delete()
-    ActivityDaily.objects.all().delete()
+    UserActivity.objects.all().delete()
     call_command("ops_rollups_rebuild", stdout=io.StringIO())
     after = dashboard()
     assert after == before

@@ -21,7 +21,6 @@ from tests.usage_helpers import price
 from usage import recording
 from usage.models import (
     NO_KEY,
-    ActivityDaily,
     ErrorDaily,
     LatencyDaily,
     ModelPrice,
@@ -100,7 +99,6 @@ TABLES = {
     ErrorDaily: ("id",),
     LatencyDaily: ("id",),
     UserActivity: (),
-    ActivityDaily: ("id",),
 }
 
 
@@ -190,9 +188,7 @@ def turns_under_caps(record, alice, bob):
 def activity_moves(record, alice, bob):
     today = timezone.localdate()
     UserActivity.objects.create(user=alice, last_turn_on=today - timedelta(days=3))
-    ActivityDaily.objects.create(day=today - timedelta(days=3), users=4)
     UserActivity.objects.create(user=bob, last_turn_on=today)
-    ActivityDaily.objects.create(day=today, users=1)
     return [record(turn(alice)), record(turn(alice)), record(turn(bob))]
 
 
@@ -342,7 +338,6 @@ def test_concurrent_turns_of_one_user_count_them_active_once(alice, active_befor
     if active_before is not None:
         earlier = today - timedelta(days=active_before)
         UserActivity.objects.create(user=alice, last_turn_on=earlier)
-        ActivityDaily.objects.create(day=earlier, users=5)
     turns = [turn(alice) for _ in range(12)]
     barrier = threading.Barrier(len(turns))
 
@@ -362,6 +357,3 @@ def test_concurrent_turns_of_one_user_count_them_active_once(alice, active_befor
     assert UsageDaily.objects.get(owner=alice).turns == 12
     assert ProviderDaily.objects.get(day=today, preset="custom").turns == 12
     assert UserActivity.objects.get(user=alice).last_turn_on == today
-    assert ActivityDaily.objects.get(day=today).users == 1
-    if active_before is not None:
-        assert ActivityDaily.objects.get(day=earlier).users == 4

@@ -380,7 +380,8 @@ class LatencyDaily(models.Model):
 
 
 class UserActivity(models.Model):
-    """The last day each user made a turn (the "made a turn" filter of the user list)."""
+    """The last day each user made a turn: the dashboard's active users (an indexed count)
+    and the "made a turn" filter of the user list."""
 
     user = models.OneToOneField(
         settings.AUTH_USER_MODEL,
@@ -395,20 +396,3 @@ class UserActivity(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id} last active {self.last_turn_on}"
-
-
-class ActivityDaily(models.Model):
-    """How many users made their latest turn on `day`.
-
-    A user's turn moves them from their previous last day to today (-1 there, +1 here), so
-    "active in the last N days" is the sum of N rows, however many users there are.
-    """
-
-    day = models.DateField(unique=True)
-    users = models.BigIntegerField(default=0)
-
-    class Meta:
-        verbose_name_plural = "activity days"
-
-    def __str__(self) -> str:
-        return f"{self.day}: {self.users}"

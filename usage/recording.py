@@ -2,14 +2,14 @@
 
 A recorded turn is one `UsageEvent` (unique per message: recording twice changes nothing)
 and what it adds to the rollups: the user's per day, key and model and per conversation,
-the operators' per provider, error class and latency bucket, the user's rollup stamp (the
-usage pages' cache key), the user's last active day and, under a spend cap, the cap
+the user's rollup stamp (the usage pages' cache key), the operators' per provider, error
+class and latency bucket and the user's last active day, and, under a spend cap, the cap
 ledgers. The cost is `usage.prices.cost_micro` of the price the turn ran at, computed here
 in Python and nowhere else.
 
-`WRITES` declares every row the turn writes as an `Upsert` (table, conflict columns, the
-value of each column, what is added or replaced when the row exists). Each declaration
-renders two ways, so the rule is written once:
+`EVENT` and `ROLLUPS` declare every row the turn writes as an `Upsert` (table, conflict
+columns, the value of each column, what is added or replaced when the row exists). Each
+declaration renders two ways, so the rule is written once:
 
 - as a plain `INSERT ... VALUES ... ON CONFLICT` statement (every database; the one used on
   SQLite, one statement after the other, in the caller's transaction);
@@ -17,10 +17,9 @@ renders two ways, so the rule is written once:
   statement, one round trip, prepared once per connection), which writes nothing when the
   event was recorded already.
 
-Both renderings end with the same read (`READ_AFTER`): the user's last active day and
-whether a cap covers the turn. Only when one of those says so does more run, in Python and
-the same on every database: moving the user's last active day (once per user and day) and
-settling the cap ledgers (`usage.services.budget_settle`).
+Both renderings end with the same read (`READ_AFTER`): whether a cap covers the turn. Only
+then does more run, in Python and the same on every database: settling the cap ledgers
+(`usage.services.budget_settle`).
 """
 
 from __future__ import annotations
@@ -36,12 +35,10 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from usage.models import (
     NO_KEY,
-    ActivityDaily,
     ErrorDaily,
     LatencyDaily,
     ProviderDaily,
@@ -203,6 +200,14 @@ ROLLUPS = (
         when="is_error",
     ),
     Upsert(
+        "ops_active",
+        UserActivity,
+        conflict=("user_id",),
+        values={"user_id": "owner", "last_turn_on": "day"},
+        replace=("last_turn_on",),
+        only_if_greater="last_turn_on",
+    ),
+    Upsert(
         "ops_ttft",
         LatencyDaily,
         conflict=("day", "preset", "metric", "bucket"),
@@ -233,10 +238,8 @@ ROLLUPS = (
 )
 OPERATOR_ROLLUPS = tuple(rollup for rollup in ROLLUPS if rollup.name.startswith("ops_"))
 
-# What decides whether more must run: the user's last active day before this turn, and
-# whether a spend cap covers it.
+# What decides whether more must run: whether a spend cap covers the turn.
 READ_AFTER = (
-    "(SELECT last_turn_on FROM usage_useractivity WHERE user_id = {owner}), "
     "EXISTS (SELECT 1 FROM usage_spendcap WHERE owner_id = {owner} "
     "AND key_id IN ({no_key}, {scope_key}))"
 )
@@ -335,17 +338,15 @@ def _params(turn: TurnUsage, day: date, cost: int | None) -> dict[str, Any]:
 
 @dataclass
 class Recorded:
-    """What the write found: whether the event is new, the user's last active day before
-    it, and whether a cap covers the turn."""
+    """What the write found: whether the event is new, and whether a cap covers the turn."""
 
     inserted: bool
-    last_active: date | None = None
     capped: bool = False
 
 
 def usage_record(*, turn: TurnUsage) -> bool:
-    """Record a turn's usage once: the event, every rollup, the user's activity and, under
-    a cap, the ledgers (its reservation settled at the real cost).
+    """Record a turn's usage once: the event, every rollup and, under a cap, the ledgers
+    (its reservation settled at the real cost).
 
     Returns False when the message was recorded already (a second call changes nothing).
     Call inside the transaction that stores the turn's outcome: everything here joins it.
@@ -359,8 +360,6 @@ def usage_record(*, turn: TurnUsage) -> bool:
             recorded = _write_step_by_step(params)
         if not recorded.inserted:
             return False  # recorded already: never twice
-        if recorded.last_active is None or recorded.last_active < day:
-            user_activity_record(owner_id=turn.owner_id, day=day)
         if recorded.capped:
             budget_settle(
                 owner_id=turn.owner_id,
@@ -378,10 +377,8 @@ def _read_after(render: Callable[[str], str]) -> str:
 
 
 def _recorded(row: tuple[Any, ...], inserted: bool) -> Recorded:
-    last_active, capped = row
-    if isinstance(last_active, str):  # SQLite answers a raw read's date as text
-        last_active = date.fromisoformat(last_active)
-    return Recorded(inserted=inserted, last_active=last_active, capped=bool(capped))
+    (capped,) = row
+    return Recorded(inserted=inserted, capped=bool(capped))
 
 
 def _for_database(params: dict[str, Any]) -> dict[str, Any]:
@@ -483,34 +480,6 @@ def _write_in_one_statement(params: dict[str, Any]) -> Recorded:
 # --- the slow paths: Python, the same on every database ---------------------------------
 
 
-def user_activity_record(*, owner_id: int, day: date) -> None:
-    """Move the user's last active day to `day` and keep ActivityDaily's counts in step
-    (the operators' "active users", a sum of a few rows).
-
-    At most one write per user and day; concurrent turns of one user move it once (the
-    row is locked, or its first insert settles the race).
-    """
-    previous = (
-        UserActivity.objects.select_for_update()
-        .filter(user_id=owner_id)
-        .values_list("last_turn_on", flat=True)
-        .first()
-    )
-    if previous is not None and previous >= day:
-        return
-    if previous is None:
-        if upsert(UserActivity, conflict={"user_id": owner_id}, insert_only={"last_turn_on": day}):
-            upsert(ActivityDaily, conflict={"day": day}, add={"users": 1})
-        else:  # another turn of the user created the row first: read it again, locked
-            user_activity_record(owner_id=owner_id, day=day)
-        return
-    if UserActivity.objects.filter(user_id=owner_id, last_turn_on=previous).update(
-        last_turn_on=day
-    ):
-        ActivityDaily.objects.filter(day=previous).update(users=F("users") - 1)
-        upsert(ActivityDaily, conflict={"day": day}, add={"users": 1})
-
-
 def operator_rollups_record(*, turn: TurnUsage, day: date, cost_micro: int | None) -> None:
     """Add a turn that cost `cost_micro` to the operators' rollups alone (rebuilding them
     from the events, or seeding tests), with the same declarations as `usage_record`."""
@@ -519,7 +488,6 @@ def operator_rollups_record(*, turn: TurnUsage, day: date, cost_micro: int | Non
         for rollup in OPERATOR_ROLLUPS:
             if rollup.when is None or params[rollup.when]:
                 cursor.execute(rollup.sql(), params)
-    user_activity_record(owner_id=turn.owner_id, day=day)
 
 
 def usage_rollups_changed(*, owner_ids: list[int]) -> None:

@@ -21,8 +21,10 @@ class Upsert:
     `values` maps each column (a model field's attname) to the name of a parameter, or to
     an int written as it is. When a row with the same `conflict` columns exists, the
     `add` columns are increased by the new values and the `replace` columns overwritten;
-    with neither, the new row is dropped (ON CONFLICT DO NOTHING). `when` names a boolean
-    parameter: the row is written only when it is true.
+    with neither, the new row is dropped (ON CONFLICT DO NOTHING). `only_if_greater` names
+    a column the existing row keeps unless the new value is greater (then nothing is
+    written at all). `when` names a boolean parameter: the row is written only when it is
+    true.
     """
 
     name: str
@@ -31,6 +33,7 @@ class Upsert:
     values: Mapping[str, str | int]
     add: tuple[str, ...] = ()
     replace: tuple[str, ...] = ()
+    only_if_greater: str | None = None
     when: str | None = None
 
     def _column(self, attname: str) -> str:
@@ -59,6 +62,9 @@ class Upsert:
             *(f"{self._column(c)} = excluded.{self._column(c)}" for c in self.replace),
         ]  # fmt: skip
         action = f"DO UPDATE SET {', '.join(changes)}" if changes else "DO NOTHING"
+        if changes and self.only_if_greater:
+            column = self._column(self.only_if_greater)
+            action += f" WHERE t.{column} < excluded.{column}"
         return f"INSERT INTO {table} AS t ({columns}) {source} ON CONFLICT ({conflict}) {action}"
 
 

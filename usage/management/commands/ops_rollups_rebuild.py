@@ -14,7 +14,6 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from usage.models import (
-    ActivityDaily,
     ErrorDaily,
     LatencyDaily,
     ProviderDaily,
@@ -31,7 +30,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         done = 0
         with transaction.atomic():
-            for model in (ProviderDaily, ErrorDaily, LatencyDaily, UserActivity, ActivityDaily):
+            for model in (ProviderDaily, ErrorDaily, LatencyDaily, UserActivity):
                 model._default_manager.all().delete()
             events = UsageEvent.objects.order_by("day", "id")
             for event in events.iterator(chunk_size=2000):
