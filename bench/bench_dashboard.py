@@ -140,13 +140,13 @@ def seed(cursor) -> None:
             INSERT INTO usage_usageevent (
                 owner_id, message_id, conversation_id, key_id, key_label, preset, model, status,
                 error_kind, input_tokens, output_tokens, cached_tokens, cache_write_tokens,
-                reasoning_tokens, price_input, price_output, cost_micro, ttft_ms, latency_ms,
-                day, created_at)
+                reasoning_tokens, tokens_estimated, price_input, price_output, cost_micro,
+                ttft_ms, latency_ms, day, created_at)
             SELECT {first_id} + o, gen_random_uuid(), NULL, NULL, '',
                    ({PRESETS})[1 + g % 5], ({MODELS})[1 + g % 5],
                    CASE WHEN g % 33 = 0 THEN 'error' ELSE 'done' END,
                    CASE WHEN g % 33 = 0 THEN ({ERROR_KINDS})[1 + (g / 33) % 5] ELSE '' END,
-                   800 + g % 1200, 200 + g % 600, g % 300, 0, 0, 2000000, 8000000,
+                   800 + g % 1200, 200 + g % 600, g % 300, 0, 0, false, 2000000, 8000000,
                    (800 + g % 1200) * 2 + (200 + g % 600) * 8,
                    150 + (g::bigint * 7919) % 2500, 900 + (g::bigint * 104729) % 20000,
                    current_date - (g % {DAYS}), now() - ((g % {DAYS}) || ' days')::interval
@@ -207,22 +207,22 @@ def seed(cursor) -> None:
         SELECT owner_id, max(day) FROM usage_usageevent GROUP BY owner_id
         """
     )
-    t = step("operator rollups (ops.*)", t)
+    t = step("operator rollups", t)
     # A few conversations with queued and finished turns, for the health panel.
     cursor.execute(
         f"""
         INSERT INTO chat_conversation (id, owner_id, sealed_title, sealed_system_prompt,
-            preset, model, temporary, archived, created_at, last_message_at)
+            preset, base_url, model, temporary, archived, created_at, last_message_at)
         SELECT md5('c' || g)::uuid, {first_id} + g, '\\x'::bytea, '\\x'::bytea, 'openai',
-               'gpt-4.1', false, false, now(), now()
+               'https://api.openai.com/v1', 'gpt-4.1', false, false, now(), now()
         FROM generate_series(1, 1000) AS g;
         INSERT INTO chat_message (id, conversation_id, owner_id, role, sealed_content, status,
             error_kind, error_message, notice, model, provider_calls, finish_reason,
-            trimmed_messages, created_at)
+            trimmed_messages, tokens_estimated, created_at)
         SELECT gen_random_uuid(), md5('c' || (1 + g % 1000))::uuid, {first_id} + 1 + g % 1000,
                'assistant', '\\x'::bytea,
                CASE WHEN g % 500 = 0 THEN 'queued' ELSE 'done' END, '', '', '', 'gpt-4.1', 1,
-               '', 0, now() - ((g % 600) || ' seconds')::interval
+               '', 0, false, now() - ((g % 600) || ' seconds')::interval
         FROM generate_series(1, 100000) AS g
         """  # noqa: S608 (constants and integers only)
     )

@@ -179,18 +179,20 @@ def stuck_turns_filter(*, now: datetime | None = None) -> Q:
 USER_COUNTS_CACHE_SECONDS = 60
 
 
-def user_counts(*, joined_since: datetime) -> dict[str, int]:
-    """All users and those who joined since `joined_since`, cached for a minute.
+def user_counts(*, joined_since: datetime, active_since: date) -> dict[str, int]:
+    """All users, those who joined since `joined_since` and those whose latest turn is on
+    or after `active_since`, cached for a minute.
 
     Users have no rollup (accounts owns sign-up), and an exact count of every row costs
     tens of milliseconds at 100,000 users; a minute-old count is fine for a dashboard.
     """
-    key = f"ops:user_counts:{joined_since.isoformat()}"
+    key = f"ops:user_counts:{joined_since.isoformat()}:{active_since.isoformat()}"
     cached = cache.get(key)
     if cached is None:
         cached = {
             "total": User.objects.count(),
             "new": User.objects.filter(date_joined__gte=joined_since).count(),
+            "active": UserActivity.objects.filter(last_turn_on__gte=active_since).count(),
         }
         cache.set(key, cached, USER_COUNTS_CACHE_SECONDS)
     return dict(cached)
@@ -203,9 +205,8 @@ def dashboard(*, today: date | None = None) -> Dashboard:
     chart_start = today - timedelta(days=CHART_DAYS - 1)
     window_start_at = timezone.make_aware(datetime.combine(window_start, datetime.min.time()))
 
-    users = user_counts(joined_since=window_start_at)
-    # Users whose latest turn is in the window: a count on UserActivity's day index.
-    users_active = UserActivity.objects.filter(last_turn_on__gte=window_start).count()
+    users = user_counts(joined_since=window_start_at, active_since=window_start)
+    users_active = users["active"]
 
     days = [chart_start + timedelta(days=i) for i in range(CHART_DAYS)]
     index = {day: i for i, day in enumerate(days)}
