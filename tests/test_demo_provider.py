@@ -10,7 +10,8 @@ from chat import turns
 from chat.models import Message
 from chat.selectors import message_view
 from chat.services import conversation_create, message_send
-from keys.services import KeyVaultError, RequestInfo, provider_key_create
+from keys.models import ProviderKey
+from keys.services import KeyVaultError, RequestInfo, _seal_secret, provider_key_create
 from vault.services import OwnerCipher
 
 pytestmark = pytest.mark.django_db
@@ -18,7 +19,8 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def demo_server():
-    with DemoProvider("127.0.0.1", 8765) as server:
+    """The demo provider on a free port (a developer's `make run` may hold 8765)."""
+    with DemoProvider("127.0.0.1", 0) as server:
         yield server
 
 
@@ -48,6 +50,13 @@ def test_a_demo_turn_goes_through_the_vault_the_worker_path_and_the_stream(
     )
     assert key.label == "Demo (local, development only)"
     assert key.fingerprint == "no key"
+    assert key.base_url == "http://127.0.0.1:8765/v1"
+    # Moved to the test's own demo server, and sealed again for that address as the vault
+    # would have sealed it there.
+    ProviderKey.objects.filter(pk=key.pk).update(base_url=f"{demo_server.url}/v1")
+    key.refresh_from_db()
+    _seal_secret(key, "")
+    key.save(update_fields=["sealed_secret", "fingerprint"])
     conversation = conversation_create(owner=alice, key=key, model="byok-demo")
     _, reply = message_send(conversation=conversation, text="Is anybody there?")
     turns.run_turn(str(reply.pk))
