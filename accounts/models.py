@@ -11,6 +11,8 @@ from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, Permis
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_variables
 from django_otp.models import Device, ThrottlingMixin
 from django_otp.oath import TOTP
 
@@ -287,6 +289,7 @@ class TOTPDevice(ThrottlingMixin, Device):
     def get_throttle_factor(self) -> int:
         return 1
 
+    @method_decorator(sensitive_variables("text"))
     def seed(self) -> bytes:
         """The TOTP seed, opened from the vault for the code being checked."""
         text = OwnerCipher(self.user).open(SEED_PURPOSE, self.pk, bytes(self.sealed_seed))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 from django.conf import settings
@@ -112,14 +114,34 @@ def conversation_set_flags(
 
 
 def conversation_delete(*, conversation: Conversation) -> None:
-    pending = list(
-        conversation.messages.filter(status__in=[Status.QUEUED, Status.RUNNING]).values_list(
-            "pk", flat=True
+    """Delete a conversation; a reply still queued ends stopped (its slot given back, its
+    usage booked), one being written is stopped by its worker."""
+    pending = conversation.messages.filter(status__in=[Status.QUEUED, Status.RUNNING])
+    for message in pending.select_related("conversation__provider_key", "owner"):
+        stopped = message.status == Status.QUEUED and _close_unrun(
+            message, Outcome(status=Status.STOPPED), open_status=Status.QUEUED
         )
-    )
-    for message_id in pending:
-        engine.request_cancel(message_id)
+        if not stopped:
+            engine.request_cancel(message.pk)
     conversation.delete()
+
+
+@contextlib.contextmanager
+def _admitted(owner: User) -> Iterator[Callable[[Conversation, uuid.UUID], None]]:
+    """`admit` for a turn created in the block; if the block fails after admitting it (the
+    turn is never queued), what admission took is given back."""
+    taken: list[uuid.UUID] = []
+
+    def admit(conversation: Conversation, reply_id: uuid.UUID) -> None:
+        _admit(conversation, reply_id)
+        taken.append(reply_id)
+
+    try:
+        yield admit
+    except BaseException:
+        for reply_id in taken:
+            admission.release(owner=owner, call_id=reply_id)
+        raise
 
 
 def _admit(conversation: Conversation, reply_id: uuid.UUID) -> None:
@@ -155,7 +177,7 @@ def message_send(
             field="text",
         )
     owner = conversation.owner
-    with transaction.atomic():
+    with _admitted(owner) as admit, transaction.atomic():
         # Serialises two tabs sending into the same conversation at once.
         locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
         locked.owner = owner
@@ -164,7 +186,7 @@ def message_send(
                 "A reply is still being written. Wait for it, or stop it.", field="text"
             )
         reply_id = uuid.uuid4()
-        _admit(locked, reply_id)
+        admit(locked, reply_id)
         if cipher is None or cipher.owner_id != str(owner.pk):
             cipher = OwnerCipher(owner)
         now = timezone.now()
@@ -197,7 +219,7 @@ def _close_unrun(message: Message, outcome: Outcome, *, open_status: str) -> boo
     zero tokens booked, slot and reservation given back, the final event sent."""
     message.conversation.owner = message.owner
     outcome.key = message.conversation.provider_key
-    turn = turns.ChatTurn(message.pk, reply=message, open_status=open_status)
+    turn = turns.ChatTurn(message.pk, reply=message, open_status=open_status, on_worker=False)
     return engine.close(turns.turn_call(message), turn, outcome)
 
 
@@ -222,7 +244,7 @@ def turn_regenerate(*, message: Message) -> Message:
     """Replace the conversation's last reply (failed, stopped or done) with a new one."""
     if message.role != Role.ASSISTANT:
         raise ChatError("Only a reply can be regenerated.")
-    with transaction.atomic():
+    with _admitted(message.owner) as admit, transaction.atomic():
         conversation = Conversation.objects.select_for_update().get(pk=message.conversation_id)
         last = conversation.messages.order_by("-created_at", "-id").first()
         if last is None or last.pk != message.pk:
@@ -230,7 +252,7 @@ def turn_regenerate(*, message: Message) -> Message:
         if not message.is_final:
             raise ChatError("This reply is still being written.")
         reply_id = uuid.uuid4()
-        _admit(conversation, reply_id)
+        admit(conversation, reply_id)
         created = message.created_at
         message.delete()
         reply = Message.objects.create(
@@ -277,8 +299,11 @@ def turns_reap() -> int:
             # A dead worker may have spent tokens it never reported: the reservation is
             # released, not charged; the provider's own dashboard has the exact figure.
             outcome = Outcome(status=Status.ERROR, error_kind=kind, error_message=text)
-            if _close_unrun(message, outcome, open_status=status):
-                reaped += 1
+            try:
+                if _close_unrun(message, outcome, open_status=status):
+                    reaped += 1
+            except Exception:  # one turn that cannot be ended must not stop the others
+                logger.exception("the reaper could not end turn %s", message.pk)
     return reaped
 
 

@@ -134,10 +134,14 @@ class ChatTurn:
         *,
         reply: Message | None = None,
         open_status: str = Status.RUNNING,
+        on_worker: bool = True,
     ) -> None:
         self.message_id = message_id
         self.reply = reply
         self.open_status = open_status
+        # False for the web's and the reaper's endings: they know nothing of the reply's
+        # text, key or timings, so they leave those columns as they are.
+        self.on_worker = on_worker
         self.publisher = streams.TurnPublisher(message_id)
 
     # -- the engine's sink ---------------------------------------------------------------
@@ -169,28 +173,30 @@ class ChatTurn:
     def delta(self, text: str) -> None:
         self.publisher.delta(text)
 
-    def store(self, outcome: Outcome, cipher: OwnerCipher) -> bool:
+    def store(self, outcome: Outcome, cipher: OwnerCipher | None) -> bool:
         reply = self._reply()
-        tokens = outcome.tokens
-        values: dict[str, object] = {
-            "status": outcome.status,
-            "sealed_content": cipher.seal(PURPOSE_MESSAGE, reply.pk, outcome.text),
-            "finished_at": timezone.now(),
-            "provider_calls": outcome.provider_calls,
-            "provider_key": outcome.key if outcome.provider_calls else None,
-            "notice": _notice(outcome)[:500],
-            "ttft_ms": outcome.ttft_ms,
-            "latency_ms": outcome.latency_ms,
-            "finish_reason": outcome.finish_reason,
-        }
-        if tokens is not None:
+        values: dict[str, object] = {"status": outcome.status, "finished_at": timezone.now()}
+        if self.on_worker:
+            tokens = outcome.tokens
             values.update(
-                input_tokens=tokens.input,
-                output_tokens=tokens.output,
-                cached_tokens=tokens.cached,
-                reasoning_tokens=outcome.reasoning_tokens,
-                tokens_estimated=outcome.estimated,
+                sealed_content=cipher.seal(PURPOSE_MESSAGE, reply.pk, outcome.text)
+                if cipher is not None
+                else b"",
+                provider_calls=outcome.provider_calls,
+                provider_key=outcome.key if outcome.provider_calls else None,
+                notice=_notice(outcome)[:500],
+                ttft_ms=outcome.ttft_ms,
+                latency_ms=outcome.latency_ms,
+                finish_reason=outcome.finish_reason,
             )
+            if tokens is not None:
+                values.update(
+                    input_tokens=tokens.input,
+                    output_tokens=tokens.output,
+                    cached_tokens=tokens.cached,
+                    reasoning_tokens=outcome.reasoning_tokens,
+                    tokens_estimated=outcome.estimated,
+                )
         if outcome.status == Status.ERROR:
             message, _ = _error_display(outcome)
             values.update(error_kind=outcome.error_kind[:32], error_message=message[:500])
@@ -225,7 +231,9 @@ def _error_display(outcome: Outcome) -> tuple[str, str]:
     error = outcome.error
     if error is not None:
         if outcome.text:
-            text = f"The reply was cut off: {text[0].lower()}{text[1:]} What arrived is kept."
+            failed = engine.what_failed(error)
+            text = f"The reply was cut off: {failed[0].lower()}{failed[1:]} What arrived is kept."
+            text = f"{text} {engine.when_to_retry(error)}".strip()
         action = _ACTIONS.get(error.kind, "")
     else:
         action = _ACTION_FOR_KIND.get(outcome.error_kind, "")

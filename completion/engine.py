@@ -16,9 +16,9 @@ Celery worker, the only place a provider key is opened. The engine then:
    candidate; after the first token, never;
 6. ends the call with `close`: the sink stores its outcome (`Sink.store`, in one
    transaction with the usage record, so usage is recorded once and the reservation
-   settled at the real cost), then publishes it (`Sink.published`); the key's status, its
-   last use and the owner's key-use audit are updated; the reservation and the rate-limit
-   slot are given back on every ending.
+   settled at the real cost), then publishes it (`Sink.published`); the key's last use and
+   the owner's key-use audit are updated (a key that failed was marked on the Keys page
+   in step 5); the reservation and the rate-limit slot are given back on every ending.
 
 The engine knows nothing of messages, Markdown or pages: what a surface shows is its
 sink's business.
@@ -179,9 +179,10 @@ class Sink(Protocol):
         """Text as it arrives. Called on the relay loop: it must not block."""
         ...
 
-    def store(self, outcome: Outcome, cipher: OwnerCipher) -> bool:
+    def store(self, outcome: Outcome, cipher: OwnerCipher | None) -> bool:
         """Write the outcome to the surface's row, if the call is still open there; inside
-        the transaction that records its usage. False: it was closed already."""
+        the transaction that records its usage. False: it was closed already. `cipher` is
+        None when the outcome has no text to seal."""
         ...
 
     def published(self, outcome: Outcome) -> None:
@@ -219,6 +220,8 @@ class _State:
     notices: list[str] = field(default_factory=list)
     input_estimate: int = 0
     price: Price | None = None
+    priced: bool = False  # `price` was looked up (None then means unknown)
+    closed: bool = False  # this worker stored the outcome (and gave back what it held)
 
     @property
     def text(self) -> str:
@@ -281,7 +284,7 @@ def run(sink: Sink) -> None:
     cipher = None
     try:
         cipher = OwnerCipher(call.owner)
-        _run(call, sink, state, cipher)  # every ending goes through `close`
+        _run(call, sink, state, cipher)  # every ending goes through `_end`
     except Exception:
         logger.exception("call %s crashed", call.call_id)
         crashed = state.outcome(
@@ -289,10 +292,10 @@ def run(sink: Sink) -> None:
             error_kind="internal",
             error_message="Something went wrong on our side while writing this reply. Retry.",
         )
-        try:
-            close(call, sink, crashed, cipher=cipher)
-        finally:
-            _release(call)  # even when the outcome could not be stored
+        _end(call, sink, state, crashed, cipher)
+    finally:
+        if not state.closed:  # closed elsewhere, or not stored: what this worker held goes
+            _release(call)
 
 
 def _release(call: Call) -> None:
@@ -305,7 +308,10 @@ def candidate_keys(owner: User, choice: KeyChoice) -> list[ProviderKey]:
     same canonical base URL, in the owner's order. SECURITY: a key of another server is
     never a candidate: the conversation and its system prompt go only where the user chose.
     """
-    base_url = choice.base_url or resolve_base_url(get_preset(choice.preset))
+    try:
+        base_url = choice.base_url or resolve_base_url(get_preset(choice.preset))
+    except (KeyError, InvalidEndpoint):
+        return []  # a server nobody knows any more (a custom preset whose key was deleted)
     keys = list(
         ProviderKey.objects.for_owner(owner)
         .filter(preset=choice.preset, base_url=base_url)
@@ -320,29 +326,24 @@ def candidate_keys(owner: User, choice: KeyChoice) -> list[ProviderKey]:
 
 
 def _run(call: Call, sink: Sink, state: _State, cipher: OwnerCipher) -> None:
-    state.price = price_for(call.choice.preset, call.model)
+    state.price, state.priced = price_for(call.choice.preset, call.model), True
     try:
         prompt = sink.prompt(cipher)
     except Refused as refused:
         outcome = state.outcome(ERROR, error_kind=refused.kind, error_message=refused.message)
-        close(call, sink, outcome, cipher=cipher, price=state.price)
+        _end(call, sink, state, outcome, cipher)
         return
     state.notices.extend(prompt.notices)
     keys = candidate_keys(call.owner, call.choice)
     if not keys:
-        close(
-            call,
-            sink,
-            state.outcome(
-                ERROR,
-                error_kind="no_key",
-                error_message=(
-                    "You have no usable key for this provider. Add or replace one on the Keys page."
-                ),
+        outcome = state.outcome(
+            ERROR,
+            error_kind="no_key",
+            error_message=(
+                "You have no usable key for this provider. Add or replace one on the Keys page."
             ),
-            cipher=cipher,
-            price=state.price,
         )
+        _end(call, sink, state, outcome, cipher)
         return
     if call.choice.key_id and keys[0].pk != call.choice.key_id:
         state.notices.append(f"Your chosen key is not usable; “{keys[0].label}” answered instead.")
@@ -366,13 +367,8 @@ def _run(call: Call, sink: Sink, state: _State, cipher: OwnerCipher) -> None:
                 max_output_tokens=call.max_output_tokens,
             )
         except BudgetError as error:
-            close(
-                call,
-                sink,
-                state.outcome(ERROR, error_kind="budget", error_message=error.message),
-                cipher=cipher,
-                price=state.price,
-            )
+            outcome = state.outcome(ERROR, error_kind="budget", error_message=error.message)
+            _end(call, sink, state, outcome, cipher)
             return
         last_error = _call_with_retries(call, sink, key, prompt, state, cipher)
         if last_error is None or state.got_tokens or state.cancelled:
@@ -387,35 +383,47 @@ def _run(call: Call, sink: Sink, state: _State, cipher: OwnerCipher) -> None:
             continue
         break
     if last_error is not None and not state.cancelled:
-        close(
-            call,
-            sink,
-            state.outcome(
-                ERROR,
-                error_kind=last_error.kind.value,
-                error_message=describe(last_error),
-                error=last_error,
-            ),
-            cipher=cipher,
-            price=state.price,
+        outcome = state.outcome(
+            ERROR,
+            error_kind=last_error.kind.value,
+            error_message=describe(last_error),
+            error=last_error,
         )
+        _end(call, sink, state, outcome, cipher)
     else:
         outcome = state.outcome(STOPPED if state.cancelled else DONE)
-        close(call, sink, outcome, cipher=cipher, price=state.price)
+        _end(call, sink, state, outcome, cipher)
+
+
+def _end(
+    call: Call, sink: Sink, state: _State, outcome: Outcome, cipher: OwnerCipher | None
+) -> None:
+    price = state.price if state.priced else LOOK_UP
+    state.closed = close(call, sink, outcome, cipher=cipher, price=price)
 
 
 def describe(error: ProviderError) -> str:
     """What went wrong, for the user: the kind's own words, the provider's where they help
     (a bad request, a context too long), and how long to wait when it said so."""
+    return (what_failed(error) + " " + when_to_retry(error)).strip()
+
+
+def what_failed(error: ProviderError) -> str:
+    """The kind's own words, and the provider's where they help."""
     text = error.user_message
     if error.provider_message and error.kind in {
         ProviderErrorKind.BAD_REQUEST,
         ProviderErrorKind.CONTEXT_TOO_LONG,
     }:
         text = f"{text} The provider said: {error.provider_message}"
-    if error.kind == ProviderErrorKind.RATE_LIMITED and error.retry_after:
-        text += f" Try again in {max(1, round(error.retry_after))} seconds."
     return text
+
+
+def when_to_retry(error: ProviderError) -> str:
+    """The sentence "Try again in N seconds." when a rate-limiting provider said how long."""
+    if error.kind == ProviderErrorKind.RATE_LIMITED and error.retry_after:
+        return f"Try again in {max(1, round(error.retry_after))} seconds."
+    return ""
 
 
 def _call_with_retries(
@@ -602,9 +610,14 @@ def close(
     (only a call still open on the sink's row is stored), settling its reservation at the
     real cost; then the sink publishes it, the key's last use is noted, and the reservation
     (if it was not settled) and the rate-limit slot are given back. Returns whether this
-    call closed it.
+    call closed it: one that did not (the call was closed elsewhere, or a worker claimed it
+    meanwhile) changes nothing, and gives nothing back.
+
+    The owner's data key is opened only when there is text to seal (`cipher`, when the
+    caller has it open already): the web's and the reaper's endings have none.
     """
-    cipher = cipher or OwnerCipher(call.owner)
+    if cipher is None and outcome.text:
+        cipher = OwnerCipher(call.owner)
     if isinstance(price, _LookUp):
         price = price_for(call.choice.preset, call.model)
     with transaction.atomic():
@@ -615,7 +628,7 @@ def close(
         sink.published(outcome)
         if outcome.key is not None and outcome.provider_calls:
             provider_key_mark_used(key=outcome.key)  # the user does not wait for this
-    _release(call)
+        _release(call)
     return stored
 
 

@@ -434,14 +434,14 @@ def provider_key_mark_used(*, key: ProviderKey) -> None:
 
 
 def provider_key_mark_failing(*, key: ProviderKey, error: ProviderError) -> None:
-    """A call found the key rejected or out of credit: the Keys page says so as well, in
-    the words a check would use. Other errors say nothing about the key."""
+    """A call found the key rejected or out of credit (or it would not open): the Keys page
+    says so as well, in the call's words. Other errors say nothing about the key."""
     status = _STATUS_FOR_ERROR.get(error.kind)
     if status is None:
         return
     now = timezone.now()
     ProviderKey.objects.filter(pk=key.pk).exclude(status=Status.REVOKED).update(
-        status=status, status_reason=_reason_for(error), last_verified_at=now, updated_at=now
+        status=status, status_reason=error.user_message, last_verified_at=now, updated_at=now
     )
 
 

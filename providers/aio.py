@@ -55,7 +55,7 @@ _sessions: dict[tuple[int, ConnectionConfig, bool], aiohttp.ClientSession] = {}
 
 @functools.cache
 def _default_ssl_context() -> ssl.SSLContext:
-    """The blocking client's trust store (certifi), not the environment's; loaded once."""
+    """certifi's trust store (as httpx builds it), not the environment's; loaded once."""
     return httpx.create_ssl_context(trust_env=False)
 
 

@@ -20,7 +20,9 @@ from tests.keys_helpers import GOOD_SECRET, add_key
 from tests.usage_helpers import price
 from usage import ratelimits
 from usage.models import MonthlySpend, Reservation, UsageEvent
-from usage.services import spend_cap_set
+from usage.prices import price_for
+from usage.services import budget_reserve, spend_cap_set
+from vault.models import DataKey
 from vault.services import OwnerCipher
 
 pytestmark = pytest.mark.django_db
@@ -31,9 +33,17 @@ CHAT = "/chat/completions"
 class MemorySink:
     """A surface of the test's: the call's row is a status in memory."""
 
-    def __init__(self, call: Call, *, text: str = "Hello", prompt_error: Exception | None = None):
+    def __init__(
+        self,
+        call: Call,
+        *,
+        text: str = "Hello",
+        prompt_error: Exception | None = None,
+        open_status: str = "running",
+    ):
         self.call = call
         self.status = "queued"
+        self.open_status = open_status  # the web stores only what is still queued
         self.lock = threading.Lock()
         self.deltas: list[str] = []
         self.stored: list[Outcome] = []
@@ -56,9 +66,9 @@ class MemorySink:
     def delta(self, text: str) -> None:
         self.deltas.append(text)
 
-    def store(self, outcome: Outcome, cipher: OwnerCipher) -> bool:
+    def store(self, outcome: Outcome, cipher: OwnerCipher | None) -> bool:
         with self.lock:
-            if self.status != "running":
+            if self.status != self.open_status:
                 return False
             self.status = outcome.status
         self.stored.append(outcome)
@@ -228,3 +238,67 @@ def test_the_key_is_opened_only_for_the_call(alice, fake_provider):
     assert request.headers["authorization"] == f"Bearer {GOOD_SECRET}"
     outcome = sink.outcome
     assert GOOD_SECRET not in repr(outcome) and GOOD_SECRET not in repr(sink.call)
+
+
+def test_an_ending_that_finds_the_call_taken_gives_back_nothing(alice, fake_provider):
+    # The web read a turn as queued; meanwhile a worker claimed it and reserved under the cap.
+    key = add_key(alice, fake_provider)
+    price("custom", "gpt-test")
+    spend_cap_set(owner=alice, key_id=None, limit_micro=10_000_000)
+    sink = MemorySink(call_for(alice, key))
+    ratelimits.turn_admit(user=alice, message_id=sink.call.call_id)
+    assert sink.claim() is not None  # the worker's
+    budget_reserve(
+        owner=alice,
+        message_id=sink.call.call_id,
+        key_id=key.pk,
+        key_label=key.label,
+        model="gpt-test",
+        price=price_for("custom", "gpt-test"),
+        input_tokens_estimate=100,
+        max_output_tokens=256,
+    )
+    web_side = MemorySink(sink.call, open_status="queued")
+    web_side.status = "running"  # what the web finds: not queued any more
+    assert engine.close(sink.call, web_side, Outcome(status="stopped")) is False
+    assert Reservation.objects.filter(message_id=sink.call.call_id).exists()
+    assert ratelimits.running_turns(user_id=alice.pk) == 1
+    assert not UsageEvent.objects.filter(message_id=sink.call.call_id).exists()
+
+
+def test_an_ending_without_text_needs_no_data_key(alice, fake_provider):
+    # The reaper ends turns of users whose data key may not open (a retired master key).
+    key = add_key(alice, fake_provider)
+    DataKey.objects.filter(owner=alice).update(wrapped=b"\x01broken")
+    sink = MemorySink(call_for(alice, key))
+    sink.status = "running"
+    assert engine.close(sink.call, sink, Outcome(status="error", error_kind="worker_lost"))
+    assert UsageEvent.objects.get(message_id=sink.call.call_id).error_kind == "worker_lost"
+
+
+def test_a_key_that_will_not_open_is_marked_so_on_the_keys_page(alice, fake_provider):
+    key = add_key(alice, fake_provider)
+    ProviderKey.objects.filter(pk=key.pk).update(sealed_secret=b"\x01" + b"x" * 40)
+    sink = MemorySink(call_for(alice, key))
+    engine.run(sink)
+    assert sink.outcome.error_kind == "invalid_key"
+    assert chat_requests(fake_provider) == []
+    key.refresh_from_db()
+    assert key.status == ProviderKey.Status.INVALID
+    assert "could not be decrypted" in key.status_reason
+
+
+def test_a_custom_server_nobody_knows_any_more_is_no_usable_key(alice, fake_provider):
+    key = add_key(alice, fake_provider)
+    call = Call(
+        call_id=uuid.uuid4(),
+        owner=alice,
+        choice=KeyChoice(preset="custom", base_url=None, key_id=None),  # its key was deleted
+        model="gpt-test",
+        max_output_tokens=256,
+    )
+    sink = MemorySink(call)
+    engine.run(sink)
+    assert sink.outcome.error_kind == "no_key"
+    assert chat_requests(fake_provider) == []
+    assert key.pk  # the owner's other custom key (another server, maybe) is never tried

@@ -508,3 +508,25 @@ def test_raising_a_cap_is_deliberate(alice_client, alice):
     lowered = alice_client.post(reverse("usage:cap_set", args=["all"]), {"limit": "5"})
     assert lowered.status_code == 302
     assert SpendCap.objects.get(owner=alice).limit_micro == 5_000_000
+
+
+def test_a_send_that_fails_after_admission_gives_its_slot_back(alice, fake_provider, monkeypatch):
+    conversation, _ = start_chat(alice, fake_provider)
+
+    def broken(reply):
+        raise RuntimeError("the broker went away mid-send")
+
+    monkeypatch.setattr(chat_services, "_enqueue_turn", broken)
+    with pytest.raises(RuntimeError):
+        send(conversation)
+    assert ratelimits.running_turns(user_id=alice.pk) == 0
+    assert not Message.objects.filter(conversation=conversation).exists()
+
+
+def test_deleting_a_conversation_ends_its_queued_turn_and_frees_its_slot(alice, fake_provider):
+    conversation, _ = start_chat(alice, fake_provider)
+    _, queued = send(conversation)
+    assert ratelimits.running_turns(user_id=alice.pk) == 1
+    chat_services.conversation_delete(conversation=conversation)
+    assert ratelimits.running_turns(user_id=alice.pk) == 0
+    assert UsageEvent.objects.get(message_id=queued.pk).status == "stopped"

@@ -139,10 +139,10 @@ def budget_release(*, message_id: uuid.UUID) -> None:
 
     Most turns hold none (no cap, or settled when the turn was stored): a plain read finds
     that without a write transaction, which on SQLite would queue for the write lock. Only
-    the turn's own worker thread makes a reservation (`budget_reserve`, right after its
-    claim), and that thread releases it itself before the turn ends; the other callers (the
-    web closing a queued turn, the reaper failing one long past its time limit) come before
-    any reservation or long after it.
+    the call's own worker makes a reservation (`budget_reserve`, after its claim), and gives
+    it back when the call ends; the web and the reaper release one only after their own
+    conditional update ended the call (`completion.engine.close`), so a worker that claimed
+    the call meanwhile keeps what it holds.
     """
     if not Reservation.objects.filter(message_id=message_id).exists():
         return
