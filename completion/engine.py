@@ -78,7 +78,7 @@ RETRY_BUDGET_SECONDS = 20.0
 # Generous on purpose (about 3 characters a token): the reservation is a worst case.
 CHARS_PER_TOKEN_RESERVED = 3
 # A reply cut off before the provider reported usage is billed about this many characters a
-# token out, the reservation's estimate in.
+# token, in and out (the reservation's worst case would bill its input about twice over).
 CHARS_PER_TOKEN_ESTIMATED = 4
 
 DONE = "done"
@@ -218,7 +218,7 @@ class _State:
     provider_calls: int = 0
     key: ProviderKey | None = None
     notices: list[str] = field(default_factory=list)
-    input_estimate: int = 0
+    input_chars: int = 0  # the prompt's, system prompt included
     price: Price | None = None
     priced: bool = False  # `price` was looked up (None then means unknown)
     closed: bool = False  # this worker stored the outcome (and gave back what it held)
@@ -264,8 +264,11 @@ class _State:
             )
             return tokens, usage.reasoning_tokens, False
         if self.text:
-            output = max(1, len(self.text) // CHARS_PER_TOKEN_ESTIMATED)
-            return TokenCounts(input=self.input_estimate, output=output), 0, True
+            estimate = TokenCounts(
+                input=max(1, self.input_chars // CHARS_PER_TOKEN_ESTIMATED),
+                output=max(1, len(self.text) // CHARS_PER_TOKEN_ESTIMATED),
+            )
+            return estimate, 0, True
         return None
 
 
@@ -347,9 +350,10 @@ def _run(call: Call, sink: Sink, state: _State, cipher: OwnerCipher) -> None:
         return
     if call.choice.key_id and keys[0].pk != call.choice.key_id:
         state.notices.append(f"Your chosen key is not usable; “{keys[0].label}” answered instead.")
-    state.input_estimate = (
-        sum(len(m.content) for m in prompt.messages) + len(prompt.system_prompt or "")
-    ) // CHARS_PER_TOKEN_RESERVED + 16
+    state.input_chars = sum(len(m.content) for m in prompt.messages) + len(
+        prompt.system_prompt or ""
+    )
+    reserved_input = state.input_chars // CHARS_PER_TOKEN_RESERVED + 16
     last_error: ProviderError | None = None
     for index, key in enumerate(keys):
         state.key = key
@@ -363,7 +367,7 @@ def _run(call: Call, sink: Sink, state: _State, cipher: OwnerCipher) -> None:
                 key_label=key.label,
                 model=call.model,
                 price=state.price,
-                input_tokens_estimate=state.input_estimate,
+                input_tokens_estimate=reserved_input,
                 max_output_tokens=call.max_output_tokens,
             )
         except BudgetError as error:

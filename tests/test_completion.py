@@ -208,6 +208,9 @@ def test_stop_ends_the_call_keeping_the_text_so_far(alice, fake_provider):
     assert outcome.status == "stopped"
     assert outcome.text.startswith("slow") and len(outcome.text.split()) < 400
     assert outcome.estimated  # the provider never reported usage for the cut-off stream
+    # About four characters a token, both ways: "Hello" and "Be brief." are 14 characters.
+    assert outcome.tokens is not None
+    assert (outcome.tokens.input, outcome.tokens.output) == (3, len(outcome.text) // 4)
     event = UsageEvent.objects.get(message_id=sink.call.call_id)
     assert (event.status, event.tokens_estimated) == ("stopped", True)
 
