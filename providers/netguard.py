@@ -63,8 +63,10 @@ _ALWAYS_BLOCKED = _networks(
     ("203.0.113.0/24", "a documentation address"),
     ("224.0.0.0/4", "a multicast address"),
     ("240.0.0.0/4", "a reserved address"),
+    ("255.255.255.255/32", "a broadcast address"),
     ("::/128", "an unspecified address"),
     ("::ffff:0:0/96", "an IPv4-mapped IPv6 address"),
+    ("::ffff:0:0:0/96", "an IPv4-translated IPv6 address"),
     ("::/96", "an IPv4-compatible IPv6 address"),
     ("64:ff9b::/96", "a NAT64 address"),
     ("64:ff9b:1::/48", "a NAT64 address"),
@@ -79,6 +81,29 @@ _ALWAYS_BLOCKED = _networks(
 )
 
 _IPV6_LOOPBACK = ipaddress.IPv6Address("::1")
+
+# IPv6 is reachable only inside global unicast (2000::/3, IANA), and there not in the
+# special-purpose blocks the IANA registry marks not globally reachable (the sub-blocks of
+# 2001::/23 it marks reachable are let through).
+_GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
+_NOT_GLOBAL_V6 = _networks(
+    ("2001::/23", "an IETF protocol address"),
+    ("2001:db8::/32", "a documentation address"),
+    ("2002::/16", "a 6to4 address"),
+    ("3fff::/20", "a documentation address"),
+)
+_GLOBAL_EXCEPTIONS_V6 = tuple(
+    ipaddress.IPv6Network(cidr)
+    for cidr in (
+        "2001:1::1/128",
+        "2001:1::2/128",
+        "2001:1::3/128",
+        "2001:3::/32",
+        "2001:4:112::/48",
+        "2001:20::/28",
+        "2001:30::/28",
+    )
+)
 
 # Reachable only with allow_private_endpoints.
 _PRIVATE = _networks(
@@ -129,8 +154,11 @@ def system_resolver(host: str, port: int) -> list[str]:
 def address_block_reason(address: IPAddress, *, allow_private_endpoints: bool) -> str | None:
     """Why `address` may not be reached under this policy, or None if it may.
 
-    Always-blocked ranges first, then private ranges (allowed by the flag), then a catch-all
-    for anything else the IANA registries do not mark as globally reachable.
+    Always-blocked ranges first, then private ranges (allowed by the flag); then anything
+    the IANA special-purpose registries do not mark as globally reachable is refused, flag
+    or not: an IPv6 address outside global unicast (the translated and mapped forms of
+    IPv4 included), a special-purpose block inside it, an IPv4 address Python's registry
+    copy does not call global.
     """
     for network, reason in _ALWAYS_BLOCKED:
         # ::/96 (IPv4-compatible) contains ::1, which is loopback and only private.
@@ -141,8 +169,15 @@ def address_block_reason(address: IPAddress, *, allow_private_endpoints: bool) -
             return None if allow_private_endpoints else reason
     if address.is_multicast or address.is_unspecified or address.is_link_local:
         return "a reserved address"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address not in _GLOBAL_UNICAST_V6:
+            return "a special-purpose IPv6 address"
+        for network, reason in _NOT_GLOBAL_V6:
+            if address in network and not any(address in ok for ok in _GLOBAL_EXCEPTIONS_V6):
+                return reason
+        return None
     if not address.is_global:
-        return None if allow_private_endpoints else "a non-public address"
+        return "a special-purpose address"
     return None
 
 

@@ -129,6 +129,39 @@ BLOCKED_UNLESS_PRIVATE_ALLOWED = [
 ]
 PUBLIC = ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "104.18.0.1"]
 
+# Every special-purpose block of the IANA registries (IPv4 and IPv6) that is not globally
+# reachable, by an address inside it: refused with or without private endpoints allowed.
+SPECIAL_PURPOSE = [
+    "0.1.2.3",  # 0.0.0.0/8 "this network"
+    "192.0.0.8",  # 192.0.0.0/24 IETF protocol assignments
+    "192.0.2.44",  # TEST-NET-1
+    "192.88.99.1",  # 6to4 relay anycast
+    "198.18.3.4",  # benchmarking
+    "198.51.100.7",  # TEST-NET-2
+    "203.0.113.9",  # TEST-NET-3
+    "240.1.2.3",  # reserved
+    "255.255.255.255",  # limited broadcast
+    "::ffff:0:a9fe:a9fe",  # IPv4-translated (::ffff:0:0:0/96) of 169.254.169.254
+    "::ffff:0:7f00:1",  # IPv4-translated of 127.0.0.1
+    "::a9fe:a9fe",  # IPv4-compatible (::/96)
+    "64:ff9b::a9fe:a9fe",  # NAT64 well-known prefix
+    "64:ff9b:1::1",  # local-use NAT64
+    "100::1",  # discard-only
+    "2001::1",  # Teredo
+    "2001:2::1",  # benchmarking
+    "2001:10::1",  # ORCHID (deprecated)
+    "2001:db8::1",  # documentation
+    "3fff::1",  # documentation (RFC 9637)
+    "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
+    "5f00::1",  # SRv6 SIDs, outside global unicast
+    "4000::1",  # unassigned, outside global unicast
+    "fec0::1",  # site-local (deprecated)
+    "fe80::1",  # link-local
+    "ff0e::1",  # multicast
+]
+# Inside special-purpose blocks but marked globally reachable by the registry.
+GLOBALLY_REACHABLE_SPECIAL = ["2001:3::1", "2001:20::1", "2001:4:112::1", "192.31.196.1"]
+
 
 @pytest.mark.parametrize("address", BLOCKED_ALWAYS)
 def test_it_always_blocks_metadata_link_local_multicast_reserved_and_mapped_addresses(
@@ -146,7 +179,19 @@ def test_it_blocks_private_addresses_unless_private_endpoints_are_allowed(addres
     assert address_block_reason(ip, allow_private_endpoints=True) is None
 
 
-@pytest.mark.parametrize("address", PUBLIC)
+@pytest.mark.parametrize("address", SPECIAL_PURPOSE)
+def test_it_refuses_every_special_purpose_range_flag_or_not(address: str) -> None:
+    ip = ipaddress.ip_address(address)
+    assert address_block_reason(ip, allow_private_endpoints=False) is not None
+    assert address_block_reason(ip, allow_private_endpoints=True) is not None
+
+
+def test_it_refuses_the_translated_metadata_address_in_a_url() -> None:
+    with pytest.raises(BlockedEndpoint):
+        check_endpoint("https://[::ffff:0:169.254.169.254]/v1", allow_private_endpoints=True)
+
+
+@pytest.mark.parametrize("address", [*PUBLIC, *GLOBALLY_REACHABLE_SPECIAL])
 def test_it_allows_public_addresses(address: str) -> None:
     assert (
         address_block_reason(ipaddress.ip_address(address), allow_private_endpoints=False) is None
