@@ -41,7 +41,13 @@ app.conf.update(
         "privacy.tasks.*": {"queue": "default"},
     },
     beat_schedule={
-        "reap-stuck-turns": {"task": "chat.tasks.reap_stuck_turns", "schedule": 60},
+        # Often enough to end a turn whose worker died within ~30 s (three 10 s leases);
+        # a sweep that no worker takes in time is dropped, not piled up.
+        "reap-stuck-turns": {
+            "task": "chat.tasks.reap_stuck_turns",
+            "schedule": 10,
+            "options": {"expires": 10},
+        },
         "purge-temporary-conversations": {
             "task": "chat.tasks.purge_temporary_conversations",
             "schedule": 60 * 15,

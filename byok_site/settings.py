@@ -106,6 +106,14 @@ BYOK_RATE_TURNS_PER_MINUTE = env.int("BYOK_RATE_TURNS_PER_MINUTE", default=20)
 BYOK_CONTEXT_MAX_CHARS = env.int("BYOK_CONTEXT_MAX_CHARS", default=400_000)
 BYOK_MAX_OUTPUT_TOKENS = env.int("BYOK_MAX_OUTPUT_TOKENS", default=4096)
 BYOK_QUEUED_TURN_TIMEOUT = env.int("BYOK_QUEUED_TURN_TIMEOUT", default=120)
+# A running turn's lease: its worker renews it in Redis (every third of this); the reaper
+# ends a turn whose lease stayed expired (the worker died) with the text it had saved.
+BYOK_TURN_LEASE_SECONDS = env.int("BYOK_TURN_LEASE_SECONDS", default=10)
+# How often a running turn's text so far is saved (sealed) to its row while it streams.
+BYOK_TURN_CHECKPOINT_SECONDS = env.float("BYOK_TURN_CHECKPOINT_SECONDS", default=2.0)
+# How long a worker that cannot reach the database keeps a finished turn's outcome and
+# retries storing it (with backoff) before giving up on it (the saved text stays).
+BYOK_TURN_STORE_RETRY_SECONDS = env.int("BYOK_TURN_STORE_RETRY_SECONDS", default=300)
 BYOK_STREAM_BATCH_SECONDS = env.float("BYOK_STREAM_BATCH_SECONDS", default=0.025)
 # How often a worker asks Redis whether the user pressed stop (one MGET for all its turns).
 BYOK_CANCEL_POLL_SECONDS = env.float("BYOK_CANCEL_POLL_SECONDS", default=0.2)
@@ -212,7 +220,9 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 1,
         "max_size": env.int("DATABASE_POOL_SIZE", default=16),
-        "timeout": 30,
+        # How long a request or a turn waits for a connection (a busy pool, a database that
+        # is away) before the query fails; a turn's worker then retries storing its reply.
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=30.0),
     }
 else:  # pragma: no cover - another engine: plain persistent connections
     DATABASES["default"].setdefault("CONN_MAX_AGE", 60)

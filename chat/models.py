@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 PURPOSE_TITLE = "conversation_title"
 PURPOSE_SYSTEM = "conversation_system_prompt"
 PURPOSE_MESSAGE = "message"
+PURPOSE_ERROR = "message_error"
 
 
 class ConversationQuerySet(models.QuerySet["Conversation"]):
@@ -88,7 +89,8 @@ class Message(models.Model):
     sealed_content = models.BinaryField(editable=False, default=b"")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DONE)
     error_kind = models.CharField(max_length=32, blank=True)
-    error_message = models.CharField(max_length=500, blank=True)
+    # Sealed like the text (PURPOSE_ERROR): a provider's error often quotes the user.
+    sealed_error = models.BinaryField(editable=False, default=b"")
     notice = models.CharField(max_length=500, blank=True)
     provider_key = models.ForeignKey(
         "keys.ProviderKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
@@ -108,6 +110,9 @@ class Message(models.Model):
     trimmed_messages = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    # When the reaper queued the turn's task again (no worker had claimed it: the broker
+    # may have lost it); at most once.
+    requeued_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     objects: ClassVar[MessageQuerySet] = MessageQuerySet.as_manager()  # type: ignore[assignment]

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from accounts.models import User
-from chat.models import PURPOSE_MESSAGE, PURPOSE_SYSTEM, PURPOSE_TITLE, Conversation, Message
+from chat.models import (
+    PURPOSE_ERROR,
+    PURPOSE_MESSAGE,
+    PURPOSE_SYSTEM,
+    PURPOSE_TITLE,
+    Conversation,
+    Message,
+)
 from chat.rendering import render_markdown, turn_facts
 from vault.services import OwnerCipher
 
@@ -21,6 +28,7 @@ class MessageView:
     message: Message
     text: str
     html: str
+    error: str = ""  # a failed reply's message, opened
 
     @property
     def facts(self) -> dict[str, str]:
@@ -70,8 +78,22 @@ def conversation_system_prompt(
 
 def message_view(message: Message, cipher: OwnerCipher) -> MessageView:
     text = cipher.open(PURPOSE_MESSAGE, message.pk, message.sealed_content)
-    html = render_markdown(text) if message.role == Message.Role.ASSISTANT else ""
-    return MessageView(message, text, html)
+    # A reply still being written shows what its stream replays, not its last checkpoint.
+    html = (
+        render_markdown(text) if message.role == Message.Role.ASSISTANT and message.is_final else ""
+    )
+    return MessageView(message, text, html, message_error(message, cipher))
+
+
+# A failed reply whose message could not be sealed (its owner's data key did not open).
+UNSEALED_ERROR = "This reply failed. Retry to try again."
+
+
+def message_error(message: Message, cipher: OwnerCipher) -> str:
+    """A failed reply's message (sealed: a provider's error may quote the user)."""
+    if message.status != Message.Status.ERROR:
+        return ""
+    return cipher.open(PURPOSE_ERROR, message.pk, message.sealed_error) or UNSEALED_ERROR
 
 
 def conversation_messages(

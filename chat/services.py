@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+import redis
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import User
-from chat import turns
+from chat import streams, turns
 from chat.models import PURPOSE_MESSAGE, PURPOSE_SYSTEM, PURPOSE_TITLE, Conversation, Message
 from completion import admission, engine
 from completion.engine import Outcome, Refused
+from core.redis import get_redis
 from keys.models import ProviderKey
+from usage.prices import TokenCounts
 from vault.services import OwnerCipher
 
 logger = logging.getLogger(__name__)
@@ -123,7 +128,26 @@ def conversation_delete(*, conversation: Conversation) -> None:
         )
         if not stopped:
             engine.request_cancel(message.pk)
+    recent = _recent_replies(conversation.messages.all())
     conversation.delete()
+    streams.streams_delete(recent)
+
+
+def turn_streams_delete(*, owner: User) -> None:
+    """Delete the owner's live turn streams (their account is going)."""
+    streams.streams_delete(_recent_replies(Message.objects.for_owner(owner)))
+
+
+def _recent_replies(messages: QuerySet[Message]) -> list[object]:
+    """The ids of replies that may still have a stream in Redis (streams expire
+    BYOK_TURN_STREAM_TTL after their last write, which is at most the turn's limit after
+    it was created)."""
+    since = timezone.now() - timedelta(
+        seconds=settings.BYOK_TURN_STREAM_TTL + settings.BYOK_TURN_HARD_LIMIT
+    )
+    return list(
+        messages.filter(role=Role.ASSISTANT, created_at__gte=since).values_list("pk", flat=True)
+    )
 
 
 @contextlib.contextmanager
@@ -214,28 +238,35 @@ def message_send(
     return user_message, reply
 
 
-def _close_unrun(message: Message, outcome: Outcome, *, open_status: str) -> bool:
+def _close_unrun(
+    message: Message, outcome: Outcome, *, open_status: str, cipher: OwnerCipher | None = None
+) -> bool:
     """End a turn its worker will not finish, through the engine's one way of ending a call:
-    zero tokens booked, slot and reservation given back, the final event sent."""
+    the outcome's tokens booked (none, or the estimate of the text its worker saved), slot
+    and reservation given back, the final event sent."""
     message.conversation.owner = message.owner
     outcome.key = message.conversation.provider_key
     turn = turns.ChatTurn(message.pk, reply=message, open_status=open_status, on_worker=False)
-    return engine.close(turns.turn_call(message), turn, outcome)
+    return engine.close(turns.turn_call(message), turn, outcome, cipher=cipher)
 
 
 def turn_cancel(*, message: Message) -> Message:
-    """Stop a reply. A queued one stops at once; a running one within a second (worker side)."""
+    """Stop a reply. A queued one stops at once; a running one within a second (worker
+    side), or at once with the text saved so far when no worker holds it any more (its
+    lease expired: the worker died)."""
     if message.role != Role.ASSISTANT or message.is_final:
         return message
-    queued = (
-        Message.objects.select_related("conversation__provider_key", "owner")
-        .filter(pk=message.pk, status=Status.QUEUED)
-        .first()
+    pending = Message.objects.select_related("conversation__provider_key", "owner").filter(
+        pk=message.pk
     )
+    queued = pending.filter(status=Status.QUEUED).first()
     if queued is None or not _close_unrun(
         queued, Outcome(status=Status.STOPPED), open_status=Status.QUEUED
     ):
         engine.request_cancel(message.pk)  # a worker has it (or is about to)
+        running = pending.filter(status=Status.RUNNING).first()
+        if running is not None and not engine.lease_held(running.pk):
+            _end_lost(running, Status.STOPPED, open_status=Status.RUNNING)
     message.refresh_from_db()
     return message
 
@@ -270,41 +301,128 @@ def turn_regenerate(*, message: Message) -> Message:
     return reply
 
 
+WORKER_LOST = "The worker writing this reply stopped before finishing."
+NO_WORKER = (
+    "No worker picked up this message, even after it was queued again: the task queue may "
+    "have lost it (for example, Redis restarted without saving its data), or no worker is "
+    "running. Retry to send it again."
+)
+
+
 def turns_reap() -> int:
-    """Fail turns nobody will finish: running past the hard time limit (the worker died), or
-    queued for longer than BYOK_QUEUED_TURN_TIMEOUT (no worker took them)."""
+    """End turns nobody will finish, and queue again those the broker may have lost.
+
+    - A running turn whose lease stayed expired (its worker died; `engine.lease_held`) is
+      ended as failed with the text its worker saved, within about three leases. The lease
+      must be found missing on two sweeps half a lease apart, so a Redis that restarted
+      (and lost every lease until the workers renew them) ends nothing.
+    - A running turn past the hard time limit (a worker that hangs) ends the same way.
+    - A queued turn no worker claimed for half of BYOK_QUEUED_TURN_TIMEOUT is queued once
+      more (the claim still makes one provider call of two deliveries); still unclaimed
+      half a timeout later, it fails saying so.
+    Returns how many turns it ended.
+    """
     now = timezone.now()
-    reaped = 0
-    running_cutoff = now - timedelta(seconds=settings.BYOK_TURN_HARD_LIMIT + 30)
-    queued_cutoff = now - timedelta(seconds=settings.BYOK_QUEUED_TURN_TIMEOUT)
-    rules = [
-        (
-            Status.RUNNING,
-            {"started_at__lt": running_cutoff},
-            "worker_lost",
-            "The worker writing this reply stopped before finishing. Retry to try again.",
-        ),
-        (
-            Status.QUEUED,
-            {"created_at__lt": queued_cutoff},
-            "no_worker",
-            "No worker is available right now — try again in a moment.",
-        ),
+    ended = 0
+    running = Message.objects.select_related("conversation__provider_key", "owner").filter(
+        status=Status.RUNNING
+    )
+    hung_before = now - timedelta(seconds=settings.BYOK_TURN_HARD_LIMIT + 30)
+    lost = _lost_turns(
+        list(Message.objects.filter(status=Status.RUNNING).only("id", "started_at")),
+        hung_before=hung_before,
+    )
+    for message in running.filter(pk__in=lost):
+        ended += _end_safely(message, Status.ERROR, open_status=Status.RUNNING)
+
+    half = timedelta(seconds=settings.BYOK_QUEUED_TURN_TIMEOUT / 2)
+    queued = Message.objects.filter(status=Status.QUEUED)
+    for message in queued.filter(requeued_at=None, created_at__lt=now - half):
+        if queued.filter(pk=message.pk, requeued_at=None).update(requeued_at=now):
+            logger.warning("turn %s: no worker claimed it; queued again", message.pk)
+            _enqueue_turn(message)
+    unclaimed = queued.select_related("conversation__provider_key", "owner").filter(
+        requeued_at__lt=now - half
+    )
+    for message in unclaimed:
+        outcome = Outcome(status=Status.ERROR, error_kind="no_worker", error_message=NO_WORKER)
+        try:
+            ended += _close_unrun(message, outcome, open_status=Status.QUEUED)
+        except Exception:  # one turn that cannot be ended must not stop the others
+            logger.exception("the reaper could not end turn %s", message.pk)
+    return ended
+
+
+def _lost_turns(running: list[Message], *, hung_before: datetime) -> list[object]:
+    """The running turns no worker holds any more (see `turns_reap`)."""
+    lost: list[object] = [
+        m.pk for m in running if m.started_at is not None and m.started_at < hung_before
     ]
-    for status, cutoff, kind, text in rules:
-        stale = Message.objects.select_related("conversation__provider_key", "owner").filter(
-            status=status, **cutoff
+    if not running:
+        return lost
+    client = get_redis()
+    now = time.time()
+    gap = settings.BYOK_TURN_LEASE_SECONDS / 2
+    try:
+        pipe = client.pipeline(transaction=False)
+        for message in running:
+            pipe.exists(engine.lease_key(message.pk))
+            pipe.get(_lease_lost_key(message.pk))
+        answers = pipe.execute()
+        pipe = client.pipeline(transaction=False)
+        for index, message in enumerate(running):
+            held, missing_since = answers[2 * index], answers[2 * index + 1]
+            marker = _lease_lost_key(message.pk)
+            if held:
+                if missing_since is not None:
+                    pipe.delete(marker)
+            elif missing_since is None:
+                pipe.set(marker, str(now), nx=True, ex=settings.BYOK_TURN_LEASE_SECONDS * 10)
+            elif now - float(missing_since) >= gap:
+                lost.append(message.pk)
+        pipe.execute()
+    except redis.RedisError:
+        logger.warning("the reaper could not read turn leases; trying again next time")
+    return lost
+
+
+def _lease_lost_key(message_id: object) -> str:
+    return f"byok:call:{message_id}:lease-lost"
+
+
+def _end_safely(message: Message, status: str, *, open_status: str) -> int:
+    try:
+        return int(_end_lost(message, status, open_status=open_status))
+    except Exception:  # one turn that cannot be ended must not stop the others
+        logger.exception("the reaper could not end turn %s", message.pk)
+        return 0
+
+
+def _end_lost(message: Message, status: str, *, open_status: str) -> bool:
+    """End a running turn its worker will not finish, with the text the user saw: its
+    stream's (the exact text shown), or its worker's last checkpoint when Redis has no
+    stream; billed as an estimate. Stopped, when the user pressed Stop; failed otherwise."""
+    cipher = OwnerCipher(message.owner)
+    saved = cipher.open(PURPOSE_MESSAGE, message.pk, message.sealed_content)
+    shown = streams.streamed_text(cipher, message.pk)
+    text = shown if len(shown) > len(saved) else saved
+    tokens = None
+    if text:
+        tokens = TokenCounts(
+            input=message.input_tokens or 0,
+            output=max(1, len(text) // engine.CHARS_PER_TOKEN_ESTIMATED),
         )
-        for message in stale:
-            # A dead worker may have spent tokens it never reported: the reservation is
-            # released, not charged; the provider's own dashboard has the exact figure.
-            outcome = Outcome(status=Status.ERROR, error_kind=kind, error_message=text)
-            try:
-                if _close_unrun(message, outcome, open_status=status):
-                    reaped += 1
-            except Exception:  # one turn that cannot be ended must not stop the others
-                logger.exception("the reaper could not end turn %s", message.pk)
-    return reaped
+    outcome = Outcome(status=status, text=text, tokens=tokens, estimated=tokens is not None)
+    if status == Status.ERROR:
+        outcome.error_kind = "worker_lost"
+        outcome.error_message = (
+            f"{WORKER_LOST} What arrived is kept; retry to try again."
+            if text
+            else f"{WORKER_LOST} Retry to try again."
+        )
+    else:
+        outcome.notices = ["The worker writing this reply had stopped; what arrived is kept."]
+    return _close_unrun(message, outcome, open_status=open_status, cipher=cipher)
 
 
 def conversations_purge_temporary() -> int:

@@ -55,7 +55,7 @@ def stored_events(message: Message) -> str:
     cipher = OwnerCipher(message.owner)
     view = selectors.message_view(message, cipher)
     if message.status == Message.Status.ERROR:
-        event, data = "error", {"message": message.error_message, "action": ""}
+        event, data = "error", {"message": view.error, "action": ""}
     else:
         event, data = "done", {"status": message.status, "notice": message.notice}
     return sse(event, {**data, "html": view.html, **view.facts}, "stored")
@@ -137,10 +137,13 @@ def get_status_lookups() -> StatusLookups:
 class TurnEvents:
     """The events of one turn after `last_id`: replay, then live, until `done` or `error`."""
 
-    __slots__ = ("closed", "final", "last_id", "message_id", "subscription")
+    __slots__ = ("cipher", "closed", "final", "last_id", "message_id", "subscription")
 
-    def __init__(self, message_id: Any, last_id: str, *, final: bool) -> None:
+    def __init__(
+        self, message_id: Any, last_id: str, *, final: bool, cipher: OwnerCipher | None
+    ) -> None:
         self.message_id = message_id
+        self.cipher = cipher  # the owner's: the stream's entries are sealed with it
         self.last_id = last_id
         self.final = final
         self.subscription: live.Subscription | None = None
@@ -179,12 +182,19 @@ class TurnEvents:
                 chunk = []
                 for entry_id, fields in entries:
                     kind = fields.get("type", live.EVENT_DELTA)
-                    data = {name: value for name, value in fields.items() if name != "type"}
+                    data = streams.open_entry(self.cipher, self.message_id, fields)
+                    if data is None:  # not sealed for this reply by its owner's key
+                        if kind in live.FINAL_EVENTS:
+                            chunk.append(await _stored(self.message_id))
+                            yield "".join(chunk)
+                            return
+                        continue
                     chunk.append(sse(kind, data, entry_id))
                     if kind in live.FINAL_EVENTS:
                         yield "".join(chunk)
                         return
-                yield "".join(chunk)
+                if chunk:
+                    yield "".join(chunk)
         finally:
             hub.unsubscribe(subscription)
 
@@ -224,8 +234,10 @@ class EventStreamResponse(StreamingHttpResponse):
     """A turn's server-sent events. `byok_site.asgi` serves it detached from Django's request
     context (`detach()`); any other handler streams it like a StreamingHttpResponse."""
 
-    def __init__(self, message_id: object, last_id: str, *, final: bool) -> None:
-        self.turn_events = TurnEvents(message_id, last_id, final=final)
+    def __init__(
+        self, message_id: object, last_id: str, *, final: bool, cipher: OwnerCipher | None
+    ) -> None:
+        self.turn_events = TurnEvents(message_id, last_id, final=final, cipher=cipher)
         super().__init__(self.turn_events.events(), content_type="text/event-stream")
         self["Cache-Control"] = "no-cache, no-transform"
         self["X-Accel-Buffering"] = "no"

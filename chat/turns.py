@@ -17,13 +17,14 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from chat import streams
-from chat.models import PURPOSE_MESSAGE, Conversation, Message
+from chat.models import PURPOSE_ERROR, PURPOSE_MESSAGE, Conversation, Message
 from chat.rendering import render_markdown, turn_facts
 from chat.selectors import conversation_system_prompt
 from completion import engine
 from completion.engine import Call, KeyChoice, Outcome, Prompt, Refused
 from providers.errors import ProviderErrorKind
 from providers.types import ChatMessage, Role
+from usage.prices import TokenCounts
 from vault.services import OwnerCipher
 
 Status = Message.Status
@@ -140,7 +141,8 @@ class ChatTurn:
         self.reply = reply
         self.open_status = open_status
         # False for the web's and the reaper's endings: they know nothing of the reply's
-        # text, key or timings, so they leave those columns as they are.
+        # key or timings, so they leave those columns as they are (and its text, unless
+        # they bring the text of a lost worker's turn).
         self.on_worker = on_worker
         self.publisher = streams.TurnPublisher(message_id)
 
@@ -167,11 +169,21 @@ class ChatTurn:
                 f"The {dropped} oldest message{'s' if dropped != 1 else ''} of this "
                 "conversation were left out to fit the model's context.",
             )
+        self.publisher.cipher = cipher  # the turn's stream is sealed with the owner's key
         system_prompt = conversation_system_prompt(reply.conversation, cipher) or None
         return Prompt(messages=history, system_prompt=system_prompt, notices=notices)
 
     def delta(self, text: str) -> None:
         self.publisher.delta(text)
+
+    def checkpoint(self, text: str, tokens: TokenCounts, cipher: OwnerCipher) -> None:
+        reply = self._reply()
+        Message.objects.filter(pk=reply.pk, status=Status.RUNNING).update(
+            sealed_content=cipher.seal(PURPOSE_MESSAGE, reply.pk, text),
+            input_tokens=tokens.input,
+            output_tokens=tokens.output,
+            tokens_estimated=True,
+        )
 
     def store(self, outcome: Outcome, cipher: OwnerCipher | None) -> bool:
         reply = self._reply()
@@ -197,12 +209,32 @@ class ChatTurn:
                     reasoning_tokens=outcome.reasoning_tokens,
                     tokens_estimated=outcome.estimated,
                 )
+        else:
+            # An ending from the web or the reaper. One of a lost worker's turn brings the
+            # text the user saw (its stream, or its last checkpoint) and its estimate.
+            if outcome.text and cipher is not None:
+                values["sealed_content"] = cipher.seal(PURPOSE_MESSAGE, reply.pk, outcome.text)
+            if outcome.tokens is not None:
+                values.update(
+                    input_tokens=outcome.tokens.input,
+                    output_tokens=outcome.tokens.output,
+                    tokens_estimated=outcome.estimated,
+                )
+            if outcome.notices:
+                values["notice"] = _notice(outcome)[:500]
         if outcome.status == Status.ERROR:
             message, _ = _error_display(outcome)
-            values.update(error_kind=outcome.error_kind[:32], error_message=message[:500])
+            values.update(
+                error_kind=outcome.error_kind[:32],
+                sealed_error=cipher.seal(PURPOSE_ERROR, reply.pk, message[:500])
+                if cipher is not None
+                else b"",  # the owner's data key does not open: the kind says what happened
+            )
         return bool(Message.objects.filter(pk=reply.pk, status=self.open_status).update(**values))
 
-    def published(self, outcome: Outcome) -> None:
+    def published(self, outcome: Outcome, cipher: OwnerCipher | None) -> None:
+        if self.publisher.cipher is None:
+            self.publisher.cipher = cipher
         html = render_markdown(outcome.text) if outcome.text else ""
         facts = _facts(outcome)
         if outcome.status == Status.ERROR:

@@ -27,7 +27,7 @@ from keys.models import ProviderKey
 from keys.services import provider_key_cached_models
 from providers.catalog import PRESETS
 from usage.selectors import cap_statuses
-from vault.services import OwnerCipher
+from vault.services import OwnerCipher, aowner_cipher_existing
 
 
 def _conversation_for(request: AuthenticatedRequest, conversation_id: object) -> Conversation:
@@ -251,4 +251,5 @@ async def turn_stream(request: HttpRequest, message_id: object) -> HttpResponseB
     last_id = request.headers.get("Last-Event-ID") or request.GET.get("after") or "0-0"
     if not live.valid_stream_id(last_id):
         last_id = "0-0"
-    return EventStreamResponse(message.pk, last_id, final=message.is_final)
+    cipher = await aowner_cipher_existing(owner=user)
+    return EventStreamResponse(message.pk, last_id, final=message.is_final, cipher=cipher)

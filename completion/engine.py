@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -57,7 +58,7 @@ from providers.catalog import build_adapter, get_preset, resolve_base_url
 from providers.errors import InvalidChatRequest, InvalidEndpoint, ProviderError, ProviderErrorKind
 from providers.types import ChatAdapter, ChatMessage, ChatRequest, Finish, TextDelta, Usage
 from usage import ratelimits
-from usage.prices import Price, TokenCounts, price_for
+from usage.prices import Price, TokenCounts, input_tokens_bound, price_for
 from usage.recording import TurnUsage, usage_record
 from usage.services import BudgetError, budget_release, budget_reserve
 from vault.services import OwnerCipher, VaultError
@@ -75,8 +76,6 @@ FALLBACK_KINDS = {
 }
 MAX_RETRIES = 2
 RETRY_BUDGET_SECONDS = 20.0
-# Generous on purpose (about 3 characters a token): the reservation is a worst case.
-CHARS_PER_TOKEN_RESERVED = 3
 # A reply cut off before the provider reported usage is billed about this many characters a
 # token, in and out (the reservation's worst case would bill its input about twice over).
 CHARS_PER_TOKEN_ESTIMATED = 4
@@ -179,14 +178,21 @@ class Sink(Protocol):
         """Text as it arrives. Called on the relay loop: it must not block."""
         ...
 
+    def checkpoint(self, text: str, tokens: TokenCounts, cipher: OwnerCipher) -> None:
+        """Save the text so far and its estimated tokens on the surface's row (the call is
+        still running), so that a worker that dies leaves it behind. Called every
+        BYOK_TURN_CHECKPOINT_SECONDS while text arrives, from the call's thread."""
+        ...
+
     def store(self, outcome: Outcome, cipher: OwnerCipher | None) -> bool:
         """Write the outcome to the surface's row, if the call is still open there; inside
         the transaction that records its usage. False: it was closed already. `cipher` is
-        None when the outcome has no text to seal."""
+        None only when the owner's data key does not open and the outcome has no text."""
         ...
 
-    def published(self, outcome: Outcome) -> None:
-        """The outcome is stored: tell whoever follows the call (its final event)."""
+    def published(self, outcome: Outcome, cipher: OwnerCipher | None) -> None:
+        """The outcome is stored: tell whoever follows the call (its final event, sealed
+        with `cipher`; None when the owner's data key does not open)."""
         ...
 
 
@@ -219,6 +225,8 @@ class _State:
     key: ProviderKey | None = None
     notices: list[str] = field(default_factory=list)
     input_chars: int = 0  # the prompt's, system prompt included
+    max_output_tokens: int = 0  # the limit sent: the call's, or what its caps afford
+    checkpointed_parts: int = 0  # how many of `parts` the last checkpoint saved
     price: Price | None = None
     priced: bool = False  # `price` was looked up (None then means unknown)
     closed: bool = False  # this worker stored the outcome (and gave back what it held)
@@ -278,6 +286,20 @@ def warm_up() -> None:
     relay.submit(aio.warm_up(connection_config())).result(timeout=30)
 
 
+def lease_key(call_id: object) -> str:
+    """The running call's lease in Redis, renewed by its worker while it holds the call."""
+    return f"byok:call:{call_id}:lease"
+
+
+def lease_held(call_id: object) -> bool:
+    """Whether a worker still holds the call (its lease has not expired). True when Redis
+    cannot say: a call is never ended for want of an answer."""
+    try:
+        return bool(get_redis().exists(lease_key(call_id)))
+    except Exception:
+        return True
+
+
 def run(sink: Sink) -> None:
     """Claim and run one call. Safe to call twice: only the first call does anything."""
     call = sink.claim()
@@ -285,9 +307,17 @@ def run(sink: Sink) -> None:
         return  # taken, finished, stopped or deleted: never call the provider twice
     state = _State()
     cipher = None
+    watcher = live.get_cancel_watcher()
+    watcher.hold(lease_key(call.call_id))
     try:
         cipher = OwnerCipher(call.owner)
         _run(call, sink, state, cipher)  # every ending goes through `_end`
+    except StoreGaveUp:
+        # The database stayed away: the reaper ends the call from its last checkpoint
+        # once the lease (dropped below) has expired.
+        logger.error(
+            "call %s: its outcome could not be stored; the reaper will end it", call.call_id
+        )
     except Exception:
         logger.exception("call %s crashed", call.call_id)
         crashed = state.outcome(
@@ -295,10 +325,15 @@ def run(sink: Sink) -> None:
             error_kind="internal",
             error_message="Something went wrong on our side while writing this reply. Retry.",
         )
-        _end(call, sink, state, crashed, cipher)
+        try:
+            _end(call, sink, state, crashed, cipher)
+        except StoreGaveUp:
+            logger.error("call %s: its outcome could not be stored", call.call_id)
     finally:
+        watcher.drop(lease_key(call.call_id))
         if not state.closed:  # closed elsewhere, or not stored: what this worker held goes
-            _release(call)
+            with _best_effort(f"call {call.call_id}: giving back its slot and reservation"):
+                _release(call)
 
 
 def _release(call: Call) -> None:
@@ -350,30 +385,36 @@ def _run(call: Call, sink: Sink, state: _State, cipher: OwnerCipher) -> None:
         return
     if call.choice.key_id and keys[0].pk != call.choice.key_id:
         state.notices.append(f"Your chosen key is not usable; “{keys[0].label}” answered instead.")
-    state.input_chars = sum(len(m.content) for m in prompt.messages) + len(
-        prompt.system_prompt or ""
-    )
-    reserved_input = state.input_chars // CHARS_PER_TOKEN_RESERVED + 16
+    texts = [m.content for m in prompt.messages]
+    if prompt.system_prompt:
+        texts.append(prompt.system_prompt)
+    state.input_chars = sum(len(text) for text in texts)
+    input_bound = input_tokens_bound(texts)
     last_error: ProviderError | None = None
     for index, key in enumerate(keys):
         state.key = key
         if index:
             budget_release(message_id=call.call_id)  # what the previous key held
         try:
-            budget_reserve(
+            state.max_output_tokens = budget_reserve(
                 owner=call.owner,
                 message_id=call.call_id,
                 key_id=key.pk,
                 key_label=key.label,
                 model=call.model,
                 price=state.price,
-                input_tokens_estimate=reserved_input,
+                input_tokens_bound=input_bound,
                 max_output_tokens=call.max_output_tokens,
             )
         except BudgetError as error:
             outcome = state.outcome(ERROR, error_kind="budget", error_message=error.message)
             _end(call, sink, state, outcome, cipher)
             return
+        if state.max_output_tokens < call.max_output_tokens and not index:
+            state.notices.append(
+                f"This reply could be at most {state.max_output_tokens:,} tokens long, "
+                "to stay under your spend cap."
+            )
         last_error = _call_with_retries(call, sink, key, prompt, state, cipher)
         if last_error is None or state.got_tokens or state.cancelled:
             break
@@ -399,11 +440,61 @@ def _run(call: Call, sink: Sink, state: _State, cipher: OwnerCipher) -> None:
         _end(call, sink, state, outcome, cipher)
 
 
+class StoreGaveUp(Exception):
+    """The database stayed unreachable for BYOK_TURN_STORE_RETRY_SECONDS: the outcome is
+    dropped (the last checkpoint stays, and the reaper ends the call with it)."""
+
+
+# What a database that went away raises (a dropped connection, a pool that found none).
+TRANSIENT_DATABASE_ERRORS = (db.OperationalError, db.InterfaceError)
+
+
 def _end(
     call: Call, sink: Sink, state: _State, outcome: Outcome, cipher: OwnerCipher | None
 ) -> None:
+    """Close the call; while the database is unreachable, keep the outcome and retry with
+    backoff for BYOK_TURN_STORE_RETRY_SECONDS (the lease is renewed meanwhile, so the
+    reaper leaves the call alone). Storing is one conditional transaction: a retry after a
+    commit whose answer was lost stores nothing twice."""
     price = state.price if state.priced else LOOK_UP
-    state.closed = close(call, sink, outcome, cipher=cipher, price=price)
+    give_up_at = time.monotonic() + settings.BYOK_TURN_STORE_RETRY_SECONDS
+    delay = 0.5
+    attempts = 0
+    while True:
+        try:
+            state.closed = close(call, sink, outcome, cipher=cipher, price=price)
+            if attempts:
+                logger.warning("call %s: stored after %d retries", call.call_id, attempts)
+            return
+        except TRANSIENT_DATABASE_ERRORS:
+            if time.monotonic() + delay > give_up_at:
+                raise StoreGaveUp from None
+            if not attempts:
+                logger.warning(
+                    "call %s: the database is unreachable; keeping the reply and retrying",
+                    call.call_id,
+                )
+            attempts += 1
+            _drop_connection()
+            time.sleep(delay)  # the worker's own backoff
+            delay = min(delay * 2, 10.0)
+
+
+def _drop_connection() -> None:
+    """Forget this thread's database connection, so the next query opens a fresh one."""
+    with contextlib.suppress(Exception):
+        db.connection.close()
+
+
+@contextlib.contextmanager
+def _best_effort(what: str) -> Iterator[None]:
+    """For steps after the outcome is stored (or given up on): a failure is logged, and
+    what it would have done heals on its own (a slot goes stale, a reservation is settled
+    by the stored usage)."""
+    try:
+        yield
+    except Exception:
+        logger.warning("%s failed", what, exc_info=True)
 
 
 def describe(error: ProviderError) -> str:
@@ -485,7 +576,7 @@ def _call_once(
             messages=prompt.messages,
             api_key=secret,
             system_prompt=prompt.system_prompt,
-            max_tokens=call.max_output_tokens,
+            max_tokens=state.max_output_tokens or call.max_output_tokens,
         )
     except VaultError:
         logger.error("key %s could not be opened for call %s", key.pk, call.call_id)
@@ -499,7 +590,32 @@ def _call_once(
     del secret
     state.provider_calls += 1
     logger.debug("call %s: %s with key %s at %s", call.call_id, call.model, key.pk, key.base_url)
-    return _ProviderCall(call.call_id, sink.delta, state).run(adapter, request)
+    checkpoint = functools.partial(_checkpoint, call, sink, state, cipher)
+    return _ProviderCall(call.call_id, sink.delta, state, checkpoint).run(adapter, request)
+
+
+def _checkpoint(call: Call, sink: Sink, state: _State, cipher: OwnerCipher) -> None:
+    """Save the text so far (when it grew), sealed, with its estimated tokens: what the
+    user has seen survives this worker. A database that is away skips it."""
+    parts = len(state.parts)  # appended by the relay loop; a snapshot of the count is safe
+    if parts == state.checkpointed_parts:
+        return
+    text = "".join(state.parts[:parts])
+    estimate = TokenCounts(
+        input=max(1, state.input_chars // CHARS_PER_TOKEN_ESTIMATED),
+        output=max(1, len(text) // CHARS_PER_TOKEN_ESTIMATED),
+    )
+    try:
+        sink.checkpoint(text, estimate, cipher)
+        state.checkpointed_parts = parts
+    except TRANSIENT_DATABASE_ERRORS:
+        logger.warning("call %s: checkpoint skipped, the database is unreachable", call.call_id)
+        _drop_connection()
+    finally:
+        if db.connection.settings_dict["OPTIONS"].get("pool") and not (
+            db.connection.in_atomic_block
+        ):
+            db.connection.close()  # back to the pool until the next checkpoint
 
 
 class _ProviderCall:
@@ -513,10 +629,17 @@ class _ProviderCall:
     touches nothing of the call after that.
     """
 
-    def __init__(self, call_id: object, deliver: Callable[[str], None], state: _State) -> None:
+    def __init__(
+        self,
+        call_id: object,
+        deliver: Callable[[str], None],
+        state: _State,
+        checkpoint: Callable[[], None] = lambda: None,
+    ) -> None:
         self.call_id = call_id
         self.deliver = deliver
         self.state = state
+        self.checkpoint = checkpoint
         self.lock = threading.Lock()  # the loop holds it while it updates the call
         self.wake = threading.Event()
         self.stopped = False
@@ -535,7 +658,7 @@ class _ProviderCall:
         watcher.watch(cancel_key(self.call_id), self._cancel)
         task = relay.submit(self._read(adapter, request))
         try:
-            in_time = self.wake.wait(settings.BYOK_TURN_SOFT_LIMIT)
+            in_time = self._wait(time.monotonic() + settings.BYOK_TURN_SOFT_LIMIT)
         finally:
             watcher.unwatch(cancel_key(self.call_id))
             with self.lock:
@@ -548,6 +671,18 @@ class _ProviderCall:
             return None
         assert not in_time
         return ProviderError(ProviderErrorKind.TIMEOUT)
+
+    def _wait(self, deadline: float) -> bool:
+        """Wait for the end or a stop (True) or the deadline (False), saving the text so far
+        every BYOK_TURN_CHECKPOINT_SECONDS meanwhile."""
+        every = settings.BYOK_TURN_CHECKPOINT_SECONDS
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self.wake.wait(min(left, every) if every > 0 else left):
+                return True
+            self.checkpoint()
 
     def _cancel(self) -> None:
         self.cancelled = True
@@ -617,11 +752,18 @@ def close(
     call closed it: one that did not (the call was closed elsewhere, or a worker claimed it
     meanwhile) changes nothing, and gives nothing back.
 
-    The owner's data key is opened only when there is text to seal (`cipher`, when the
-    caller has it open already): the web's and the reaper's endings have none.
+    The outcome's text, error and final event are sealed with the owner's data key
+    (`cipher`, when the caller has it open already). An ending without text still ends
+    when that key does not open (the reaper must get past such a user): its error is then
+    stored as its kind alone, and no final event is sent.
     """
-    if cipher is None and outcome.text:
-        cipher = OwnerCipher(call.owner)
+    if cipher is None:
+        try:
+            cipher = OwnerCipher(call.owner)
+        except VaultError:
+            if outcome.text:
+                raise
+            logger.warning("call %s: the owner's data key does not open", call.call_id)
     if isinstance(price, _LookUp):
         price = price_for(call.choice.preset, call.model)
     with transaction.atomic():
@@ -629,10 +771,13 @@ def close(
         if stored:
             usage_record(turn=_usage(call, outcome, price))
     if stored:
-        sink.published(outcome)
-        if outcome.key is not None and outcome.provider_calls:
-            provider_key_mark_used(key=outcome.key)  # the user does not wait for this
-        _release(call)
+        with _best_effort(f"call {call.call_id}: its final event"):
+            sink.published(outcome, cipher)
+        with _best_effort(f"call {call.call_id}: its key's last use"):
+            if outcome.key is not None and outcome.provider_calls:
+                provider_key_mark_used(key=outcome.key)  # the user does not wait for this
+        with _best_effort(f"call {call.call_id}: giving back its slot and reservation"):
+            _release(call)
     return stored
 
 

@@ -44,6 +44,14 @@ _STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}", re.ASCII)
 _MAX_ID_PART = 2**64 - 1
 
 
+EntryOf = Callable[[str], dict[str, str]]
+
+
+def plain_delta(text: str) -> dict[str, str]:
+    """A delta entry as plain text (a surface with nothing to seal)."""
+    return {"type": EVENT_DELTA, "text": text}
+
+
 def valid_stream_id(value: str) -> bool:
     """A stream entry id Redis accepts: `<ms>-<seq>`, ASCII digits, each part < 2**64."""
     if not _STREAM_ID.fullmatch(value):
@@ -79,6 +87,9 @@ class StreamWriter:
     def __init__(self, window: float) -> None:
         self.window = max(window, self.MIN_WINDOW)
         self._pending: dict[str, list[str]] = {}
+        # How each stream's batched deltas become an entry (a surface seals them); kept
+        # until the stream's final entry is written.
+        self._entries: dict[str, EntryOf] = {}
         self._busy: set[str] = set()  # streams with a write in flight
         self._lock = threading.Lock()  # guards _pending and _busy
         self._idle = threading.Condition(self._lock)  # a stream's write has ended
@@ -86,9 +97,13 @@ class StreamWriter:
         self._tasks: set[asyncio.Task[None]] = set()
         self.failed_keys: set[str] = set()
 
-    def add(self, key: str, text: str, *, now: bool = False) -> None:
-        """Queue `text` for the stream; `now` writes it (with anything pending) at once."""
+    def add(self, key: str, text: str, *, now: bool = False, entry: EntryOf | None = None) -> None:
+        """Queue `text` for the stream; `now` writes it (with anything pending) at once.
+        `entry` makes the fields of one entry from a batch of deltas' text (default: a
+        plain `delta` entry)."""
         with self._lock:
+            if entry is not None:
+                self._entries[key] = entry
             batch: dict[str, list[str]] | None = None
             if now and key not in self._busy:
                 batch = {key: [*self._pending.pop(key, []), text]}
@@ -113,12 +128,13 @@ class StreamWriter:
                 # expired. A late delta of the stuck write may land after it, unread.
                 logger.warning("turn stream %s: an earlier write never ended", key)
             texts = self._pending.pop(key, [])
+            entry = self._entries.pop(key, plain_delta)
             self._busy.add(key)
         try:
             batch = {key: texts}
             try:
                 pipe = get_redis().pipeline(transaction=False)
-                self._commands(pipe, batch, final=fields)
+                self._commands(pipe, batch, final=fields, entries={key: entry})
                 pipe.execute()
             except (redis.RedisError, OSError):
                 self._failed(batch)
@@ -173,19 +189,25 @@ class StreamWriter:
     async def _write(self, batch: dict[str, list[str]]) -> None:
         try:
             pipe = get_writer_redis().pipeline(transaction=False)
-            self._commands(pipe, batch)
+            with self._lock:
+                entries = {key: self._entries.get(key, plain_delta) for key in batch}
+            self._commands(pipe, batch, entries=entries)
             await pipe.execute()
         except (redis.RedisError, OSError):
             self._failed(batch)
 
     @staticmethod
     def _commands(
-        pipe: Any, batch: dict[str, list[str]], final: dict[str, str] | None = None
+        pipe: Any,
+        batch: dict[str, list[str]],
+        *,
+        entries: dict[str, EntryOf],
+        final: dict[str, str] | None = None,
     ) -> None:
         maxlen = settings.BYOK_TURN_STREAM_MAXLEN
         for key, texts in batch.items():
             if texts:
-                fields = {"type": EVENT_DELTA, "text": "".join(texts)}
+                fields = entries[key]("".join(texts))
                 pipe.xadd(key, fields, maxlen=maxlen, approximate=True)
             if final is not None:
                 pipe.xadd(key, final, maxlen=maxlen, approximate=True)
@@ -241,11 +263,20 @@ def get_writer() -> StreamWriter:
 
 class CancelWatcher:
     """One thread per process asks Redis, for every call running here, whether its user
-    pressed stop (a flag key set in Redis): one MGET per poll, whatever the number of calls."""
+    pressed stop (a flag key set in Redis): one MGET per poll, whatever the number of calls.
 
-    def __init__(self, interval: float) -> None:
+    The same thread renews the leases of the calls this process holds (`hold`): every
+    `lease_seconds / 3`, one pipeline of SET ... EX for all of them. A lease that is not
+    renewed (the process died, or lost Redis for longer than a lease) expires, and the
+    reaper ends its call (see `chat.services.turns_reap`).
+    """
+
+    def __init__(self, interval: float, lease_seconds: float = 10.0) -> None:
         self.interval = interval
+        self.lease_seconds = max(1, round(lease_seconds))
         self._watched: dict[str, Callable[[], None]] = {}
+        self._leases: set[str] = set()
+        self._next_renewal = 0.0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -253,39 +284,80 @@ class CancelWatcher:
         """Call `on_cancel` (from the watcher's thread) once the flag `key` is set."""
         with self._lock:
             self._watched[key] = on_cancel
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._loop, name="turn-cancel-watcher", daemon=True
-                )
-                self._thread.start()
+            self._ensure_thread()
 
     def unwatch(self, key: str) -> None:
         with self._lock:
             self._watched.pop(key, None)
 
+    def hold(self, lease_key: str) -> None:
+        """Take the lease `lease_key` now and renew it until `drop` (with Redis away, from
+        when it is back)."""
+        with self._lock:
+            self._leases.add(lease_key)
+            self._ensure_thread()
+        try:
+            get_redis().set(lease_key, "1", ex=self.lease_seconds)
+        except (redis.RedisError, OSError):
+            logger.warning("lease %s: Redis is unreachable; renewing it when it is back", lease_key)
+
+    def drop(self, lease_key: str) -> None:
+        """Stop renewing the lease and give it up."""
+        with self._lock:
+            self._leases.discard(lease_key)
+        with contextlib.suppress(redis.RedisError, OSError):
+            get_redis().delete(lease_key)
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._loop, name="turn-cancel-watcher", daemon=True
+            )
+            self._thread.start()
+
     def _loop(self) -> None:
         while True:
             time.sleep(self.interval)
-            with self._lock:
-                watched = list(self._watched.items())
-            if not watched:
-                continue
             try:
-                flags = get_redis().mget([key for key, _ in watched])
+                self._renew_leases()
+                self._poll()
             except redis.RedisError:
                 continue  # Redis is down: nobody can press stop meanwhile
             except Exception:  # the watcher must outlive any one poll
                 logger.exception("turn cancel watcher: a poll failed")
-                continue
-            for (key, on_cancel), flag in zip(watched, flags, strict=True):
-                if flag:
-                    with self._lock:
-                        self._watched.pop(key, None)
-                    on_cancel()
+
+    def _renew_leases(self) -> None:
+        now = time.monotonic()
+        if now < self._next_renewal:
+            return
+        with self._lock:
+            leases = list(self._leases)
+        if not leases:
+            return
+        pipe = get_redis().pipeline(transaction=False)
+        for lease_key in leases:
+            pipe.set(lease_key, "1", ex=self.lease_seconds)
+        pipe.execute()
+        self._next_renewal = now + self.lease_seconds / 3
+
+    def _poll(self) -> None:
+        with self._lock:
+            watched = list(self._watched.items())
+        if not watched:
+            return
+        flags = get_redis().mget([key for key, _ in watched])
+        for (key, on_cancel), flag in zip(watched, flags, strict=True):
+            if flag:
+                with self._lock:
+                    self._watched.pop(key, None)
+                on_cancel()
 
 
 def get_cancel_watcher() -> CancelWatcher:
-    return _one_per_process(CancelWatcher, lambda: CancelWatcher(settings.BYOK_CANCEL_POLL_SECONDS))
+    return _one_per_process(
+        CancelWatcher,
+        lambda: CancelWatcher(settings.BYOK_CANCEL_POLL_SECONDS, settings.BYOK_TURN_LEASE_SECONDS),
+    )
 
 
 # --- async side (the SSE view) -------------------------------------------------------------

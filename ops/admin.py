@@ -2,8 +2,8 @@
 cross-app parts (rate-limit overrides, usage totals, activity filter).
 
 SECURITY: metadata only. Conversations and messages never list, show, filter or search
-their sealed title, system prompt or text (nor `error_message`/`notice`, which are free
-text); usage events are read-only.
+their sealed title, system prompt, text or error (nor `notice`, which is free text); usage
+events are read-only.
 """
 
 from __future__ import annotations
@@ -244,7 +244,7 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
     search_fields = ("owner__email", "model")
     list_select_related = ("owner",)
     show_full_result_count = False
-    # SECURITY: sealed_content is never a field; error_message and notice are free text.
+    # SECURITY: sealed_content and sealed_error are never fields; notice is free text.
     fields = (
         "id",
         "owner",

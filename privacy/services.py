@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from accounts.models import User
 from accounts.services import user_delete
+from chat.services import turn_streams_delete
 
 
 def account_delete(*, user: User) -> None:
-    """Delete the account and everything it holds; nothing sealed for it opens again."""
+    """Delete the account and everything it holds; nothing sealed for it opens again, and
+    its live turn streams in Redis go too."""
+    turn_streams_delete(owner=user)
     user_delete(user=user)

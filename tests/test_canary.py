@@ -8,19 +8,17 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Sequence
 
 import pytest
 from celery.signals import before_task_publish
 from django.core.management import call_command
-from django.db import connection
 from django.urls import reverse
 
 from accounts.models import User
-from core.redis import get_redis
 from keys.models import ProviderKey
 from tests.conftest import PASSWORD
 from tests.keys_helpers import wait_for_status
+from tests.stores import database_rows_containing, redis_entries_containing
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -74,48 +72,6 @@ def task_messages():
     before_task_publish.connect(record, weak=False)
     yield bodies
     before_task_publish.disconnect(record)
-
-
-def _database_rows_containing(needle: str) -> list[str]:
-    hits = []
-    encoded = needle.encode()
-    with connection.cursor() as cursor:
-        for table in connection.introspection.table_names():
-            cursor.execute(f"SELECT * FROM {connection.ops.quote_name(table)}")  # noqa: S608
-            for row in cursor.fetchall():
-                for value in row:
-                    if isinstance(value, memoryview):
-                        value = value.tobytes()
-                    if (isinstance(value, bytes) and encoded in value) or (
-                        not isinstance(value, bytes) and needle in str(value)
-                    ):
-                        hits.append(f"{table}: {row!r}"[:200])
-    return hits
-
-
-def _redis_entries_containing(needle: str) -> list[str]:
-    client = get_redis()
-    hits = []
-    for key in client.scan_iter(count=1000):
-        kind = client.type(key)
-        values: Sequence[object]
-        if kind == "string":
-            values = [client.get(key)]
-        elif kind == "list":
-            values = client.lrange(key, 0, -1)
-        elif kind == "hash":
-            values = [*client.hkeys(key), *client.hvals(key)]
-        elif kind == "set":
-            values = list(client.smembers(key))
-        elif kind == "zset":
-            values = client.zrange(key, 0, -1)
-        elif kind == "stream":
-            values = [json.dumps(entry) for entry in client.xrange(key) or []]
-        else:
-            values = []
-        if needle in key or any(needle in str(value) for value in values):
-            hits.append(key)
-    return hits
 
 
 def test_a_canary_key_is_found_only_in_the_request_the_provider_received(
@@ -194,8 +150,8 @@ def test_a_canary_key_is_found_only_in_the_request_the_provider_received(
     received = [request.api_key for request in fake_provider.requests]
     assert len(received) >= 3
     assert set(received) == {canary}
-    assert _database_rows_containing(canary) == []
-    assert _redis_entries_containing(canary) == []
+    assert database_rows_containing(canary) == []
+    assert redis_entries_containing(canary) == []
     assert [line for line in debug_logs.lines if canary in line] == []
     # DEBUG logging was on where the key is opened and sent.
     assert any(line.startswith("keys.services") for line in debug_logs.lines)

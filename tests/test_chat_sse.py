@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -18,6 +19,13 @@ from chat.models import Message
 from core import streams as live
 from core.redis import get_redis
 from tests.chat_helpers import read_stream, send, session_cookie, start_chat
+from vault.services import OwnerCipher
+
+
+def sealed(reply: Message, kind: str, **data: str) -> Any:
+    """A stream entry as the worker writes it: sealed with the owner's key."""
+    return streams.seal_entry(OwnerCipher(reply.owner), reply.pk, kind, data)
+
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -132,7 +140,8 @@ def test_a_reconnect_replays_after_last_event_id_then_follows_live(
     redis = get_redis()
     key = streams.stream_key(reply.pk)
     ids = [
-        str(redis.xadd(key, {"type": "delta", "text": word})) for word in ("one ", "two ", "three")
+        str(redis.xadd(key, sealed(reply, "delta", text=word)))
+        for word in ("one ", "two ", "three")
     ]
     everything = read_stream(asgi_server, alice, reply, stop_after=3)
     assert [e.data["text"] for e in everything] == ["one ", "two ", "three"]
@@ -142,7 +151,7 @@ def test_a_reconnect_replays_after_last_event_id_then_follows_live(
     try:
         data = stream.read_until(b"three")
         assert b"one " not in data and data.index(b"two ") < data.index(b"three")
-        redis.xadd(key, {"type": "done", "status": "done", "html": "<p>x</p>", "notice": ""})
+        redis.xadd(key, sealed(reply, "done", status="done", html="<p>x</p>", notice=""))
         assert b"event: done" in stream.read_until(b"0\r\n\r\n")  # then the response ends
     finally:
         stream.close()
@@ -150,7 +159,7 @@ def test_a_reconnect_replays_after_last_event_id_then_follows_live(
 
 def test_a_bad_last_event_id_replays_from_the_start(alice, fake_provider, asgi_server, settings):
     (reply,) = queued_replies(alice, fake_provider, 1, settings)
-    get_redis().xadd(streams.stream_key(reply.pk), {"type": "delta", "text": "first"})
+    get_redis().xadd(streams.stream_key(reply.pk), sealed(reply, "delta", text="first"))
     # Digits Redis would refuse too (above 2**64 - 1; non-ASCII ones: see the next test).
     for bad in ("nonsense", "1-2-3", "9" * 50, "99999999999999999999-0"):
         events = read_stream(asgi_server, alice, reply, last_event_id=bad, stop_after=1)
@@ -186,7 +195,7 @@ def test_a_bad_cursor_from_one_user_never_silences_another_user_s_stream(
     try:
         attacker.read_until(b"retry: 2000")
         victim.read_until(b"retry: 2000")
-        get_redis().xadd(streams.stream_key(theirs.pk), {"type": "delta", "text": "still here"})
+        get_redis().xadd(streams.stream_key(theirs.pk), sealed(theirs, "delta", text="still here"))
         assert b"still here" in victim.read_until(b"still here")
     finally:
         attacker.close()
@@ -236,7 +245,7 @@ def test_a_quiet_stream_outlives_the_hub_s_blocking_read_without_a_reconnect(
         quiet = live.StreamHub.BLOCK_MS / 1000
         assert wait_for(lambda: len(readers) >= 2, timeout=quiet + 30), readers
         assert readers[0] == readers[1], "the hub reconnected after a quiet read"
-        get_redis().xadd(key, {"type": "delta", "text": "awake"})
+        get_redis().xadd(key, sealed(reply, "delta", text="awake"))
         assert b"awake" in stream.read_until(b"awake")
     finally:
         stream.close()

@@ -12,6 +12,7 @@ from chat.selectors import message_view
 from core import streams as live
 from keys.models import ProviderKey
 from tests.chat_helpers import read_stream, send, start_chat, wait_final
+from tests.opened import error_of
 from tests.waiting import wait_until
 from vault.services import OwnerCipher
 
@@ -209,8 +210,8 @@ def test_each_error_class_ends_the_turn_with_a_message(alice, fake_provider, err
     reply.refresh_from_db()
     assert reply.status == Message.Status.ERROR
     assert reply.error_kind == kind
-    assert words in reply.error_message.lower()
-    assert "sk-test" not in reply.error_message
+    assert words in error_of(reply).lower()
+    assert "sk-test" not in error_of(reply)
     if kind in ("invalid_key", "no_credit"):
         key.refresh_from_db()
         assert key.status == {"invalid_key": "invalid", "no_credit": "no_credit"}[kind]
@@ -224,7 +225,7 @@ def test_rate_limits_are_retried_before_the_first_token_honouring_retry_after(al
     _, reply = send(conversation)
     turns.run_turn(str(reply.pk))
     reply.refresh_from_db()
-    assert reply.status == Message.Status.DONE, reply.error_message
+    assert reply.status == Message.Status.DONE, error_of(reply)
     assert text_of(reply) == "Third time lucky."
     assert reply.provider_calls == 3
 
@@ -248,7 +249,7 @@ def test_a_retry_after_beyond_the_budget_is_not_waited_for(alice, fake_provider)
     turns.run_turn(str(reply.pk))
     reply.refresh_from_db()
     assert reply.error_kind == "rate_limited"
-    assert "60 seconds" in reply.error_message
+    assert "60 seconds" in error_of(reply)
     assert len(chat_calls(fake_provider)) == 1
 
 
@@ -270,7 +271,7 @@ def test_a_stream_that_breaks_after_the_first_token_is_never_retried_and_keeps_t
     turns.run_turn(str(reply.pk))
     reply.refresh_from_db()
     assert reply.status == Message.Status.ERROR
-    assert "cut off" in reply.error_message
+    assert "cut off" in error_of(reply)
     assert text_of(reply).startswith("one")
     assert len(chat_calls(fake_provider)) == 1
 
@@ -284,7 +285,7 @@ def test_a_failing_key_falls_back_to_the_next_key_and_records_which_served(alice
     _, reply = send(conversation)
     turns.run_turn(str(reply.pk))
     reply.refresh_from_db()
-    assert reply.status == Message.Status.DONE, reply.error_message
+    assert reply.status == Message.Status.DONE, error_of(reply)
     assert reply.provider_key_id == second.pk
     assert "“Second” answered instead" in reply.notice
     first.refresh_from_db()
@@ -301,7 +302,7 @@ def test_no_usable_key_explains_and_points_to_the_keys_page(alice, fake_provider
     reply.refresh_from_db()
     assert reply.status == Message.Status.ERROR
     assert reply.error_kind == "no_key"
-    assert "Keys page" in reply.error_message
+    assert "Keys page" in error_of(reply)
 
 
 def test_a_worker_that_died_mid_turn_is_reaped_with_a_retry(alice, fake_provider, settings):
@@ -317,7 +318,7 @@ def test_a_worker_that_died_mid_turn_is_reaped_with_a_retry(alice, fake_provider
     assert services.turns_reap() == 1
     reply.refresh_from_db()
     assert reply.status == Message.Status.ERROR
-    assert "stopped before finishing" in reply.error_message
+    assert "stopped before finishing" in error_of(reply)
     turns.run_turn(str(reply.pk))  # the redelivered task does nothing
     assert chat_calls(fake_provider) == []
     new_reply = services.turn_regenerate(message=reply)
@@ -334,10 +335,15 @@ def test_a_turn_no_worker_picks_up_fails_with_a_clear_message(alice, fake_provid
     conversation, _ = start_chat(alice, fake_provider)
     _, reply = send(conversation)
     Message.objects.filter(pk=reply.pk).update(created_at=timezone.now() - timedelta(minutes=10))
-    services.turns_reap()
+    services.turns_reap()  # queued once more first
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.QUEUED and reply.requeued_at is not None
+    Message.objects.filter(pk=reply.pk).update(requeued_at=timezone.now() - timedelta(minutes=2))
+    assert services.turns_reap() == 1
     reply.refresh_from_db()
     assert reply.error_kind == "no_worker"
-    assert "No worker is available" in reply.error_message
+    assert "the task queue may have lost it" in error_of(reply)
+    assert "even after it was queued again" in error_of(reply)
 
 
 def test_redis_going_away_mid_turn_still_stores_the_reply(alice, fake_provider, settings):
@@ -469,7 +475,7 @@ def test_each_error_class_of_each_vendor_protocol_ends_the_turn_in_words(
     reply.refresh_from_db()
     assert reply.status == Message.Status.ERROR
     assert reply.error_kind == kind
-    assert reply.error_message and "sk-test" not in reply.error_message
+    assert error_of(reply) and "sk-test" not in error_of(reply)
 
 
 @pytest.mark.parametrize("preset", ["anthropic", "gemini"])
@@ -487,6 +493,6 @@ def test_a_vendor_stream_error_after_the_first_token_keeps_the_text(alice, fake_
     turns.run_turn(str(reply.pk))
     reply.refresh_from_db()
     assert reply.status == Message.Status.ERROR
-    assert "cut off" in reply.error_message
+    assert "cut off" in error_of(reply)
     assert text_of(reply).startswith("alpha")
     assert len([r for r in fake_provider.requests if r.method == "POST"]) == 1

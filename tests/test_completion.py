@@ -20,7 +20,7 @@ from tests.keys_helpers import GOOD_SECRET, add_key
 from tests.usage_helpers import price
 from usage import ratelimits
 from usage.models import MonthlySpend, Reservation, UsageEvent
-from usage.prices import price_for
+from usage.prices import TokenCounts, price_for
 from usage.services import budget_reserve, spend_cap_set
 from vault.models import DataKey
 from vault.services import OwnerCipher
@@ -46,6 +46,7 @@ class MemorySink:
         self.open_status = open_status  # the web stores only what is still queued
         self.lock = threading.Lock()
         self.deltas: list[str] = []
+        self.checkpoints: list[str] = []
         self.stored: list[Outcome] = []
         self.published_outcomes: list[Outcome] = []
         self.text = text
@@ -66,6 +67,9 @@ class MemorySink:
     def delta(self, text: str) -> None:
         self.deltas.append(text)
 
+    def checkpoint(self, text: str, tokens: TokenCounts, cipher: OwnerCipher) -> None:
+        self.checkpoints.append(text)
+
     def store(self, outcome: Outcome, cipher: OwnerCipher | None) -> bool:
         with self.lock:
             if self.status != self.open_status:
@@ -74,7 +78,7 @@ class MemorySink:
         self.stored.append(outcome)
         return True
 
-    def published(self, outcome: Outcome) -> None:
+    def published(self, outcome: Outcome, cipher: OwnerCipher | None) -> None:
         self.published_outcomes.append(outcome)
 
     @property
@@ -258,7 +262,7 @@ def test_an_ending_that_finds_the_call_taken_gives_back_nothing(alice, fake_prov
         key_label=key.label,
         model="gpt-test",
         price=price_for("custom", "gpt-test"),
-        input_tokens_estimate=100,
+        input_tokens_bound=100,
         max_output_tokens=256,
     )
     web_side = MemorySink(sink.call, open_status="queued")

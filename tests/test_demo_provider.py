@@ -12,6 +12,7 @@ from chat.selectors import message_view
 from chat.services import conversation_create, message_send
 from keys.models import ProviderKey
 from keys.services import KeyVaultError, RequestInfo, _seal_secret, provider_key_create
+from tests.opened import error_of
 from vault.services import OwnerCipher
 
 pytestmark = pytest.mark.django_db
@@ -61,7 +62,7 @@ def test_a_demo_turn_goes_through_the_vault_the_worker_path_and_the_stream(
     _, reply = message_send(conversation=conversation, text="Is anybody there?")
     turns.run_turn(str(reply.pk))
     reply.refresh_from_db()
-    assert reply.status == Message.Status.DONE, reply.error_message
+    assert reply.status == Message.Status.DONE, error_of(reply)
     text = message_view(reply, OwnerCipher(alice)).text
     assert "local demo provider" in text
     assert "Is anybody there?" in text

@@ -18,7 +18,7 @@ from django.contrib.admin.views.main import ORDER_VAR, SEARCH_VAR
 from django.urls import NoReverseMatch, reverse
 
 from accounts.models import TOTPDevice
-from chat.models import Conversation, Message
+from chat.models import PURPOSE_ERROR, Conversation, Message
 from keys.models import ProviderKey
 from tests.keys_helpers import add_key
 from tests.operators_helpers import (
@@ -76,9 +76,10 @@ def planted(alice):
         "system_prompt", conversation.pk, CANARY_PROMPT
     )
     conversation.save(update_fields=["sealed_system_prompt"])
-    Message.objects.filter(conversation=conversation, role="assistant").update(
-        status="error", error_kind="invalid_key", error_message=CANARY_TEXT
-    )
+    reply = Message.objects.get(conversation=conversation, role="assistant")
+    reply.status, reply.error_kind = "error", "invalid_key"
+    reply.sealed_error = OwnerCipher(alice).seal(PURPOSE_ERROR, reply.pk, CANARY_TEXT)
+    reply.save(update_fields=["status", "error_kind", "sealed_error"])
     enrol(alice)
     record_turn(alice, status="error", error_kind="invalid_key")
     return key
@@ -140,4 +141,4 @@ def test_message_admin_has_no_text_fields():
 
     for model_admin in (MessageAdmin, ConversationAdmin):
         names = {*model_admin.fields, *model_admin.list_display, *model_admin.search_fields}
-        assert not {n for n in names if "sealed" in n or n in {"error_message", "notice"}}
+        assert not {n for n in names if "sealed" in n or n == "notice"}

@@ -20,6 +20,7 @@ from chat import services as chat_services
 from chat import turns
 from chat.models import Message
 from tests.chat_helpers import CHAT_PATHS, send, start_chat, vendor_chat
+from tests.opened import error_of
 from tests.usage_helpers import price
 from usage import ratelimits
 from usage.models import (
@@ -33,7 +34,7 @@ from usage.models import (
     UsageDaily,
     UsageEvent,
 )
-from usage.prices import Price, TokenCounts, cost_micro
+from usage.prices import Price, TokenCounts, cost_micro, input_tokens_bound, worst_case_micro
 from usage.services import budget_release, spend_cap_set
 
 pytestmark = pytest.mark.django_db
@@ -204,16 +205,93 @@ def test_a_cap_refuses_a_turn_that_could_pass_it_naming_the_cap_and_its_reset(
     price("custom", "gpt-test", input=10.0, output=10.0)
     settings.BYOK_MAX_OUTPUT_TOKENS = 1000
     conversation, _ = start_chat(alice, fake_provider)
-    spend_cap_set(owner=alice, key_id=None, limit_micro=5_000)  # $0.005 < 1000 tokens at $10/M
+    # $0.002 affords under 256 output tokens at $10/M: too short a reply to be worth a call.
+    spend_cap_set(owner=alice, key_id=None, limit_micro=2_000)
     reply = run(conversation, fake_provider)
     assert reply.status == Message.Status.ERROR
     assert reply.error_kind == "budget"
-    assert "monthly spend cap ($0.0050)" in reply.error_message
-    assert "resets on 1 " in reply.error_message
-    assert reply.error_message.endswith("or wait.")  # the page's link, not the word "usage"
+    assert "monthly spend cap ($0.0020)" in error_of(reply)
+    assert "resets on 1 " in error_of(reply)
+    assert error_of(reply).endswith("or wait.")  # the page's link, not the word "usage"
     assert [r for r in fake_provider.requests if r.method == "POST"] == []
     assert not Reservation.objects.exists()
     assert MonthlySpend.objects.get(owner=alice, key_id=NO_KEY).reserved_micro == 0
+
+
+def test_a_twenty_dollar_cap_is_never_overrun_by_a_long_message(alice, fake_provider, settings):
+    """Found in testing: a $20 cap, one 30,000-character message the provider counted as
+    30,000 input tokens, and $30.01 spent — the reservation guessed three characters a token.
+    The reservation is now an upper bound (UTF-8 bytes), so the turn is refused unsent."""
+    price("custom", "gpt-test", input=1000.0, output=1000.0)
+    settings.BYOK_MAX_OUTPUT_TOKENS = 10
+    conversation, _ = start_chat(alice, fake_provider)
+    spend_cap_set(owner=alice, key_id=None, limit_micro=20_000_000)
+    fake_provider.script(
+        path=CHAT_PATHS["custom"], usage={"input_tokens": 30_000, "output_tokens": 10}
+    )
+    _, reply = send(conversation, "a" * 30_000)
+    turns.run_turn(str(reply.pk))
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.ERROR and reply.error_kind == "budget"
+    assert [r for r in fake_provider.requests if r.method == "POST"] == []
+    ledger = MonthlySpend.objects.get(owner=alice, key_id=NO_KEY)
+    assert (ledger.spent_micro, ledger.reserved_micro) == (0, 0)
+
+
+def test_whatever_the_provider_counts_up_to_the_bound_the_spend_stays_under_the_cap(
+    alice, fake_provider, settings
+):
+    """The provider counts every byte as a token (the worst a tokenizer can do) and writes
+    the longest reply allowed: the month's spend still ends at or under the cap."""
+    price("custom", "gpt-test", input=1000.0, output=1000.0)
+    settings.BYOK_MAX_OUTPUT_TOKENS = 4096
+    conversation, _ = start_chat(alice, fake_provider)
+    spend_cap_set(owner=alice, key_id=None, limit_micro=20_000_000)
+    text = "é🙂a" * 2_000  # 14,000 bytes in 6,000 characters
+    for _ in range(3):
+        fake_provider.script(path=CHAT_PATHS["custom"], usage={"input_tokens": 14_000})
+        _, reply = send(conversation, text)
+        turns.run_turn(str(reply.pk))
+        reply.refresh_from_db()
+        if reply.status == Message.Status.ERROR:
+            break
+        sent = [r for r in fake_provider.requests if r.method == "POST"][-1]
+        # The provider then bills the longest reply it was allowed.
+        ledger = MonthlySpend.objects.get(owner=alice, key_id=NO_KEY)
+        assert ledger.spent_micro <= 20_000_000
+        assert sent.body["max_tokens"] <= 4096
+    ledger = MonthlySpend.objects.get(owner=alice, key_id=NO_KEY)
+    assert ledger.spent_micro <= 20_000_000 and ledger.reserved_micro == 0
+
+
+def test_the_output_limit_sent_is_what_the_cap_affords(alice, fake_provider, settings):
+    price("custom", "gpt-test", input=1.0, output=10.0, cache_read=None)
+    settings.BYOK_MAX_OUTPUT_TOKENS = 4096
+    conversation, _ = start_chat(alice, fake_provider)
+    spend_cap_set(owner=alice, key_id=None, limit_micro=10_000)  # $0.01
+    reply = run(conversation, fake_provider, usage={"input_tokens": 20, "output_tokens": 50})
+    assert reply.status == Message.Status.DONE
+    (sent,) = [r for r in fake_provider.requests if r.method == "POST"]
+    bound = input_tokens_bound(["How much will this cost?"])
+    # $0.01 less the input's worst case, at $10 per million output tokens.
+    assert sent.body["max_tokens"] == (10_000 * 1_000_000 - bound * 1_000_000) // 10_000_000
+    assert f"at most {sent.body['max_tokens']:,} tokens long" in reply.notice
+    assert (
+        worst_case_micro(
+            Price(input=1_000_000, output=10_000_000),
+            input_tokens=bound,
+            max_output_tokens=sent.body["max_tokens"],
+        )
+        <= 10_000
+    )
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [["hello"], ["é" * 100], ["🙂" * 50, "system prompt"], ["", "a b c"], ["日本語のテキスト"]],
+)
+def test_the_input_bound_is_at_least_the_utf8_bytes_plus_framing(texts):
+    assert input_tokens_bound(texts) >= sum(len(t.encode()) for t in texts) + len(texts)
 
 
 def test_a_turn_reserves_then_settles_at_the_real_cost(alice, fake_provider, settings):
@@ -242,9 +320,8 @@ def test_an_unknown_price_is_refused_under_a_cap_unless_allowed(alice, fake_prov
     conversation, _ = start_chat(alice, fake_provider, model="mystery")
     spend_cap_set(owner=alice, key_id=None, limit_micro=10_000_000)
     refused = run(conversation, fake_provider)
-    assert (
-        refused.error_kind == "budget"
-        and "does not know the price of mystery" in refused.error_message
+    assert refused.error_kind == "budget" and "does not know the price of mystery" in error_of(
+        refused
     )
     usage_settings_set(owner=alice, allow_unknown_prices=True)
     assert run(conversation, fake_provider).status == Message.Status.DONE
@@ -273,13 +350,16 @@ def test_80_percent_of_a_cap_sends_one_email_and_shows_a_banner(
     try:
         with django_capture_on_commit_callbacks(execute=True):
             run(conversation, fake_provider, usage={"input_tokens": 4_000, "output_tokens": 4_500})
-            # Worst case (4,096 output tokens) no longer fits: refused, and no second e-mail.
-            assert run(conversation, fake_provider).error_kind == "budget"
+            # The $0.0015 left affords a shorter reply: it runs (up to 1,000 tokens, usage
+            # reported 10 here), and sends no second e-mail.
+            second = run(conversation, fake_provider, usage={"input_tokens": 5, "output_tokens": 5})
+            assert second.status == Message.Status.DONE and "at most" in second.notice
     finally:
         app.conf.task_always_eager = False
     warnings = [m for m in mail.outbox if "80%" in m.subject]
     assert len(warnings) == 1
     assert "$0.0085 of your monthly spend cap ($0.01)" in warnings[0].body
+    assert MonthlySpend.objects.get(owner=alice, key_id=NO_KEY).spent_micro == 8_510
     assert "used 85%" in alice_client.get(reverse("usage:home")).content.decode()
     # Where the user sends, too: the home page and the conversation (its key's caps).
     assert "used 85%" in alice_client.get(reverse("home")).content.decode()

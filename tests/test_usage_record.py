@@ -82,7 +82,7 @@ def reserve(owner, usage, *, input_estimate, max_output):
         key_label=usage.key_label,
         model=usage.model,
         price=usage.price,
-        input_tokens_estimate=input_estimate,
+        input_tokens_bound=input_estimate,
         max_output_tokens=max_output,
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -93,6 +94,41 @@ def cost_micro(price: Price, tokens: TokenCounts) -> int:
     return (total + MICRO // 2) // MICRO
 
 
+# A proven upper bound on a prompt's tokens: every tokenizer in use (byte-level BPE for
+# OpenAI and Anthropic, SentencePiece with byte fallback for Gemini, and the open models
+# served by OpenAI-compatible servers) spends at least one UTF-8 byte per token, so a text's
+# bytes bound its tokens; each message adds a few tokens of framing (role markers,
+# separators) and a request a few more (the reply's priming).
+TOKENS_PER_MESSAGE_BOUND = 8
+TOKENS_PER_REQUEST_BOUND = 32
+
+
+def input_tokens_bound(texts: Iterable[str]) -> int:
+    """At least as many tokens as any provider can count for a prompt of these texts (one
+    per message, the system prompt included)."""
+    return TOKENS_PER_REQUEST_BOUND + sum(
+        len(text.encode("utf-8")) + TOKENS_PER_MESSAGE_BOUND for text in texts
+    )
+
+
+def _dearest_input(price: Price) -> int:
+    # A cache write can cost more than plain input (Anthropic: 1.25x).
+    return max(price.input, price.cache_write or 0)
+
+
 def worst_case_micro(price: Price, *, input_tokens: int, max_output_tokens: int) -> int:
-    """What a turn can cost at most: its whole input uncached plus the longest reply."""
-    return cost_micro(price, TokenCounts(input=input_tokens, output=max_output_tokens))
+    """What a turn can cost at most: every input token at the dearest input rate plus the
+    longest reply, rounded up."""
+    total = input_tokens * _dearest_input(price) + max_output_tokens * price.output
+    return -(-total // MICRO)
+
+
+def output_tokens_affordable(price: Price, *, budget_micro: int, input_tokens: int) -> int:
+    """The longest reply whose worst case, with this input, fits in `budget_micro`
+    (`worst_case_micro` of it is at most the budget). Unbounded output: a free output."""
+    left = budget_micro * MICRO - input_tokens * _dearest_input(price)
+    if left < 0:
+        return 0
+    if price.output <= 0:
+        return 2**31
+    return left // price.output

@@ -26,7 +26,7 @@ from usage.models import (
     UsageDaily,
     UsageSettings,
 )
-from usage.prices import Price, worst_case_micro
+from usage.prices import Price, output_tokens_affordable, worst_case_micro
 from usage.upserts import upsert
 
 logger = logging.getLogger(__name__)
@@ -84,6 +84,11 @@ def _cap_message(cap: SpendCap, reset: date, key_label: str) -> str:
     )
 
 
+# The shortest reply worth a call: with less than this left under a cap (or the user's own
+# reply limit, if shorter) the turn is refused rather than cut to a few words.
+MIN_USEFUL_REPLY_TOKENS = 256
+
+
 def budget_reserve(
     *,
     owner: User,
@@ -92,18 +97,23 @@ def budget_reserve(
     key_label: str,
     model: str,
     price: Price | None,
-    input_tokens_estimate: int,
+    input_tokens_bound: int,
     max_output_tokens: int,
-) -> None:
-    """Hold the turn's worst-case cost under every cap that applies, or raise BudgetError.
+) -> int:
+    """Hold the turn's worst-case cost under every cap that applies, or raise BudgetError;
+    returns the output limit to send the provider.
 
-    `price` is the model's (None: unknown). All scopes or none: a refusal by the key's cap
-    releases what the user cap took. With no cap, nothing is reserved. A model without a
-    known price runs only without caps, or when the user allowed unknown prices.
+    `input_tokens_bound` must be an upper bound on what the provider will count
+    (`usage.prices.input_tokens_bound`); the output limit is `max_output_tokens`, or what the
+    least remaining cap affords when that is less (refused below MIN_USEFUL_REPLY_TOKENS).
+    So the reservation is the most the turn can cost and no cap is ever overrun. `price` is
+    the model's (None: unknown). All scopes or none: a refusal by the key's cap releases what
+    the user cap took. With no cap, nothing is reserved. A model without a known price runs
+    only without caps, or when the user allowed unknown prices.
     """
     caps = _scopes(owner.pk, key_id)
     if not caps:
-        return
+        return max_output_tokens
     if price is None:
         allowed = UsageSettings.objects.filter(owner=owner, allow_unknown_prices=True).exists()
         if not allowed:
@@ -112,14 +122,34 @@ def budget_reserve(
                 "your spend cap. Pick a model with a known price, or allow unknown prices on "
                 "the Usage page."
             )
-        return
-    amount = worst_case_micro(
-        price, input_tokens=input_tokens_estimate, max_output_tokens=max_output_tokens
-    )
+        return max_output_tokens
     month = month_start(timezone.localdate())
+    shortest = min(MIN_USEFUL_REPLY_TOKENS, max_output_tokens)
     with transaction.atomic():
         for cap in caps:
             _ledger(owner.pk, cap.key_id, month)
+        # Locked, so two turns cannot both count the same room (the conditional updates
+        # below would refuse the second anyway).
+        ledgers = {
+            ledger.key_id: ledger
+            for ledger in MonthlySpend.objects.select_for_update().filter(
+                owner=owner, key_id__in=[cap.key_id for cap in caps], month=month
+            )
+        }
+        output_limit = max_output_tokens
+        for cap in caps:
+            ledger = ledgers[cap.key_id]
+            room = cap.limit_micro - ledger.spent_micro - ledger.reserved_micro
+            affordable = output_tokens_affordable(
+                price, budget_micro=room, input_tokens=input_tokens_bound
+            )
+            if affordable < shortest:
+                raise BudgetError(_cap_message(cap, next_month_start(month), key_label))
+            output_limit = min(output_limit, affordable)
+        amount = worst_case_micro(
+            price, input_tokens=input_tokens_bound, max_output_tokens=output_limit
+        )
+        for cap in caps:
             taken = MonthlySpend.objects.filter(
                 owner=owner,
                 key_id=cap.key_id,
@@ -132,6 +162,7 @@ def budget_reserve(
             message_id=message_id,
             defaults={"owner": owner, "key_id": key_id, "month": month, "amount_micro": amount},
         )
+    return output_limit
 
 
 def budget_release(*, message_id: uuid.UUID) -> None:

@@ -24,6 +24,7 @@ from vault.models import DataKey
 __all__ = [
     "OwnerCipher",
     "VaultError",
+    "aowner_cipher_existing",
     "data_key_delete",
     "data_key_get_or_create",
     "data_key_rotate",
@@ -150,3 +151,15 @@ class OwnerCipher:
             return ""
         context = self._context(purpose, row_id, extra)
         return crypto.open_sealed(self._dek, data, context).decode("utf-8")
+
+
+async def aowner_cipher_existing(*, owner: models.Model) -> OwnerCipher | None:
+    """The owner's cipher, from async code, without creating a data key: None when they have
+    none yet (nothing was ever sealed for them) or it does not open."""
+    row = await DataKey.objects.filter(owner_id=owner.pk).afirst()
+    if row is None:
+        return None
+    try:
+        return OwnerCipher.from_data_key(row)
+    except VaultError:
+        return None
