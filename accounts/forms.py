@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.contrib.auth import forms as auth_forms
 from django.contrib.auth import password_validation
 from django.contrib.auth.forms import AuthenticationForm
 
@@ -48,6 +49,21 @@ class SignupForm(forms.Form):
             except forms.ValidationError as error:
                 self.add_error("password1", error)
         return cleaned
+
+
+RESET_EMAIL_TEMPLATE = "accounts/email/password_reset.txt"
+RESET_SUBJECT_TEMPLATE = "accounts/email/password_reset_subject.txt"
+
+
+class PasswordResetForm(auth_forms.PasswordResetForm):
+    """Django's reset form, for every active account with the address.
+
+    Django leaves out accounts without a usable password (meant for outside log-ins); here
+    that is an account an operator created, whose owner sets a password from this link.
+    """
+
+    def get_users(self, email: str) -> Any:
+        return User.objects.filter(email__iexact=normalize_email(email), is_active=True)
 
 
 class EmailAuthenticationForm(AuthenticationForm):
@@ -145,3 +161,32 @@ class SecurityLogFilterForm(forms.Form):
         category.choices = [("", "Everything")] + [
             (name, label) for name, (label, _prefixes) in AUDIT_CATEGORIES.items()
         ]
+
+
+# --- the operator admin's user forms: no password field, ever -------------------------------
+
+
+class OperatorUserCreationForm(forms.ModelForm):
+    """An account created in the admin: an address only.
+
+    SECURITY: no password field. The account gets an unusable password (set where the admin
+    saves it), so no operator ever knows it; the owner chooses one from a reset link.
+    """
+
+    class Meta:
+        model = User
+        fields = ["email", "display_name"]
+
+    def clean_email(self) -> str:
+        email = normalize_email(self.cleaned_data["email"])
+        if User.objects.filter(email__iexact=email).exists():
+            raise forms.ValidationError("An account with this email address already exists.")
+        return email
+
+
+class OperatorUserChangeForm(forms.ModelForm):
+    """The admin's user form. SECURITY: no password field and no link to set one."""
+
+    class Meta:
+        model = User
+        fields = ["email", "display_name", "is_active", "is_staff", "is_superuser", "groups"]

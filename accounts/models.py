@@ -93,8 +93,11 @@ class AuditEvent(models.Model):
     """Something done to or with a user's account, for the user's security log.
 
     `owner` is whose account it concerns; `actor` who did it (the owner, an operator, or
-    None for the system, such as a worker). `details` holds metadata only: never a secret,
-    never conversation text. Repeated uses (`key.used`) are counted per day in one row.
+    None for the system, such as a worker). `by_operator` says an operator did it, and stays
+    true if the operator's account goes later; the owner sees "an operator", never who
+    (`actor` is for the operators' own audit). `details` holds metadata only: never a
+    secret, never conversation text. Repeated uses (`key.used`) are counted per day in one
+    row.
     """
 
     class Action(models.TextChoices):
@@ -124,10 +127,20 @@ class AuditEvent(models.Model):
         EXPORT_REQUESTED = "account.export_requested", "Data export requested"
         EXPORT_DOWNLOADED = "account.export_downloaded", "Data export downloaded"
         OPERATOR_CHANGED = "operator.changed", "Account changed by an operator"
-        # Operator actions (ops/).
+        # Operator actions (the admin). Their labels say "by an operator", never who.
+        OPERATOR_CREATED = "operator.created", "Account created by an operator"
         OPERATOR_DISABLED = "operator.disabled", "Account disabled by an operator"
         OPERATOR_ENABLED = "operator.enabled", "Account enabled by an operator"
         OPERATOR_SESSIONS_ENDED = "operator.sessions_ended", "All sessions ended by an operator"
+        OPERATOR_TWO_FACTOR_RESET = (
+            "operator.2fa_reset",
+            "Two-factor authentication was reset by an operator",
+        )
+        OPERATOR_PASSWORD_RESET_SENT = (
+            "operator.password_reset_sent",
+            "Password reset link sent to you by an operator",
+        )
+        OPERATOR_ROLE_CHANGED = "operator.role_changed", "Operator role changed by an operator"
         OPERATOR_RATE_LIMITS = "operator.rate_limits", "Rate limits changed by an operator"
         OPERATOR_PRICE_CHANGED = "operator.price_changed", "Model price changed by an operator"
 
@@ -135,6 +148,7 @@ class AuditEvent(models.Model):
     actor = models.ForeignKey(
         User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
+    by_operator = models.BooleanField(default=False)
     action = models.CharField(max_length=40, choices=Action.choices)
     target_id = models.CharField(max_length=64, blank=True, db_index=True)
     target_label = models.CharField(max_length=200, blank=True)
@@ -165,9 +179,15 @@ class AuditEvent(models.Model):
     @property
     def category(self) -> str:
         """The security log filter this event falls under (see AUDIT_CATEGORIES)."""
-        if self.actor_id is not None and self.actor_id != self.owner_id:
-            return "operator"
-        return category_of(self.action)
+        return "operator" if self.by_operator else category_of(self.action)
+
+    @property
+    def description(self) -> str:
+        """What happened, as the owner reads it: an operator's doing says so, never who."""
+        label = str(self.get_action_display())
+        if self.by_operator and "by an operator" not in label:
+            return f"{label} by an operator"
+        return label
 
 
 # Security-log filters: name -> (label, action prefixes).

@@ -9,6 +9,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from accounts import security
+from accounts.forms import RESET_EMAIL_TEMPLATE, RESET_SUBJECT_TEMPLATE, PasswordResetForm
 from accounts.models import AuditEvent, User, UserSession, normalize_email
 from accounts.security import user_agent
 from vault.services import data_key_delete
@@ -48,10 +49,17 @@ def audit_record(
     ip_address: str | None = None,
     user_agent: str = "",
 ) -> AuditEvent:
-    """Append one event to `owner`'s security log. `details` must hold no secret."""
+    """Append one event to `owner`'s security log. `details` must hold no secret.
+
+    The one rule of attribution: an event is an operator's when its action is an
+    `operator.*` one or its actor is someone other than the owner (only operators act on
+    another's account). The owner's log then says "by an operator", never who.
+    """
+    by_operator = action.startswith("operator.") or (actor is not None and actor.pk != owner.pk)
     return AuditEvent.objects.create(
         owner=owner,
         actor=actor,
+        by_operator=by_operator,
         action=action,
         target_id=target_id,
         target_label=target_label[:200],
@@ -81,6 +89,31 @@ def audit_request(
         target_label=target_label,
         ip_address=client_ip(request),
         user_agent=user_agent(request),
+    )
+
+
+def operator_audit(
+    request: HttpRequest,
+    *,
+    owner: User,
+    action: str,
+    target_id: str = "",
+    target_label: str = "",
+    details: dict[str, object] | None = None,
+) -> AuditEvent:
+    """Record an operator's action (`request.user`) in `owner`'s security log.
+
+    The operator, address and browser are kept for the operators' audit; the owner's page
+    shows "an operator" only. SECURITY: `details` carries metadata only, never a secret.
+    """
+    return audit_request(
+        request,
+        owner=owner,
+        actor=request.user,  # type: ignore[arg-type]
+        action=action,
+        target_id=target_id,
+        target_label=target_label,
+        details=details,
     )
 
 
@@ -215,6 +248,103 @@ def sessions_end_others(*, user: User, keep_session_key: str | None) -> int:
         row.delete()
         ended += 1
     return ended
+
+
+# --- operator actions on an account (the admin) ------------------------------------------------
+# Each changes the account and writes its line in the owner's security log, in one place, so
+# the admin's actions and its change form leave the same trace.
+
+
+def account_disable(*, user: User, request: HttpRequest) -> bool:
+    """An operator disables `user`: no more log-ins, every session ended. False if it was."""
+    with transaction.atomic():
+        if not User.objects.filter(pk=user.pk, is_active=True).update(is_active=False):
+            return False
+        user.is_active = False
+        ended = sessions_end_others(user=user, keep_session_key=None)
+        operator_audit(
+            request,
+            owner=user,
+            action=AuditEvent.Action.OPERATOR_DISABLED,
+            details={"sessions": ended},
+        )
+    return True
+
+
+def account_enable(*, user: User, request: HttpRequest) -> bool:
+    """An operator enables `user` again. False if the account was enabled already."""
+    with transaction.atomic():
+        if not User.objects.filter(pk=user.pk, is_active=False).update(is_active=True):
+            return False
+        user.is_active = True
+        operator_audit(request, owner=user, action=AuditEvent.Action.OPERATOR_ENABLED)
+    return True
+
+
+def account_sessions_end(*, user: User, request: HttpRequest) -> int:
+    """An operator signs `user` out everywhere. Returns how many sessions ended."""
+    ended = sessions_end_others(user=user, keep_session_key=None)
+    operator_audit(
+        request,
+        owner=user,
+        action=AuditEvent.Action.OPERATOR_SESSIONS_ENDED,
+        details={"sessions": ended},
+    )
+    return ended
+
+
+def account_created_by_operator(*, user: User, request: HttpRequest) -> None:
+    """The trail of an account an operator created (with no usable password)."""
+    operator_audit(request, owner=user, action=AuditEvent.Action.OPERATOR_CREATED)
+
+
+def account_changed_by_operator(*, user: User, request: HttpRequest, fields: list[str]) -> None:
+    """The trail of an operator's edit of `user`'s profile: the field names, not values."""
+    if fields:
+        operator_audit(
+            request,
+            owner=user,
+            action=AuditEvent.Action.OPERATOR_CHANGED,
+            details={"fields": ", ".join(sorted(fields))},
+        )
+
+
+def account_role_changed(*, user: User, request: HttpRequest) -> None:
+    """The trail of a superuser changing `user`'s staff status, superuser status or roles."""
+    roles = ", ".join(sorted(user.groups.values_list("name", flat=True))) or "none"
+    operator_audit(
+        request,
+        owner=user,
+        action=AuditEvent.Action.OPERATOR_ROLE_CHANGED,
+        details={
+            "operator": "yes" if user.is_staff else "no",
+            "superuser": "yes" if user.is_superuser else "no",
+            "roles": roles,
+        },
+    )
+
+
+def password_reset_link_send(*, user: User, request: HttpRequest) -> bool:
+    """E-mail `user` Django's password reset link, at an operator's request.
+
+    The link goes only into the e-mail to the account's own address: the operator never
+    sees it, and nothing here logs it. An inactive account gets none. Returns whether one
+    was sent. The user's log says a link was sent by an operator.
+    """
+    if not user.is_active:
+        return False
+    form = PasswordResetForm({"email": user.email})
+    if not form.is_valid():
+        return False
+    form.save(
+        request=request,
+        use_https=request.is_secure(),
+        subject_template_name=RESET_SUBJECT_TEMPLATE,
+        email_template_name=RESET_EMAIL_TEMPLATE,
+        extra_email_context={"by_operator": "yes"},
+    )
+    operator_audit(request, owner=user, action=AuditEvent.Action.OPERATOR_PASSWORD_RESET_SENT)
+    return True
 
 
 # --- account deletion -----------------------------------------------------------------------

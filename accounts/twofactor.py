@@ -15,6 +15,7 @@ from urllib.parse import quote
 import segno
 from django.conf import settings
 from django.db import transaction
+from django.http import HttpRequest
 from django.views.decorators.debug import sensitive_variables
 
 from accounts.models import (
@@ -26,7 +27,7 @@ from accounts.models import (
     User,
     hash_recovery_code,
 )
-from accounts.services import audit_record
+from accounts.services import audit_record, operator_audit, sessions_end_others
 from vault.services import OwnerCipher
 
 SEED_BYTES = 20
@@ -120,16 +121,41 @@ def totp_device_confirm(
     return codes
 
 
-def two_factor_disable(*, user: User, actor: User, ip_address: str | None = None) -> None:
+def _two_factor_remove(*, user: User) -> None:
+    TOTPDevice.objects.filter(user=user).delete()
+    RecoveryCodeDevice.objects.filter(user=user).delete()
+
+
+def two_factor_disable(*, user: User, ip_address: str | None = None) -> None:
+    """The user turns their own 2FA off (logged as theirs: "turned off")."""
     with transaction.atomic():
-        TOTPDevice.objects.filter(user=user).delete()
-        RecoveryCodeDevice.objects.filter(user=user).delete()
+        _two_factor_remove(user=user)
         audit_record(
             owner=user,
-            actor=actor,
+            actor=user,
             action=AuditEvent.Action.TWO_FACTOR_DISABLED,
             ip_address=ip_address,
         )
+
+
+def two_factor_reset(*, user: User, request: HttpRequest) -> bool:
+    """An operator removes `user`'s 2FA and signs them out everywhere. False if it was off.
+
+    Logged as the operator's ("reset by an operator"), never as the user's own
+    `2fa.disabled`.
+    """
+    if not has_two_factor(user):
+        return False
+    with transaction.atomic():
+        _two_factor_remove(user=user)
+        ended = sessions_end_others(user=user, keep_session_key=None)
+        operator_audit(
+            request,
+            owner=user,
+            action=AuditEvent.Action.OPERATOR_TWO_FACTOR_RESET,
+            details={"sessions": ended},
+        )
+    return True
 
 
 def verify_second_factor(user: User, token: str) -> TOTPDevice | RecoveryCodeDevice | None:

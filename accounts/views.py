@@ -28,9 +28,12 @@ from django_otp import login as otp_login
 
 from accounts import security, twofactor
 from accounts.forms import (
+    RESET_EMAIL_TEMPLATE,
+    RESET_SUBJECT_TEMPLATE,
     EmailAuthenticationForm,
     EmailChangeForm,
     OtpTokenForm,
+    PasswordResetForm,
     ProfileForm,
     SecurityLogFilterForm,
     SignupForm,
@@ -228,9 +231,10 @@ class PasswordChangeView(auth_views.PasswordChangeView):
 
 
 class PasswordResetView(auth_views.PasswordResetView):
+    form_class = PasswordResetForm
     template_name = "accounts/password_reset.html"
-    email_template_name = "accounts/email/password_reset.txt"
-    subject_template_name = "accounts/email/password_reset_subject.txt"
+    email_template_name = RESET_EMAIL_TEMPLATE
+    subject_template_name = RESET_SUBJECT_TEMPLATE
     success_url = reverse_lazy("accounts:password_reset_done")
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -392,9 +396,7 @@ def two_factor_disable(request: AuthenticatedRequest) -> HttpResponse:
     if request.user.is_staff:
         messages.error(request, "Operators must keep two-factor authentication on.")
         return redirect("accounts:settings")
-    twofactor.two_factor_disable(
-        user=request.user, actor=request.user, ip_address=client_ip(request)
-    )
+    twofactor.two_factor_disable(user=request.user, ip_address=client_ip(request))
     messages.success(request, "Two-factor authentication is off.")
     return redirect("accounts:settings")
 
@@ -508,11 +510,12 @@ def sessions_revoke_others(request: AuthenticatedRequest) -> HttpResponse:
 @require_GET
 def security_log(request: AuthenticatedRequest) -> HttpResponse:
     form = SecurityLogFilterForm(request.GET or None)
-    events = AuditEvent.objects.for_owner(request.user).select_related("actor")
+    # No select_related("actor"): the owner's page never shows who an operator was.
+    events = AuditEvent.objects.for_owner(request.user)
     if form.is_valid():
         category = form.cleaned_data.get("category")
         if category == "operator":
-            events = events.exclude(actor=None).exclude(actor=request.user)
+            events = events.filter(by_operator=True)
         elif category:
             _label, prefixes = AUDIT_CATEGORIES[category]
             from django.db.models import Q

@@ -20,9 +20,9 @@ from django.utils.html import format_html
 
 from accounts.admin import UserAdmin
 from accounts.models import AuditEvent, User
+from accounts.services import operator_audit
 from chat.models import Conversation, Message
 from ops.selectors import stuck_turns_filter
-from ops.services import operator_audit
 from ops.site import changelist
 from privacy.services import account_delete
 from usage.models import ModelPrice, RateLimitOverride, UsageDaily, UsageEvent, UserActivity

@@ -1,8 +1,8 @@
 """Staff roles as Django groups. A migration creates them; superusers sit above both.
 
 - Support: sees every operator list and page, changes nothing.
-- Operators: also change accounts (disable, end sessions, reset 2FA), rate limits and
-  prices, and revoke keys.
+- Operators: also change accounts (disable, end sessions, reset 2FA, send a password
+  reset link; never set a password), rate limits and prices, and revoke keys.
 """
 
 from __future__ import annotations

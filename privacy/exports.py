@@ -108,18 +108,17 @@ def _security_log_rows(owner: User) -> list[list[Any]]:
     rows: list[list[Any]] = [
         ["time", "event", "target", "details", "ip_address", "user_agent", "count", "by"]
     ]
-    for event in AuditEvent.objects.for_owner(owner).select_related("actor").order_by("created_at"):
-        by = "you" if event.actor_id in (None, owner.pk) else "operator"
-        if event.actor_id is None:
-            by = "system"
+    for event in AuditEvent.objects.for_owner(owner).order_by("created_at"):
+        by = "operator" if event.by_operator else "system" if event.actor_id is None else "you"
         rows.append(
             [
                 event.created_at.isoformat(),
                 event.get_action_display(),
                 event.target_label,
                 json.dumps(event.details, sort_keys=True),
-                event.ip_address,
-                event.user_agent,
+                # An operator's address and browser would say who they are: not the owner's.
+                "" if event.by_operator else event.ip_address,
+                "" if event.by_operator else event.user_agent,
                 event.count,
                 by,
             ]
