@@ -17,6 +17,7 @@ import itertools
 import logging
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -276,6 +277,8 @@ class CancelWatcher:
         self.lease_seconds = max(1, round(lease_seconds))
         self._watched: dict[str, Callable[[], None]] = {}
         self._leases: set[str] = set()
+        # Who holds them: this process, for an operator (and the reliability benchmark).
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"
         self._next_renewal = 0.0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -297,7 +300,7 @@ class CancelWatcher:
             self._leases.add(lease_key)
             self._ensure_thread()
         try:
-            get_redis().set(lease_key, "1", ex=self.lease_seconds)
+            get_redis().set(lease_key, self.holder, ex=self.lease_seconds)
         except (redis.RedisError, OSError):
             logger.warning("lease %s: Redis is unreachable; renewing it when it is back", lease_key)
 
@@ -336,7 +339,7 @@ class CancelWatcher:
             return
         pipe = get_redis().pipeline(transaction=False)
         for lease_key in leases:
-            pipe.set(lease_key, "1", ex=self.lease_seconds)
+            pipe.set(lease_key, self.holder, ex=self.lease_seconds)
         pipe.execute()
         self._next_renewal = now + self.lease_seconds / 3
 
