@@ -3,9 +3,13 @@ from __future__ import annotations
 from importlib import import_module
 
 from django.conf import settings
+from django.core import signing
+from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.http import HttpRequest
+from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils import timezone
 
 from accounts import security
@@ -148,14 +152,63 @@ def client_ip(request: HttpRequest) -> str | None:
 # --- e-mail and password ------------------------------------------------------------------
 
 
-def user_change_email(*, user: User, email: str, request: HttpRequest) -> User:
-    """Change the login address. Raises AccountError if another account has it."""
+EMAIL_CHANGE_SALT = "accounts.email_change"
+EMAIL_CHANGE_LINK_SECONDS = 60 * 60 * 24
+
+
+def email_change_request(*, user: User, email: str, request: HttpRequest) -> None:
+    """Ask to change the login address to `email`: mail a confirmation link to it. Raises
+    AccountError for the user's own address.
+
+    SECURITY: the same for every address, so the form reveals nothing about other
+    accounts. An address another account uses gets a notice instead of a link (its owner
+    learns that someone tried; nothing changes); the link itself checks again.
+    """
     new = normalize_email(email)
-    old = user.email
-    if new == old:
-        return user
+    if new == normalize_email(user.email):
+        raise AccountError("That is already your address.")
     if User.objects.filter(email__iexact=new).exclude(pk=user.pk).exists():
-        raise AccountError("Another account uses this email address.")
+        _send_email(request, "email_change_taken", to=new, context={"email": new})
+        return
+    token = signing.dumps(
+        {"user": str(user.pk), "from": user.email, "to": new}, salt=EMAIL_CHANGE_SALT
+    )
+    link = request.build_absolute_uri(reverse("accounts:email_change_confirm", args=[token]))
+    _send_email(
+        request, "email_change", to=new, context={"email": new, "old": user.email, "link": link}
+    )
+
+
+def email_change_pending(*, user: User, token: str) -> str:
+    """The new address a confirmation link of `user`'s asks for. Raises AccountError for a
+    link that is expired, someone else's, used already or made for an earlier address."""
+    try:
+        claim = signing.loads(token, salt=EMAIL_CHANGE_SALT, max_age=EMAIL_CHANGE_LINK_SECONDS)
+    except signing.BadSignature:
+        raise AccountError(_LINK_UNUSABLE) from None
+    if (
+        not isinstance(claim, dict)
+        or claim.get("user") != str(user.pk)
+        or claim.get("from") != user.email
+        or not isinstance(claim.get("to"), str)
+    ):
+        raise AccountError(_LINK_UNUSABLE)
+    return str(claim["to"])
+
+
+_LINK_UNUSABLE = (
+    "This confirmation link has expired or can no longer be used. Ask for a new one from "
+    "Settings, signed in as the account whose address you are changing."
+)
+
+
+def email_change_confirm(*, user: User, token: str, request: HttpRequest) -> User:
+    """Change the login address to the one the confirmation link was sent to. Raises
+    AccountError when the link is not usable, or the address is taken by now."""
+    new = email_change_pending(user=user, token=token)
+    old = user.email
+    if User.objects.filter(email__iexact=new).exclude(pk=user.pk).exists():
+        raise AccountError(_LINK_UNUSABLE)
     user.email = new
     try:
         with transaction.atomic():
@@ -169,8 +222,15 @@ def user_change_email(*, user: User, email: str, request: HttpRequest) -> User:
             )
     except IntegrityError as error:
         user.email = old
-        raise AccountError("Another account uses this email address.") from error
+        raise AccountError(_LINK_UNUSABLE) from error
     return user
+
+
+def _send_email(request: HttpRequest, template: str, *, to: str, context: dict[str, str]) -> None:
+    context = {**context, "site": request.get_host()}
+    subject = render_to_string(f"accounts/email/{template}_subject.txt", context)
+    body = render_to_string(f"accounts/email/{template}.txt", context)
+    send_mail(" ".join(subject.split()), body, None, [to])
 
 
 # --- sessions -----------------------------------------------------------------------------

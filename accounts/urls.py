@@ -12,6 +12,7 @@ urlpatterns = [
     path("settings/", views.account_settings, name="settings"),
     path("confirm/", views.sudo, name="sudo"),
     path("email/", views.email_change, name="email_change"),
+    path("email/confirm/<str:token>/", views.email_confirm, name="email_change_confirm"),
     path("2fa/setup/", views.two_factor_setup, name="two_factor_setup"),
     path("2fa/verify/", views.two_factor_verify, name="two_factor_verify"),
     path("2fa/disable/", views.two_factor_disable, name="two_factor_disable"),

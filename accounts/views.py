@@ -52,10 +52,12 @@ from accounts.services import (
     AccountError,
     audit_request,
     client_ip,
+    email_change_confirm,
+    email_change_pending,
+    email_change_request,
     session_end,
     session_list,
     sessions_end_others,
-    user_change_email,
     user_create,
     user_update_profile,
 )
@@ -469,14 +471,37 @@ def admin_login(request: HttpRequest) -> HttpResponse:
 def email_change(request: AuthenticatedRequest) -> HttpResponse:
     form = EmailChangeForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
+        email = form.cleaned_data["email"]
         try:
-            user_change_email(user=request.user, email=form.cleaned_data["email"], request=request)
+            email_change_request(user=request.user, email=email, request=request)
         except AccountError as error:
             form.add_error("email", str(error))
         else:
-            messages.success(request, "Your email address was changed. Use it to log in.")
+            # SECURITY: the same answer whether or not another account uses the address.
+            messages.success(
+                request,
+                f"We sent a confirmation link to {email}. Open it to finish the change; "
+                "until then, log in with your current address.",
+            )
             return redirect("accounts:settings")
     return render(request, "accounts/email_change.html", {"form": form})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def email_confirm(request: AuthenticatedRequest, token: str) -> HttpResponse:
+    """The confirmation link: GET shows the new address, POST changes to it."""
+    try:
+        new = email_change_pending(user=request.user, token=token)
+        if request.method == "POST":
+            email_change_confirm(user=request.user, token=token, request=request)
+            messages.success(request, "Your email address was changed. Use it to log in.")
+            return redirect("accounts:settings")
+    except AccountError as error:
+        return render(
+            request, "accounts/email_change_confirm.html", {"error": str(error)}, status=400
+        )
+    return render(request, "accounts/email_change_confirm.html", {"email": new})
 
 
 @login_required

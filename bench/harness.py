@@ -543,6 +543,7 @@ class Stack:
                 "warning",
                 "--backlog",
                 "4096",
+                "--no-proxy-headers",  # as in production: the app reads X-Forwarded-For
             ],
         )
         self._wait_ready()

@@ -120,6 +120,8 @@ BYOK_CANCEL_POLL_SECONDS = env.float("BYOK_CANCEL_POLL_SECONDS", default=0.2)
 BYOK_TURN_STREAM_MAXLEN = env.int("BYOK_TURN_STREAM_MAXLEN", default=50_000)
 BYOK_TURN_STREAM_TTL = env.int("BYOK_TURN_STREAM_TTL", default=3600)
 BYOK_SSE_HEARTBEAT_SECONDS = env.float("BYOK_SSE_HEARTBEAT_SECONDS", default=15.0)
+# /healthz answers within this many seconds whatever is down (core.health).
+BYOK_HEALTHZ_TIMEOUT = env.float("BYOK_HEALTHZ_TIMEOUT", default=1.5)
 # Redis connections one web process uses for its SSE streams, besides the shared reader.
 BYOK_WEB_REDIS_CONNECTIONS = env.int("BYOK_WEB_REDIS_CONNECTIONS", default=10)
 # A turn's Celery limits follow the provider deadline.

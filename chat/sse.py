@@ -156,6 +156,8 @@ class TurnEvents:
 
     async def events(self) -> AsyncGenerator[str]:
         yield RETRY
+        if self.last_id != "0-0":  # a reconnect: one round trip to check its id
+            self.last_id = await live.resume_from(streams.stream_key(self.message_id), self.last_id)
         if self.last_id == "0-0" and self.final and not await self._stream_exists():
             yield await _stored(self.message_id)
             return

@@ -18,13 +18,18 @@ logger = logging.getLogger(__name__)
 
 
 def admit(*, owner: User, call_id: uuid.UUID, key_id: uuid.UUID | None, key_label: str) -> None:
-    """Count a new call against the owner's rate limits, and refuse it at once when a spend
-    cap is used up. Raises Refused with what to do.
+    """Refuse a new call at once when a spend cap is used up, then count it against the
+    owner's rate limits. Raises Refused with what to do.
 
-    The slot taken here is given back when the call closes (`completion.engine.close`), or
-    by `release` when the surface does not queue it after all; a slot never given back goes
-    stale after the turn's hard time limit.
+    The cap is read first (it takes nothing), so a call it refuses does not count against
+    the rate limits; only calls admitted here do. What is taken is given back when the call
+    closes (`completion.engine.close`), or by `release` when the surface does not queue it
+    after all; a slot never given back goes stale after the turn's hard time limit.
     """
+    try:
+        budget_check_before_send(owner=owner, key_id=key_id or NO_KEY, key_label=key_label)
+    except BudgetError as error:
+        raise Refused("budget", error.message) from None
     try:
         ratelimits.turn_admit(user=owner, message_id=call_id)
     except ratelimits.RateLimited as error:
@@ -36,13 +41,9 @@ def admit(*, owner: User, call_id: uuid.UUID, key_id: uuid.UUID | None, key_labe
             "BYOK cannot reach its message queue right now. Nothing was sent; try again in a "
             "moment.",
         ) from None
-    try:
-        budget_check_before_send(owner=owner, key_id=key_id or NO_KEY, key_label=key_label)
-    except BudgetError as error:
-        release(owner=owner, call_id=call_id)
-        raise Refused("budget", error.message) from None
 
 
 def release(*, owner: User, call_id: uuid.UUID) -> None:
-    """Give back what `admit` took for a call that will not be queued."""
-    ratelimits.turn_release(user_id=owner.pk, message_id=call_id)
+    """Give back what `admit` took for a call that will not be queued: its slot and its
+    place in the messages-per-minute count."""
+    ratelimits.turn_unadmit(user_id=owner.pk, message_id=call_id)

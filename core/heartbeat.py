@@ -9,6 +9,7 @@ import threading
 import time
 from typing import Any
 
+import redis
 from celery import bootsteps
 from django.conf import settings
 
@@ -70,9 +71,11 @@ class HeartbeatStep(bootsteps.StartStopStep):
         return self.obj
 
 
-def live_workers(max_age: float | None = None) -> list[str]:
-    """Hostnames whose heartbeat is newer than `max_age` seconds (3 intervals by default)."""
+def live_workers(max_age: float | None = None, *, client: redis.Redis | None = None) -> list[str]:
+    """Hostnames whose heartbeat is newer than `max_age` seconds (3 intervals by default),
+    read through `client` (the process's, `get_redis()`, by default)."""
     if max_age is None:
         max_age = settings.WORKER_HEARTBEAT_INTERVAL * 3
-    members = get_redis().zrangebyscore(WORKERS_KEY, time.time() - max_age, "+inf")
+    client = client or get_redis()
+    members = client.zrangebyscore(WORKERS_KEY, time.time() - max_age, "+inf")
     return [str(member) for member in members]

@@ -409,6 +409,22 @@ async def stream_exists(key: str) -> bool:
     return bool(await get_async_redis().exists(key))
 
 
+async def resume_from(key: str, last_id: str) -> str:
+    """Where a reader that has seen `last_id` resumes: after `last_id`, or from the start
+    ("0-0") for an id the stream never had: malformed, or past its last entry (the stream
+    is gone, or a forged `Last-Event-ID` that would wait for entries that never come). With
+    Redis away, `last_id` as given: the read fails and retries anyway."""
+    if last_id == "0-0" or not valid_stream_id(last_id):
+        return "0-0"
+    try:
+        newest = await get_async_redis().xrevrange(key, count=1)
+    except redis.RedisError:
+        return last_id
+    if newest and _id_tuple(last_id) <= _id_tuple(str(newest[0][0])):
+        return last_id
+    return "0-0"
+
+
 def _id_tuple(entry_id: str) -> tuple[int, int]:
     first, _, second = entry_id.partition("-")
     return int(first), int(second or 0)

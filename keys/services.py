@@ -466,7 +466,7 @@ def _reason_for(error: ProviderError) -> str:
         )
     if error.retryable:
         return f"{error.user_message} The key is saved; check it again in a moment."
-    detail = f" ({error.provider_message})" if error.provider_message else ""
+    detail = f" The provider said: {error.provider_message}" if error.provider_message else ""
     return f"{error.user_message}{detail}"[:300]
 
 

@@ -211,15 +211,10 @@ def error_for_status(
 
 
 def bad_request(provider_message: str | None, *, status: int | None = None) -> ProviderError:
-    """A `bad_request` whose user message includes the provider's own explanation."""
-    user_message = (
-        f"The provider rejected the request: {provider_message}" if provider_message else None
-    )
+    """A `bad_request` carrying the provider's own explanation in `provider_message` (the
+    surfaces quote it once, after the kind's own words)."""
     return ProviderError(
-        ProviderErrorKind.BAD_REQUEST,
-        user_message,
-        provider_message=provider_message,
-        status=status,
+        ProviderErrorKind.BAD_REQUEST, provider_message=provider_message, status=status
     )
 
 

@@ -7,10 +7,12 @@ so point it at a database number of the project's own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -19,6 +21,7 @@ from byok_site.celery import app as celery_app
 from byok_site.settings import celery_broker_url
 from core.embedded_redis import EmbeddedRedis
 from core.redis import get_redis
+from tests.waiting import wait_until
 
 pytest_plugins = ["tests.fakes.fixtures"]  # fake_provider, fake_provider_server
 
@@ -138,10 +141,12 @@ class AsgiServer:
         self.url = url
 
 
-@pytest.fixture
-def asgi_server(transactional_db):
-    """The project's ASGI app under uvicorn in a thread, so SSE responses really stream
-    (the WSGI live server buffers async iterators)."""
+@contextlib.contextmanager
+def serve_asgi(**options: Any) -> Iterator[AsgiServer]:
+    """The project's ASGI app under uvicorn in a thread, on a free port of 127.0.0.1.
+
+    `options` are uvicorn.Config's; by default the client address is never rewritten from
+    X-Forwarded-For, as in every web command of the project (`--no-proxy-headers`)."""
     import socket
     import threading
 
@@ -149,21 +154,29 @@ def asgi_server(transactional_db):
 
     from byok_site.asgi import application
 
+    options = {"proxy_headers": False, **options}
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(application, lifespan="off", log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        application, lifespan="off", log_level="warning", access_log=False, **options
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    import time
+    wait_until(lambda: server.started, "uvicorn did not start", timeout=10)
+    try:
+        yield AsgiServer(f"http://127.0.0.1:{port}")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
 
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started, "uvicorn did not start"
-    yield AsgiServer(f"http://127.0.0.1:{port}")
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+
+@pytest.fixture
+def asgi_server(transactional_db):
+    """The project's ASGI app under uvicorn in a thread, so SSE responses really stream
+    (the WSGI live server buffers async iterators)."""
+    with serve_asgi() as server:
+        yield server

@@ -31,6 +31,7 @@ URL_RULES: dict[str, str] = {
     "accounts:settings": LOGIN,
     "accounts:sudo": LOGIN,
     "accounts:email_change": LOGIN,
+    "accounts:email_change_confirm": LOGIN,
     "accounts:two_factor_setup": LOGIN,
     "accounts:two_factor_verify": LOGIN,
     "accounts:two_factor_disable": LOGIN,

@@ -4,6 +4,7 @@ import re
 
 import pytest
 from django.core import mail
+from django.test import Client
 from django.urls import reverse
 
 from accounts.models import User
@@ -192,3 +193,65 @@ def test_production_hashes_passwords_with_argon2():
     from byok_site import settings as production
 
     assert production.PASSWORD_HASHERS[0].endswith("Argon2PasswordHasher")
+
+
+# --- changing the email address ---------------------------------------------------------------
+
+
+def ask_for_email(client, email: str) -> tuple[int, str, str]:
+    """What the user sees after asking for `email`: status, where it goes, the message."""
+    response = client.post(reverse("accounts:email_change"), {"email": email})
+    page = client.get(response["Location"]).content.decode() if response.status_code == 302 else ""
+    said = re.search(r"We sent a confirmation link to [^<]*", page)
+    return response.status_code, response.get("Location", ""), said.group(0) if said else ""
+
+
+def link_in(body: str) -> str:
+    found = re.search(r"http://testserver(\S+)", body)
+    assert found, body
+    return found.group(1)
+
+
+def test_the_email_change_answers_the_same_whether_or_not_the_address_is_taken(
+    alice_client, alice, bob, mailoutbox
+):
+    taken = ask_for_email(alice_client, "Bob@Example.com")
+    free = ask_for_email(alice_client, "Nobody@Example.com")
+    assert taken[:2] == free[:2] == (302, reverse("accounts:settings"))
+    assert taken[2].replace("Bob", "Nobody") == free[2] != ""
+    alice.refresh_from_db()
+    assert alice.email == "alice@example.com"
+    # The taken address gets a notice, not a link; the free one a link.
+    notice, link = mailoutbox
+    assert notice.to == ["bob@example.com"] and "/email/confirm/" not in notice.body
+    assert link.to == ["nobody@example.com"] and "/email/confirm/" in link.body
+
+
+def test_a_link_for_an_address_taken_since_changes_nothing(alice_client, alice, mailoutbox):
+    ask_for_email(alice_client, "carol@example.com")
+    path = link_in(mailoutbox[0].body)
+    User.objects.create_user(email="carol@example.com", password=PASSWORD)
+    response = alice_client.post(path)
+    assert response.status_code == 400
+    assert "can no longer be used" in response.content.decode()
+    alice.refresh_from_db()
+    assert alice.email == "alice@example.com"
+
+
+def test_a_confirmation_link_works_only_for_the_account_it_was_made_for(
+    alice_client, alice, bob, mailoutbox
+):
+    ask_for_email(alice_client, "alice.new@example.com")
+    path = link_in(mailoutbox[0].body)
+    bob_client = Client()
+    bob_client.force_login(bob)
+    assert bob_client.post(path).status_code == 400
+    assert alice_client.get(path.replace("/confirm/", "/confirm/x")).status_code == 400
+    bob.refresh_from_db()
+    assert bob.email == "bob@example.com"
+
+
+def test_asking_for_ones_own_address_says_so(alice_client):
+    response = alice_client.post(reverse("accounts:email_change"), {"email": "ALICE@example.com"})
+    assert response.status_code == 200
+    assert "already your address" in response.content.decode()

@@ -166,6 +166,23 @@ def test_a_bad_last_event_id_replays_from_the_start(alice, fake_provider, asgi_s
         assert events[0].data["text"] == "first"
 
 
+def test_a_last_event_id_past_the_end_of_a_finished_turn_replays_it_to_the_end(
+    alice, fake_provider, asgi_server, settings
+):
+    (reply,) = queued_replies(alice, fake_provider, 1, settings)
+    key = streams.stream_key(reply.pk)
+    get_redis().xadd(key, {"type": "delta", "text": "whole"})
+    get_redis().xadd(key, {"type": "done", "status": "done", "html": "<p>whole</p>", "notice": ""})
+    Message.objects.filter(pk=reply.pk).update(status=Message.Status.DONE)
+    stream = RawStream(asgi_server, alice, reply, {"Last-Event-ID": "99999999999999-0"})
+    try:
+        data = stream.read_until(b"event: done")  # fails after a deadline, not a hang
+        assert data.index(b"whole") < data.index(b"event: done")
+        assert stream.read_until(b"0\r\n\r\n")  # and the response ends
+    finally:
+        stream.close()
+
+
 @pytest.mark.parametrize(
     ("value", "valid"),
     [

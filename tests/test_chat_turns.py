@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from django.urls import reverse
 
 from chat import services, streams, turns
 from chat.models import Message
@@ -215,6 +216,21 @@ def test_each_error_class_ends_the_turn_with_a_message(alice, fake_provider, err
     if kind in ("invalid_key", "no_credit"):
         key.refresh_from_db()
         assert key.status == {"invalid_key": "invalid", "no_credit": "no_credit"}[kind]
+
+
+def test_a_rejected_request_quotes_the_providers_words_once(alice, fake_provider, client):
+    said = "Unknown parameter temprature in the request body"
+    fake_provider.script(error="bad_request", error_message=said, path="/chat/completions")
+    conversation, _ = start_chat(alice, fake_provider)
+    _, reply = send(conversation)
+    turns.run_turn(str(reply.pk))
+    reply.refresh_from_db()
+    assert reply.error_kind == "bad_request"
+    assert reply.error_message.count(said) == 1, reply.error_message
+    client.force_login(alice)
+    page = client.get(reverse("chat:conversation", args=[conversation.pk])).content.decode()
+    assert page.count(said) == 1
+    assert "The provider rejected the request." in page
 
 
 def test_rate_limits_are_retried_before_the_first_token_honouring_retry_after(alice, fake_provider):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -116,12 +117,23 @@ def test_the_next_parameter_cannot_leave_the_site(alice_client):
     assert response["Location"] == reverse("accounts:settings")
 
 
-def test_changing_the_email_needs_sudo_and_is_logged(alice_client, alice, bob):
+def test_changing_the_email_needs_sudo_a_confirmation_link_and_is_logged(
+    alice_client, alice, mailoutbox
+):
     url = reverse("accounts:email_change")
-    taken = alice_client.post(url, {"email": "BOB@example.com"})
-    assert taken.status_code == 200 and "Another account" in taken.content.decode()
-    ok = alice_client.post(url, {"email": "alice.new@example.com"})
-    assert ok.status_code == 302
+    sent = alice_client.post(url, {"email": "alice.new@example.com"})
+    assert sent.status_code == 302
+    alice.refresh_from_db()
+    assert alice.email == "alice@example.com"  # not until the link is opened
+    (letter,) = mailoutbox
+    assert letter.to == ["alice.new@example.com"]
+    link = re.search(r"http://testserver(/accounts/email/confirm/\S+/)", letter.body)
+    assert link
+    page = alice_client.get(link.group(1))
+    assert page.status_code == 200 and "alice.new@example.com" in page.content.decode()
+    assert alice_client.post(link.group(1)).status_code == 302
     alice.refresh_from_db()
     assert alice.email == "alice.new@example.com"
     assert AuditEvent.objects.filter(owner=alice, action="account.email_changed").exists()
+    # The link is spent: the account's address is no longer the one it was made for.
+    assert alice_client.post(link.group(1)).status_code == 400

@@ -19,6 +19,8 @@ from django.utils import timezone
 from chat import services as chat_services
 from chat import turns
 from chat.models import Message
+from completion import admission
+from completion.engine import Refused
 from tests.chat_helpers import CHAT_PATHS, send, start_chat, vendor_chat
 from tests.opened import error_of
 from tests.usage_helpers import price
@@ -35,7 +37,7 @@ from usage.models import (
     UsageEvent,
 )
 from usage.prices import Price, TokenCounts, cost_micro, input_tokens_bound, worst_case_micro
-from usage.services import budget_release, spend_cap_set
+from usage.services import budget_release, spend_cap_remove, spend_cap_set
 
 pytestmark = pytest.mark.django_db
 
@@ -434,6 +436,72 @@ def test_turns_per_minute_are_limited_and_say_when_to_retry(alice, fake_provider
         run(conversation, fake_provider)
     with pytest.raises(chat_services.ChatError, match=r"You can send again in \d+ seconds"):
         send(conversation)
+
+
+def test_sends_refused_for_another_reason_do_not_count_against_the_minute(
+    alice, fake_provider, settings
+):
+    settings.BYOK_RATE_TURNS_PER_MINUTE = 3
+    settings.BYOK_MAX_CONCURRENT_TURNS = 1
+    first, _ = start_chat(alice, fake_provider)
+    second, _ = start_chat(alice, fake_provider, label="Second key")
+    _, waiting = send(first)  # queued: it holds the one slot
+    for _ in range(10):
+        with pytest.raises(chat_services.ChatError, match="replies being written at once"):
+            send(second)
+        with pytest.raises(chat_services.ChatError, match="still being written"):
+            send(first)
+    with pytest.raises(chat_services.ChatError, match="Type a message first"):
+        send(second, "   ")
+    spend_cap_set(owner=alice, key_id=None, limit_micro=1)
+    MonthlySpend.objects.filter(owner=alice).update(spent_micro=1)
+    for _ in range(5):
+        with pytest.raises(chat_services.ChatError, match="reached"):
+            send(second)
+    spend_cap_remove(owner=alice, key_id=None)
+    fake_provider.script(path=CHAT_PATHS["custom"])
+    turns.run_turn(str(waiting.pk))  # gives the slot back
+    # One admitted so far: two more are, and only the one after them is refused for the rate.
+    assert run(second, fake_provider).status == Message.Status.DONE
+    assert run(second, fake_provider).status == Message.Status.DONE
+    with pytest.raises(chat_services.ChatError, match="You have sent 3 messages in the last"):
+        send(second)
+
+
+def test_a_turn_not_queued_after_admission_gives_its_minute_back(alice, settings):
+    settings.BYOK_RATE_TURNS_PER_MINUTE = 1
+    call_id = uuid.uuid4()
+    admission.admit(owner=alice, call_id=call_id, key_id=None, key_label="")
+    admission.release(owner=alice, call_id=call_id)
+    admission.admit(owner=alice, call_id=uuid.uuid4(), key_id=None, key_label="")
+    with pytest.raises(Refused, match="You have sent 1 messages"):
+        admission.admit(owner=alice, call_id=uuid.uuid4(), key_id=None, key_label="")
+
+
+def test_the_minute_limit_holds_under_concurrency(alice, settings):
+    settings.BYOK_MAX_CONCURRENT_TURNS = 1000
+    settings.BYOK_RATE_TURNS_PER_MINUTE = 3
+    admitted, refused = [], []
+    barrier = threading.Barrier(20)
+
+    def attempt(index):
+        barrier.wait()
+        try:
+            ratelimits.turn_admit(user=alice, message_id=f"m{index}")
+            admitted.append(index)
+        except ratelimits.RateLimited as error:
+            refused.append(error.message)
+        finally:
+            connection.close()  # give a pooled connection back (PostgreSQL)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(admitted) == 3 and len(refused) == 17
+    assert all("messages in the last minute" in message for message in refused)
+    assert ratelimits.running_turns(user_id=alice.pk) == 3  # the refused gave their slots back
 
 
 def test_an_operator_override_raises_one_users_limit(alice, fake_provider, settings):

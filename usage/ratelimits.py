@@ -1,5 +1,6 @@
 """Per-user limits in Redis: messages per minute (the one rate limiter, core.ratelimit) and
-replies in flight (a slot per running turn), both atomic.
+replies in flight (a slot per running turn), both atomic. Only admitted turns count against
+the minute: it is checked last, and a turn refused after it gives its hit back.
 
 Defaults come from settings; operators override them per user (RateLimitOverride).
 """
@@ -14,7 +15,7 @@ import redis
 from django.conf import settings
 
 from accounts.models import User
-from core.ratelimit import window_hit
+from core.ratelimit import window_hit, window_unhit
 from core.redis import get_redis
 from usage.models import RateLimitOverride
 
@@ -59,16 +60,19 @@ def _running_key(user_id: object) -> str:
     return f"byok:rl:running:{user_id}"
 
 
+def _minute_key(user_id: object) -> str:
+    return f"byok:rl:turns:{user_id}"
+
+
 def turn_admit(*, user: User, message_id: object) -> None:
-    """Count a new turn against the user's limits, or raise RateLimited saying when to retry."""
+    """Count a new turn against the user's limits, or raise RateLimited saying when to retry.
+
+    The slot first, the minute last: a turn refused for its slot (or for anything checked
+    before this) never counts against the minute, and a turn the minute refuses gives its
+    slot back. Each step is atomic in Redis, so two sends at once cannot both take the last
+    of either.
+    """
     limits = limits_for(user)
-    wait = window_hit(f"byok:rl:turns:{user.pk}", limit=limits.turns_per_minute, window_seconds=60)
-    if wait:
-        raise RateLimited(
-            f"You have sent {limits.turns_per_minute} messages in the last minute, the most "
-            f"allowed. You can send again in {wait} seconds.",
-            retry_after=wait,
-        )
     now = time.time()
     stale_before = now - settings.BYOK_TURN_HARD_LIMIT - 60
     acquired = get_redis().eval(
@@ -87,6 +91,28 @@ def turn_admit(*, user: User, message_id: object) -> None:
             "allowed. You can send again as soon as one finishes.",
             retry_after=5,
         )
+    try:
+        wait = window_hit(_minute_key(user.pk), limit=limits.turns_per_minute, window_seconds=60)
+    except BaseException:
+        turn_release(user_id=user.pk, message_id=message_id)
+        raise
+    if wait:
+        turn_release(user_id=user.pk, message_id=message_id)
+        raise RateLimited(
+            f"You have sent {limits.turns_per_minute} messages in the last minute, the most "
+            f"allowed. You can send again in {wait} seconds.",
+            retry_after=wait,
+        )
+
+
+def turn_unadmit(*, user_id: object, message_id: object) -> None:
+    """Give back all `turn_admit` took for a turn that will not run after all: its slot and
+    its hit on the minute (a turn that ran keeps the hit: `turn_release`)."""
+    turn_release(user_id=user_id, message_id=message_id)
+    try:
+        window_unhit(_minute_key(user_id))
+    except redis.RedisError:
+        logger.warning("could not give back the minute hit of message %s", message_id)
 
 
 def turn_release(*, user_id: object, message_id: object) -> None:
