@@ -122,6 +122,12 @@ class Message(models.Model):
         indexes = [
             models.Index(fields=["conversation", "created_at"]),
             models.Index(fields=["owner", "status"]),
+            # The reaper's sweep (every 10 s) reads only the few replies in flight.
+            models.Index(
+                fields=["status", "created_at"],
+                condition=models.Q(status__in=["queued", "running"]),
+                name="chat_message_in_flight",
+            ),
         ]
 
     def __str__(self) -> str:

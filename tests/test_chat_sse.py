@@ -171,8 +171,8 @@ def test_a_last_event_id_past_the_end_of_a_finished_turn_replays_it_to_the_end(
 ):
     (reply,) = queued_replies(alice, fake_provider, 1, settings)
     key = streams.stream_key(reply.pk)
-    get_redis().xadd(key, {"type": "delta", "text": "whole"})
-    get_redis().xadd(key, {"type": "done", "status": "done", "html": "<p>whole</p>", "notice": ""})
+    get_redis().xadd(key, sealed(reply, "delta", text="whole"))
+    get_redis().xadd(key, sealed(reply, "done", status="done", html="<p>whole</p>", notice=""))
     Message.objects.filter(pk=reply.pk).update(status=Message.Status.DONE)
     stream = RawStream(asgi_server, alice, reply, {"Last-Event-ID": "99999999999999-0"})
     try:

@@ -226,7 +226,7 @@ def test_a_rejected_request_quotes_the_providers_words_once(alice, fake_provider
     turns.run_turn(str(reply.pk))
     reply.refresh_from_db()
     assert reply.error_kind == "bad_request"
-    assert reply.error_message.count(said) == 1, reply.error_message
+    assert error_of(reply).count(said) == 1, error_of(reply)
     client.force_login(alice)
     page = client.get(reverse("chat:conversation", args=[conversation.pk])).content.decode()
     assert page.count(said) == 1
