@@ -265,7 +265,7 @@ def turn_cancel(*, message: Message) -> Message:
     ):
         engine.request_cancel(message.pk)  # a worker has it (or is about to)
         running = pending.filter(status=Status.RUNNING).first()
-        if running is not None and not engine.lease_held(running.pk):
+        if running is not None and engine.lease_lost(running.pk):
             _end_lost(running, Status.STOPPED, open_status=Status.RUNNING)
     message.refresh_from_db()
     return message
@@ -316,7 +316,8 @@ def turns_reap() -> int:
       ended as failed with the text its worker saved, within about three leases. The lease
       must be found missing on two sweeps half a lease apart, so a Redis that restarted
       (and lost every lease until the workers renew them) ends nothing.
-    - A running turn past the hard time limit (a worker that hangs) ends the same way.
+    - A running turn past the hard time limit and the store's retry time (a worker that
+      hangs) ends the same way.
     - A queued turn no worker claimed for half of BYOK_QUEUED_TURN_TIMEOUT is queued once
       more (the claim still makes one provider call of two deliveries); still unclaimed
       half a timeout later, it fails saying so.
@@ -327,7 +328,10 @@ def turns_reap() -> int:
     running = Message.objects.select_related("conversation__provider_key", "owner").filter(
         status=Status.RUNNING
     )
-    hung_before = now - timedelta(seconds=settings.BYOK_TURN_HARD_LIMIT + 30)
+    # Past the hard limit, and past the time a worker may keep retrying to store it.
+    hung_before = now - timedelta(
+        seconds=settings.BYOK_TURN_HARD_LIMIT + settings.BYOK_TURN_STORE_RETRY_SECONDS + 30
+    )
     lost = _lost_turns(
         list(Message.objects.filter(status=Status.RUNNING).only("id", "started_at")),
         hung_before=hung_before,

@@ -29,7 +29,7 @@ from django.http import StreamingHttpResponse
 from chat import selectors, streams
 from chat.models import Message
 from core import streams as live
-from vault.services import OwnerCipher
+from vault.services import OwnerCipher, VaultError
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +51,15 @@ def sse(event: str, data: dict[str, Any], event_id: str | None = None) -> str:
 
 
 def stored_events(message: Message) -> str:
-    """A finished turn whose stream has expired: its stored outcome as the final event."""
-    cipher = OwnerCipher(message.owner)
+    """A finished turn whose stream has expired: its stored outcome as the final event. One
+    whose owner's data key does not open says it failed (nothing of it can be shown)."""
+    try:
+        cipher = OwnerCipher(message.owner)
+    except VaultError:
+        logger.warning("SSE: the data key of the owner of %s does not open", message.pk)
+        return sse(
+            "error", {"message": selectors.UNSEALED_ERROR, "action": "", "html": ""}, "stored"
+        )
     view = selectors.message_view(message, cipher)
     if message.status == Message.Status.ERROR:
         event, data = "error", {"message": view.error, "action": ""}
@@ -172,13 +179,16 @@ class TurnEvents:
                 if entries is None:
                     return
                 if not entries:  # a heartbeat period with nothing new
-                    if subscription.stream_missing:
-                        status = await get_status_lookups().status(self.message_id)
-                        if status is None:
-                            return  # the conversation was deleted
-                        if status in Message.FINAL:
-                            yield await _stored(self.message_id)
-                            return
+                    # Ask the database too when the stream is there: one whose final entry
+                    # never came (lost in a Redis failure, or a store whose answer was lost)
+                    # must not read "writing" until it expires. One batched query per
+                    # heartbeat for all the process's quiet streams.
+                    status = await get_status_lookups().status(self.message_id)
+                    if status is None:
+                        return  # the conversation was deleted
+                    if status in Message.FINAL:
+                        yield await _stored(self.message_id)
+                        return
                     yield KEEP_ALIVE
                     continue
                 chunk = []

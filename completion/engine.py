@@ -300,6 +300,20 @@ def lease_held(call_id: object) -> bool:
         return True
 
 
+def lease_lost(call_id: object) -> bool:
+    """Whether the call's worker is gone: its lease is missing although Redis has been up
+    longer than a lease (right after a Redis restart every lease is missing until the
+    workers renew them). False when Redis cannot say."""
+    try:
+        client = get_redis()
+        if client.exists(lease_key(call_id)):
+            return False
+        uptime = int(client.info("server").get("uptime_in_seconds", 0))
+    except Exception:
+        return False
+    return uptime > settings.BYOK_TURN_LEASE_SECONDS
+
+
 def run(sink: Sink) -> None:
     """Claim and run one call. Safe to call twice: only the first call does anything."""
     call = sink.claim()
@@ -611,6 +625,8 @@ def _checkpoint(call: Call, sink: Sink, state: _State, cipher: OwnerCipher) -> N
     except TRANSIENT_DATABASE_ERRORS:
         logger.warning("call %s: checkpoint skipped, the database is unreachable", call.call_id)
         _drop_connection()
+    except Exception:  # a checkpoint must never end the call it saves
+        logger.exception("call %s: checkpoint failed", call.call_id)
     finally:
         if db.connection.settings_dict["OPTIONS"].get("pool") and not (
             db.connection.in_atomic_block

@@ -199,3 +199,20 @@ def test_a_queued_turn_the_broker_lost_is_queued_again_and_answered(
     turns.run_turn(str(reply.pk))  # a late copy of the lost task does nothing
     assert len([r for r in fake_provider.requests if r.method == "POST"]) == 1
     assert json.dumps(error_of(reply)) == '""'
+
+
+def test_stop_right_after_a_redis_restart_does_not_end_a_turn_whose_lease_is_not_renewed_yet(
+    alice, fake_provider, settings
+):
+    """Every lease is missing until the workers renew them: Stop then asks the worker (the
+    stop flag) instead of ending the turn on the web."""
+    settings.BYOK_TURN_LEASE_SECONDS = 10**9  # Redis has been up for less than a lease
+    conversation, _ = start_chat(alice, fake_provider)
+    _, reply = send(conversation)
+    Message.objects.filter(pk=reply.pk).update(
+        status=Message.Status.RUNNING, started_at=timezone.now()
+    )
+    services.turn_cancel(message=reply)
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.RUNNING
+    assert get_redis().exists(engine.cancel_key(reply.pk))

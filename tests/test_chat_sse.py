@@ -322,3 +322,36 @@ def test_the_stream_is_the_owner_s_alone(alice, bob, fake_provider, asgi_server,
     assert deleted.status_code in (403, 405)
     key = streams.stream_key(reply.pk)
     assert all(key not in hub.subscriptions for hub in live._hubs.values())
+
+
+def test_a_stream_whose_final_entry_never_came_ends_with_the_stored_outcome(
+    alice, fake_provider, asgi_server, settings
+):
+    """A stream with deltas and no final entry (Redis failed on it, or the worker's store
+    answer was lost) must not read "writing" until it expires: a heartbeat asks the
+    database."""
+    settings.BYOK_SSE_HEARTBEAT_SECONDS = 0.3
+    (reply,) = queued_replies(alice, fake_provider, 1, settings)
+    get_redis().xadd(streams.stream_key(reply.pk), sealed(reply, "delta", text="half"))
+    stream = RawStream(asgi_server, alice, reply)
+    try:
+        stream.read_until(b"half")
+        Message.objects.filter(pk=reply.pk).update(status=Message.Status.STOPPED)
+        data = stream.read_until(b"0\r\n\r\n")
+        assert b"id: stored\nevent: done" in data and b'"status":"stopped"' in data
+    finally:
+        stream.close()
+
+
+def test_a_reply_whose_owner_s_data_key_does_not_open_ends_its_stream_saying_it_failed(
+    alice, fake_provider, settings
+):
+    from chat.sse import stored_events
+    from vault.models import DataKey
+
+    (reply,) = queued_replies(alice, fake_provider, 1, settings)
+    Message.objects.filter(pk=reply.pk).update(status=Message.Status.ERROR)
+    DataKey.objects.filter(owner=alice).update(wrapped=b"\x01broken")
+    reply.refresh_from_db()
+    event = stored_events(reply)
+    assert event.startswith("id: stored\nevent: error") and "This reply failed" in event

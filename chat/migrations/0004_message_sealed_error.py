@@ -3,8 +3,8 @@ then drop the plaintext column.
 
 Sealing here uses the vault's pure crypto and the historical DataKey rows, so it does not
 depend on today's model code. Rows whose owner's data key does not open lose the message and
-keep their error kind (the page then says the reply failed). Reversing restores the column
-empty: the sealed messages stay sealed.
+keep their error kind (the page then says the reply failed). Reversing is lossy: it
+restores the column empty and drops the sealed messages.
 """
 
 from __future__ import annotations
