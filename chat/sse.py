@@ -94,9 +94,9 @@ def _statuses_of(message_ids: list[str]) -> dict[str, str]:
 class StatusLookups:
     """The statuses of turns whose streams have vanished, for many streams at once.
 
-    Idle streams of queued turns have no Redis stream yet, so every heartbeat asks the
-    database whether the turn has ended: here one query answers every stream that asks
-    in the same moment, not one query (and one thread hop) per stream.
+    Every quiet stream asks the database at each heartbeat whether its turn has ended:
+    here one query answers every stream that asks in the same moment, not one query (and
+    one thread hop) per stream.
     """
 
     def __init__(self) -> None:
@@ -179,10 +179,10 @@ class TurnEvents:
                 if entries is None:
                     return
                 if not entries:  # a heartbeat period with nothing new
-                    # Ask the database too when the stream is there: one whose final entry
-                    # never came (lost in a Redis failure, or a store whose answer was lost)
-                    # must not read "writing" until it expires. One batched query per
-                    # heartbeat for all the process's quiet streams.
+                    # Ask the database whether the turn ended: its stream may be gone (expired,
+                    # not started) or never get its final entry (lost in a Redis failure, or
+                    # a store whose answer was lost). One batched query per heartbeat for all
+                    # the process's quiet streams.
                     status = await get_status_lookups().status(self.message_id)
                     if status is None:
                         return  # the conversation was deleted

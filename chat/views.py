@@ -27,7 +27,8 @@ from keys.models import ProviderKey
 from keys.services import provider_key_cached_models
 from providers.catalog import PRESETS
 from usage.selectors import cap_statuses
-from vault.services import OwnerCipher, aowner_cipher_existing
+from vault.models import DataKey
+from vault.services import OwnerCipher, owner_cipher_from
 
 
 def _conversation_for(request: AuthenticatedRequest, conversation_id: object) -> Conversation:
@@ -243,7 +244,9 @@ async def turn_stream(request: HttpRequest, message_id: object) -> HttpResponseB
     message = (
         await Message.objects.for_owner(user)  # type: ignore[misc]
         .filter(pk=message_id, role=Message.Role.ASSISTANT)
-        .only("id", "status")
+        # The owner's data key in the same query: the stream's entries are sealed with it.
+        .select_related("owner__data_key")
+        .only("id", "status", "owner__id", "owner__data_key__wrapped", "owner__data_key__owner")
         .afirst()
     )
     if message is None:
@@ -251,5 +254,9 @@ async def turn_stream(request: HttpRequest, message_id: object) -> HttpResponseB
     last_id = request.headers.get("Last-Event-ID") or request.GET.get("after") or "0-0"
     if not live.valid_stream_id(last_id):
         last_id = "0-0"
-    cipher = await aowner_cipher_existing(owner=user)
+    try:
+        data_key: DataKey | None = message.owner.data_key
+    except DataKey.DoesNotExist:
+        data_key = None
+    cipher = owner_cipher_from(data_key)
     return EventStreamResponse(message.pk, last_id, final=message.is_final, cipher=cipher)

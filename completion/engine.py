@@ -272,12 +272,17 @@ class _State:
             )
             return tokens, usage.reasoning_tokens, False
         if self.text:
-            estimate = TokenCounts(
-                input=max(1, self.input_chars // CHARS_PER_TOKEN_ESTIMATED),
-                output=max(1, len(self.text) // CHARS_PER_TOKEN_ESTIMATED),
-            )
-            return estimate, 0, True
+            return estimated_tokens(input_chars=self.input_chars, text=self.text), 0, True
         return None
+
+
+def estimated_tokens(*, input_chars: int, text: str) -> TokenCounts:
+    """What a reply cut off before the provider reported usage is billed: about
+    CHARS_PER_TOKEN_ESTIMATED characters a token, in and out."""
+    return TokenCounts(
+        input=max(1, input_chars // CHARS_PER_TOKEN_ESTIMATED),
+        output=max(1, len(text) // CHARS_PER_TOKEN_ESTIMATED),
+    )
 
 
 def warm_up() -> None:
@@ -494,6 +499,12 @@ def _end(
             delay = min(delay * 2, 10.0)
 
 
+def _give_back_pooled_connection() -> None:
+    """Return this thread's connection to the pool (PostgreSQL), outside a transaction."""
+    if db.connection.settings_dict["OPTIONS"].get("pool") and not db.connection.in_atomic_block:
+        db.connection.close()
+
+
 def _drop_connection() -> None:
     """Forget this thread's database connection, so the next query opens a fresh one."""
     with contextlib.suppress(Exception):
@@ -615,12 +626,8 @@ def _checkpoint(call: Call, sink: Sink, state: _State, cipher: OwnerCipher) -> N
     if parts == state.checkpointed_parts:
         return
     text = "".join(state.parts[:parts])
-    estimate = TokenCounts(
-        input=max(1, state.input_chars // CHARS_PER_TOKEN_ESTIMATED),
-        output=max(1, len(text) // CHARS_PER_TOKEN_ESTIMATED),
-    )
     try:
-        sink.checkpoint(text, estimate, cipher)
+        sink.checkpoint(text, estimated_tokens(input_chars=state.input_chars, text=text), cipher)
         state.checkpointed_parts = parts
     except TRANSIENT_DATABASE_ERRORS:
         logger.warning("call %s: checkpoint skipped, the database is unreachable", call.call_id)
@@ -628,10 +635,7 @@ def _checkpoint(call: Call, sink: Sink, state: _State, cipher: OwnerCipher) -> N
     except Exception:  # a checkpoint must never end the call it saves
         logger.exception("call %s: checkpoint failed", call.call_id)
     finally:
-        if db.connection.settings_dict["OPTIONS"].get("pool") and not (
-            db.connection.in_atomic_block
-        ):
-            db.connection.close()  # back to the pool until the next checkpoint
+        _give_back_pooled_connection()  # until the next checkpoint
 
 
 class _ProviderCall:
@@ -664,12 +668,9 @@ class _ProviderCall:
         self.error: ProviderError | None = None
 
     def run(self, adapter: ChatAdapter, request: ChatRequest) -> ProviderError | None:
-        if db.connection.settings_dict["OPTIONS"].get("pool") and not (
-            db.connection.in_atomic_block
-        ):
-            # Seconds of streaming need no database: the connection goes back to the pool
-            # for other calls, and is taken again to store the outcome.
-            db.connection.close()
+        # Seconds of streaming need no database: the connection goes back to the pool for
+        # other calls, and is taken again to checkpoint and to store the outcome.
+        _give_back_pooled_connection()
         watcher = live.get_cancel_watcher()
         watcher.watch(cancel_key(self.call_id), self._cancel)
         task = relay.submit(self._read(adapter, request))

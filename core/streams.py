@@ -456,7 +456,6 @@ class Subscription:
         "heartbeat_due",
         "key",
         "last_id",
-        "stream_missing",
     )
 
     def __init__(self, key: str, last_id: str) -> None:
@@ -464,7 +463,6 @@ class Subscription:
         self.last_id = last_id
         self.entries: list[Entry] = []
         self.heartbeat_due = False
-        self.stream_missing = False
         self.closed = False
         self._waiter: asyncio.Future[None] | None = None
 
@@ -481,8 +479,9 @@ class Subscription:
     async def next_batch(self) -> list[Entry] | None:
         """The entries delivered since the last call, waiting for some.
 
-        `[]`: a heartbeat period passed with nothing new; `stream_missing` then says whether
-        the stream's key was gone (expired, or the turn has not started). None: closed.
+        `[]`: a heartbeat period passed with nothing new (the reader then asks the database
+        whether the turn ended: its stream may be gone, or never get its final entry). None:
+        closed.
         Entries' field dicts are shared with other subscribers: do not change them.
         """
         while not (self.entries or self.heartbeat_due or self.closed):
@@ -674,28 +673,12 @@ class StreamHub:
                     due.append(subscription)
             if not due:
                 continue
-            missing = await self._missing({s.key for s in due})
-            now = time.monotonic()
             for subscription in due:
                 if subscription.closed:
                     continue
-                subscription.stream_missing = subscription.key in missing
                 subscription.heartbeat_due = True
                 subscription.wake()
                 heapq.heappush(self._due, (now + heartbeat, next(self._seq), subscription))
-
-    async def _missing(self, keys: set[str]) -> set[str]:
-        """Which of `keys` do not exist; none, when Redis cannot say."""
-        ordered = list(keys)
-        try:
-            async with get_async_redis().pipeline(transaction=False) as pipe:
-                for key in ordered:
-                    pipe.exists(key)
-                found = await pipe.execute()
-        except redis.RedisError:
-            logger.debug("stream hub: existence check failed", exc_info=True)
-            return set()
-        return {key for key, exists in zip(ordered, found, strict=True) if not exists}
 
     async def _reset(self) -> None:
         if self._reader is not None:

@@ -24,11 +24,11 @@ from vault.models import DataKey
 __all__ = [
     "OwnerCipher",
     "VaultError",
-    "aowner_cipher_existing",
     "data_key_delete",
     "data_key_get_or_create",
     "data_key_rotate",
     "get_keyring",
+    "owner_cipher_from",
 ]
 
 
@@ -153,10 +153,9 @@ class OwnerCipher:
         return crypto.open_sealed(self._dek, data, context).decode("utf-8")
 
 
-async def aowner_cipher_existing(*, owner: models.Model) -> OwnerCipher | None:
-    """The owner's cipher, from async code, without creating a data key: None when they have
-    none yet (nothing was ever sealed for them) or it does not open."""
-    row = await DataKey.objects.filter(owner_id=owner.pk).afirst()
+def owner_cipher_from(row: DataKey | None) -> OwnerCipher | None:
+    """The cipher of a data key row read with its owner (no query of its own): None when
+    the owner has none yet (nothing was ever sealed for them) or it does not open."""
     if row is None:
         return None
     try:
