@@ -9,7 +9,11 @@ asyncio, from the process's `StreamHub`, with no thread, timer or Redis connecti
 own. Under any other server it is an ordinary streaming response.
 
 Wire format (static/js/chat.js): `retry: 2000` first, then `id:`/`event:`/`data:` events
-(`delta`, then one `done` or `error`), and `: keep-alive` comments while nothing happens.
+(`delta`, then one `done` or `error`), and `: keep-alive` comments while nothing happens. A
+`delta` carries its `text` and, rendered as it grows (`chat.rendering.LiveMarkdown`, the
+same sanitising as the final HTML), `commit` (HTML of blocks now complete, appended once)
+and `tail` (the last block's HTML, replacing the previous tail); `reset` says `commit` is
+everything so far (the first rendering of each connection: a reload or reconnect).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from django.http import StreamingHttpResponse
 
 from chat import selectors, streams
 from chat.models import Message
+from chat.rendering import LiveMarkdown
 from core import streams as live
 from vault.services import OwnerCipher, VaultError
 
@@ -144,7 +149,16 @@ def get_status_lookups() -> StatusLookups:
 class TurnEvents:
     """The events of one turn after `last_id`: replay, then live, until `done` or `error`."""
 
-    __slots__ = ("cipher", "closed", "final", "last_id", "message_id", "subscription")
+    __slots__ = (
+        "cipher",
+        "closed",
+        "final",
+        "last_id",
+        "markdown",
+        "message_id",
+        "subscription",
+        "synced",
+    )
 
     def __init__(
         self, message_id: Any, last_id: str, *, final: bool, cipher: OwnerCipher | None
@@ -155,6 +169,10 @@ class TurnEvents:
         self.final = final
         self.subscription: live.Subscription | None = None
         self.closed = False
+        # The reply's Markdown so far, rendered as it grows (`LiveMarkdown`); `synced`
+        # turns true once this connection has sent the page a whole rendering.
+        self.markdown = LiveMarkdown()
+        self.synced = False
 
     def close(self) -> None:
         self.closed = True
@@ -165,6 +183,8 @@ class TurnEvents:
         yield RETRY
         if self.last_id != "0-0":  # a reconnect: one round trip to check its id
             self.last_id = await live.resume_from(streams.stream_key(self.message_id), self.last_id)
+            if self.last_id != "0-0":
+                await self._catch_up()
         if self.last_id == "0-0" and self.final and not await self._stream_exists():
             yield await _stored(self.message_id)
             return
@@ -175,7 +195,12 @@ class TurnEvents:
         self.subscription = subscription
         try:
             while True:
-                entries = await subscription.next_batch()
+                due = self.markdown.due_in()
+                try:
+                    entries = await asyncio.wait_for(subscription.next_batch(), due)
+                except TimeoutError:  # the tail's rendering was put off and is due now
+                    yield self._rendered(self.last_id)
+                    continue
                 if entries is None:
                     return
                 if not entries:  # a heartbeat period with nothing new
@@ -191,24 +216,81 @@ class TurnEvents:
                         return
                     yield KEEP_ALIVE
                     continue
-                chunk = []
+                chunk: list[str] = []
+                deltas: list[tuple[str, str]] = []
+                final = False
                 for entry_id, fields in entries:
                     kind = fields.get("type", live.EVENT_DELTA)
                     data = streams.open_entry(self.cipher, self.message_id, fields)
-                    if data is None:  # not sealed for this reply by its owner's key
-                        if kind in live.FINAL_EVENTS:
-                            chunk.append(await _stored(self.message_id))
-                            yield "".join(chunk)
-                            return
-                        continue
-                    chunk.append(sse(kind, data, entry_id))
                     if kind in live.FINAL_EVENTS:
-                        yield "".join(chunk)
-                        return
+                        final = True
+                        self._flush(deltas, chunk, render=False)  # the final HTML follows
+                        if data is None:  # not sealed for this reply by its owner's key
+                            chunk.append(await _stored(self.message_id))
+                        else:
+                            chunk.append(sse(kind, data, entry_id))
+                        break
+                    if data is not None:
+                        deltas.append((entry_id, data.get("text", "")))
+                        self.last_id = entry_id
+                self._flush(deltas, chunk)
                 if chunk:
                     yield "".join(chunk)
+                if final:
+                    return
         finally:
             hub.unsubscribe(subscription)
+
+    def _flush(
+        self, deltas: list[tuple[str, str]], chunk: list[str], *, render: bool = True
+    ) -> None:
+        """The events of a batch's deltas, one per entry (its id is where a reconnect
+        resumes); the batch's rendering rides on its last."""
+        for index, (entry_id, text) in enumerate(deltas):
+            if index < len(deltas) - 1 or not render:
+                self.markdown.add(text)
+                chunk.append(sse(live.EVENT_DELTA, {"text": text}, entry_id))
+            else:
+                chunk.append(self._delta(text, entry_id))
+        deltas.clear()
+
+    def _delta(self, text: str, entry_id: str) -> str:
+        """The `delta` event of the last entry of a batch: its text, and the reply's
+        Markdown rendered when due (`LiveMarkdown.feed`): `commit`,
+        the HTML of blocks that are complete now (appended once), and `tail`, the last
+        block's (replacing the one before)."""
+        if not self.synced:
+            self.markdown.add(text)
+            return self._rendered(entry_id, text)
+        data = {"text": text}
+        rendered = self.markdown.feed(text)
+        if rendered is not None:
+            data["commit"], data["tail"] = rendered
+        return sse(live.EVENT_DELTA, data, entry_id)
+
+    def _rendered(self, entry_id: str, text: str = "") -> str:
+        """A `delta` event with the whole reply so far rendered, marked `reset` (the page
+        replaces what it shows): the first of each connection, and a rendering that was put
+        off and is due."""
+        committed, tail = self.markdown.snapshot()
+        self.synced = True
+        data = {"text": text, "commit": committed, "tail": tail, "reset": "1"}
+        return sse(live.EVENT_DELTA, data, entry_id)
+
+    async def _catch_up(self) -> None:
+        """The text a reconnecting reader has seen (up to `last_id`), for the rendering."""
+        try:
+            seen = await live.get_async_redis().xrange(
+                streams.stream_key(self.message_id), "-", self.last_id
+            )
+        except redis.RedisError:
+            return  # then it renders what this connection sees
+        for _entry_id, fields in seen:
+            if fields.get("type") == live.EVENT_DELTA:
+                data = streams.open_entry(self.cipher, self.message_id, fields)
+                if data is not None:
+                    self.markdown.add(data.get("text", ""))
+        self.markdown.stale = False  # the page shows that much; its next delta renders it
 
     async def _stream_exists(self) -> bool:
         try:

@@ -149,8 +149,10 @@ def test_a_reconnect_replays_after_last_event_id_then_follows_live(
 
     stream = RawStream(asgi_server, alice, reply, {"Last-Event-ID": ids[0]})
     try:
-        data = stream.read_until(b"three")
-        assert b"one " not in data and data.index(b"two ") < data.index(b"three")
+        data = stream.read_until(b'"text":"three"')
+        # Entries after the last one seen (the rendering carries the whole reply).
+        assert b'"text":"one "' not in data
+        assert data.index(b'"text":"two "') < data.index(b'"text":"three"')
         redis.xadd(key, sealed(reply, "done", status="done", html="<p>x</p>", notice=""))
         assert b"event: done" in stream.read_until(b"0\r\n\r\n")  # then the response ends
     finally:
@@ -355,3 +357,55 @@ def test_a_reply_whose_owner_s_data_key_does_not_open_ends_its_stream_saying_it_
     reply.refresh_from_db()
     event = stored_events(reply)
     assert event.startswith("id: stored\nevent: error") and "This reply failed" in event
+
+
+def shown(events) -> str:
+    """The reply's HTML as chat.js builds it from the deltas' `commit` and `tail`."""
+    committed, tail = "", ""
+    for event in events:
+        if "tail" in event.data:
+            if event.data.get("reset"):
+                committed = ""
+            committed += event.data["commit"]
+            tail = event.data["tail"]
+    return committed + tail
+
+
+def test_deltas_carry_the_reply_rendered_as_markdown(alice, fake_provider, asgi_server, settings):
+    from chat.rendering import render_markdown
+
+    (reply,) = queued_replies(alice, fake_provider, 1, settings)
+    redis = get_redis()
+    key = streams.stream_key(reply.pk)
+    pieces = ["Some **bo", "ld** text\n\n", "| a | b |\n|--:|---|\n", "| 1 | 2 |\n\n- ite", "m"]
+    ids = [str(redis.xadd(key, sealed(reply, "delta", text=piece))) for piece in pieces]
+    events = read_stream(asgi_server, alice, reply, stop_after=len(pieces))
+    assert [e.data["text"] for e in events] == pieces
+    assert events[0].data.get("reset") == "1" or events[-1].data.get("reset") == "1"
+    assert shown(events) == render_markdown("".join(pieces))
+    assert "<strong>bold</strong>" in shown(events) and "**" not in shown(events)
+
+    # A reader that reconnects after the second entry gets a whole rendering first (its
+    # `commit` includes what it saw before), then follows.
+    again = read_stream(asgi_server, alice, reply, last_event_id=ids[1], stop_after=3)
+    assert [e.data["text"] for e in again] == pieces[2:]
+    first_rendering = next(e for e in again if "tail" in e.data)
+    assert first_rendering.data["reset"] == "1"
+    assert "<strong>bold</strong>" in first_rendering.data["commit"]
+    assert shown(again) == render_markdown("".join(pieces))
+
+
+def test_hostile_text_streams_inert(alice, fake_provider, asgi_server, settings):
+    from tests.test_chat_markdown import HOSTILE, assert_inert
+
+    (reply,) = queued_replies(alice, fake_provider, 1, settings)
+    key = streams.stream_key(reply.pk)
+    text = "\n\n".join(HOSTILE)
+    pieces = [text[at : at + 9] for at in range(0, len(text), 9)]
+    for piece in pieces:
+        get_redis().xadd(key, sealed(reply, "delta", text=piece))
+    events = read_stream(asgi_server, alice, reply, stop_after=len(pieces))
+    for event in events:
+        for name in ("commit", "tail"):
+            assert_inert(event.data.get(name, ""))
+    assert_inert(shown(events))

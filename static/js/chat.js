@@ -1,6 +1,6 @@
 // BYOK chat: live replies over Server-Sent Events, the composer's keys, stop and regenerate.
-// The server sends deltas as plain text (inserted as text, never as HTML) and, at the end,
-// the reply rendered and sanitised on the server.
+// Every piece of HTML inserted here was rendered and sanitised on the server (nh3); text the
+// page builds itself goes in as text, never as HTML.
 (function () {
   "use strict";
 
@@ -73,15 +73,26 @@
     article.dataset.following = "1";
     var body = article.querySelector("[data-role=body]");
     var stateEl = article.querySelector("[data-role=state]");
-    var streamed = document.createElement("div");
-    streamed.className = "streaming";
+    // The reply as Markdown while it streams: blocks that are complete are appended once
+    // (`commit`); the last, growing block (`tail`) is replaced as it grows. Both are HTML
+    // rendered and sanitised by the server (chat.rendering.LiveMarkdown, nh3), the same
+    // as the final HTML, so the swap at `done` moves nothing.
+    var tail = document.createElement("div");
+    tail.className = "md-tail";
     body.textContent = "";
-    body.appendChild(streamed);
+    body.appendChild(tail);
     var source = new EventSource(article.dataset.streamUrl);
 
     source.addEventListener("delta", function (event) {
       var data = JSON.parse(event.data);
-      streamed.appendChild(document.createTextNode(data.text));
+      if (typeof data.tail === "string") {
+        if (data.reset) {
+          while (body.firstChild !== tail) body.removeChild(body.firstChild);
+        }
+        if (data.commit) tail.insertAdjacentHTML("beforebegin", data.commit);
+        tail.innerHTML = data.tail;
+        decorateCode(body);
+      }
       if (stateEl) stateEl.textContent = "Writing…";
       article.classList.add("status-running");
       keepScrolled();
@@ -157,13 +168,18 @@
 
   window.addEventListener("scroll", readerMoved, { passive: true });
 
+  // A copy button on every code block: in the header the server renders above a fenced
+  // block (with its language), or in the corner of an indented one.
   function decorateCode(root) {
     root.querySelectorAll("pre").forEach(function (pre) {
-      if (pre.querySelector(".copy")) return;
+      var block = pre.closest(".code-block");
+      var holder = block ? block.querySelector(".code-head") : pre;
+      if (!holder || holder.querySelector(".copy")) return;
       var button = document.createElement("button");
       button.type = "button";
       button.className = "copy";
       button.textContent = "Copy";
+      button.setAttribute("aria-label", "Copy the code");
       button.addEventListener("click", function () {
         var code = pre.querySelector("code") || pre;
         navigator.clipboard.writeText(code.innerText).then(function () {
@@ -171,7 +187,7 @@
           setTimeout(function () { button.textContent = "Copy"; }, 1500);
         });
       });
-      pre.appendChild(button);
+      holder.appendChild(button);
     });
   }
 

@@ -36,8 +36,8 @@ def test_text_arrives_in_pieces_survives_a_reload_and_finishes(chat_page, fake_p
     page.get_by_label("Message").press("Enter")
 
     reply = page.locator("article.message.assistant").last
-    expect(reply.locator(".streaming")).to_contain_text("piece3", timeout=10_000)
-    partial = reply.locator(".streaming").inner_text()
+    expect(reply.locator("[data-role=body]")).to_contain_text("piece3", timeout=10_000)
+    partial = reply.locator("[data-role=body]").inner_text()
     assert "piece39" not in partial  # arrived in pieces, before the end
     expect(page.get_by_label("Message")).to_be_disabled()
     expect(page.locator("[aria-current=page] .title")).to_have_text("Tell me something long")
@@ -87,7 +87,7 @@ def test_the_stop_button_ends_a_turn_and_keeps_what_arrived(chat_page, fake_prov
     page.get_by_label("Message").fill("Go slowly")
     page.get_by_role("button", name="Send").click()
     reply = page.locator("article.message.assistant").last
-    expect(reply.locator(".streaming")).to_contain_text("slow", timeout=10_000)
+    expect(reply.locator("[data-role=body]")).to_contain_text("slow", timeout=10_000)
     reply.get_by_role("button", name="Stop").click()
     expect(reply.locator("[data-role=state]")).to_have_text("Stopped", timeout=5_000)
     expect(reply.get_by_role("button", name="Regenerate")).to_be_visible()
@@ -141,7 +141,7 @@ def test_the_page_follows_the_newest_message_unless_the_reader_scrolls_up(
     page.get_by_label("Message").press("Enter")
     expect(replies).to_have_count(4)
     reply = replies.last
-    expect(reply.locator(".streaming")).to_contain_text("slow", timeout=10_000)
+    expect(reply.locator("[data-role=body]")).to_contain_text("slow", timeout=10_000)
     page.evaluate("window.scrollTo(0, 0)")
     page.wait_for_timeout(800)
     assert page.evaluate("window.scrollY") < 50, "the page pulled the reader back down"
