@@ -231,9 +231,9 @@ def message_edit(
             cipher=OwnerCipher(request.user),
         )
     except ChatError as error:
-        return _branch_error(
-            request, conversation.pk, error.message, target=f"#edit-error-{message.pk}"
-        )
+        # A user message's edit form has its own error line; anything else has none.
+        target = f"#edit-error-{message.pk}" if message.role == Message.Role.USER else ""
+        return _branch_error(request, conversation.pk, error.message, target=target)
     return _branch_changed(request, conversation.pk)
 
 

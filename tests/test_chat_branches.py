@@ -355,6 +355,9 @@ def test_bad_edits_and_versions_say_why_with_htmx_and_without(alice_client, alic
     assert "Type a message first." in response.content.decode()
     response = alice_client.post(edit_url(conversation, reply), {"text": "x"}, follow=True)
     assert "Only your own messages can be edited" in response.content.decode()
+    response = alice_client.post(edit_url(conversation, reply), {"text": "x"}, HTTP_HX_REQUEST="1")
+    assert response.status_code == 422
+    assert response["HX-Retarget"] == "#composer-error"  # a reply has no edit form
     for version in ("2", "0", "abc", ""):
         response = alice_client.post(
             version_url(conversation, question), {"version": version}, HTTP_HX_REQUEST="true"
@@ -461,3 +464,21 @@ def test_the_migration_chains_existing_messages(alice, fake_provider):
     assert conversation.active_leaf_id == ids[-1]
     empty.refresh_from_db()
     assert empty.active_leaf_id is None
+
+
+def test_acting_on_a_branch_while_a_reply_is_written_says_why(alice_client, alice, fake_provider):
+    conversation, _ = start_chat(alice, fake_provider)
+    question, reply = answered(fake_provider, conversation, "hello")
+    send(conversation, "second")  # queued, no worker runs it
+    before = everything(conversation)
+    for url, data in (
+        (edit_url(conversation, question), {"text": "changed"}),
+        (reverse("chat:regenerate", args=[reply.pk]), {}),
+        (version_url(conversation, question), {"version": "1"}),
+    ):
+        response = alice_client.post(url, data, HTTP_HX_REQUEST="true")
+        assert response.status_code == 422, url
+        assert "still being written" in response.content.decode()
+        page = alice_client.post(url, data, follow=True).content.decode()
+        assert "still being written" in page
+    assert everything(conversation) == before
