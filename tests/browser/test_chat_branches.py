@@ -145,3 +145,43 @@ def test_regenerate_keeps_both_versions(chat_page, fake_provider):
     expect(replies(page).last.locator("[data-role=body]")).to_have_text("Second take")
     assert Message.objects.filter(role="assistant").count() == 3
     assert page.evaluate("document.documentElement.scrollWidth") <= page.viewport_size["width"]
+
+
+def test_edit_and_versions_work_without_javascript(
+    browser, asgi_server, fake_provider, celery_worker
+):
+    from chat import services
+    from tests.chat_helpers import wait_final
+
+    user = User.objects.create_user(email="nojs@example.com", password=PASSWORD)
+    key = add_key(user, fake_provider, label="Fake")
+    conversation = conversation_create(owner=user, key=key, model="gpt-test")
+    fake_provider.script(text="Paris", path=CHAT)
+    _, reply = services.message_send(conversation=conversation, text="Capital of France?")
+    wait_final(reply)
+    context = browser.new_context(java_script_enabled=False, viewport={"width": 390, "height": 900})
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    try:
+        page.goto(asgi_server.url + "/accounts/login/")
+        page.get_by_label("Email").fill(user.email)
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url(re.compile(r"/$"))
+        page.goto(f"{asgi_server.url}/chat/c/{conversation.pk}/")
+
+        fake_provider.script(text="Rome", path=CHAT)
+        question = user_messages(page).first
+        question.get_by_text("Edit", exact=True).click()  # a <details>: opens without JS
+        question.get_by_label("Edited text").fill("Capital of Italy?")
+        question.get_by_role("button", name="Save").click()
+        expect(user_messages(page).first.locator(".body")).to_have_text("Capital of Italy?")
+        edited_reply = Message.objects.exclude(pk=reply.pk).get(role="assistant")
+        wait_final(edited_reply)
+        page.reload()
+        expect(replies(page).last.locator("[data-role=body]")).to_have_text("Rome")
+        user_messages(page).first.get_by_role("button", name="Previous version").click()
+        expect(user_messages(page).first.locator(".body")).to_have_text("Capital of France?")
+        expect(replies(page).last.locator("[data-role=body]")).to_have_text("Paris")
+    finally:
+        context.close()
