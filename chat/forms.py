@@ -55,3 +55,9 @@ class MessageForm(forms.Form):
 
 class RenameForm(forms.Form):
     title = forms.CharField(max_length=200)
+
+
+class VersionForm(forms.Form):
+    """Which version of a message to show (1 is the oldest); the service checks the range."""
+
+    version = forms.IntegerField(min_value=1, max_value=100_000)

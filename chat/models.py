@@ -49,6 +49,12 @@ class Conversation(models.Model):
     archived = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now)
     last_message_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # The leaf of the branch the page shows and the next message is appended to (messages
+    # form a tree: edits and regenerations add siblings). Null only before the first message,
+    # or if that message is gone: then the newest message is the leaf (chat.branches).
+    active_leaf = models.ForeignKey(
+        "Message", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
 
     objects: ClassVar[ConversationQuerySet] = ConversationQuerySet.as_manager()  # type: ignore[assignment]
 
@@ -85,6 +91,12 @@ class Message(models.Model):
     )
     # Denormalised so every lookup (the SSE stream included) scopes by owner directly.
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    # The message this one answers or follows (null for a conversation's first messages).
+    # Siblings, messages with the same parent, are the versions of one turn: a user's edits,
+    # or an assistant's regenerated replies.
+    parent = models.ForeignKey(
+        "self", on_delete=models.CASCADE, null=True, blank=True, related_name="children"
+    )
     role = models.CharField(max_length=16, choices=Role.choices)
     sealed_content = models.BinaryField(editable=False, default=b"")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DONE)

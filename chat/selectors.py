@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from accounts.models import User
+from chat.branches import active_branch
 from chat.models import (
     PURPOSE_ERROR,
     PURPOSE_MESSAGE,
@@ -29,6 +30,9 @@ class MessageView:
     text: str
     html: str
     error: str = ""  # a failed reply's message, opened
+    # Its place among its siblings (the versions of its turn): "< version/versions >".
+    version: int = 1
+    versions: int = 1
 
     @property
     def facts(self) -> dict[str, str]:
@@ -99,8 +103,26 @@ def message_error(message: Message, cipher: OwnerCipher) -> str:
 def conversation_messages(
     conversation: Conversation, cipher: OwnerCipher | None = None
 ) -> list[MessageView]:
+    """Every message of every branch, oldest first (the export: `parent_id` rebuilds the
+    tree). The page shows one branch: `conversation_branch`."""
     cipher = cipher or OwnerCipher(conversation.owner)
     return [message_view(m, cipher) for m in conversation.messages.select_related("provider_key")]
+
+
+def conversation_branch(
+    conversation: Conversation, cipher: OwnerCipher | None = None
+) -> list[MessageView]:
+    """The branch the conversation shows (first message to its active leaf), each message
+    with its version among its siblings. The other branches' text is never opened."""
+    cipher = cipher or OwnerCipher(conversation.owner)
+    tree, path = active_branch(conversation)
+    rows = conversation.messages.select_related("provider_key").in_bulk(path)
+    views = []
+    for message_id in path:
+        siblings = tree.siblings(message_id)
+        view = message_view(rows[message_id], cipher)
+        views.append(replace(view, version=siblings.index(message_id) + 1, versions=len(siblings)))
+    return views
 
 
 def conversation_titles(*, owner: User, ids: list[object]) -> dict[object, str]:

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from chat import streams, turns
+from chat.branches import Tree
 from chat.models import PURPOSE_MESSAGE, PURPOSE_SYSTEM, PURPOSE_TITLE, Conversation, Message
 from completion import admission, engine
 from completion.engine import Outcome, Refused
@@ -183,14 +184,11 @@ def _admit(conversation: Conversation, reply_id: uuid.UUID) -> None:
         raise ChatError(refused.message, field="text") from None
 
 
-def message_send(
-    *, conversation: Conversation, text: str, cipher: OwnerCipher | None = None
-) -> tuple[Message, Message]:
-    """Add the user's message and a queued reply, and queue the turn (on commit).
+IN_FLIGHT = "A reply is still being written. Wait for it, or stop it."
 
-    One transaction: either both messages exist and the task is queued, or nothing changed.
-    `cipher` is the owner's, if the caller has opened it already.
-    """
+
+def _clean_text(text: str) -> str:
+    """A message's text as sent, or ChatError (empty, or over BYOK_MAX_MESSAGE_CHARS)."""
     text = text.strip()
     if not text:
         raise ChatError("Type a message first.", field="text")
@@ -200,42 +198,155 @@ def message_send(
             f"{settings.BYOK_MAX_MESSAGE_CHARS:,}. Shorten it or split it.",
             field="text",
         )
+    return text
+
+
+def _lock_idle(conversation: Conversation, owner: User) -> Conversation:
+    """The conversation locked for this transaction (serialising two tabs acting on it at
+    once), or ChatError if one of its replies is still in flight: one turn at a time."""
+    locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+    locked.owner = owner
+    if locked.messages.filter(status__in=[Status.QUEUED, Status.RUNNING]).exists():
+        raise ChatError(IN_FLIGHT, field="text")
+    return locked
+
+
+def _check_in(conversation: Conversation, message: Message) -> None:
+    """SECURITY: a message named alongside a conversation must be one of its own."""
+    if message.conversation_id != conversation.pk or message.owner_id != conversation.owner_id:
+        raise ChatError("That message is not part of this conversation.")
+
+
+def _queue_reply(
+    locked: Conversation, *, parent: Message, reply_id: uuid.UUID, created_at: datetime
+) -> Message:
+    """A queued reply under `parent`, made the conversation's active leaf; the turn is
+    queued on commit."""
+    reply = Message.objects.create(
+        id=reply_id,
+        conversation=locked,
+        owner=locked.owner,
+        parent=parent,
+        role=Role.ASSISTANT,
+        status=Status.QUEUED,
+        model=locked.model,
+        created_at=created_at,
+    )
+    locked.active_leaf = reply
+    locked.last_message_at = timezone.now()
+    _enqueue_turn(reply)
+    return reply
+
+
+def _user_message(
+    locked: Conversation, *, parent: Message | None, text: str, cipher: OwnerCipher
+) -> Message:
+    message = Message(
+        conversation=locked,
+        owner=locked.owner,
+        parent=parent,
+        role=Role.USER,
+        status=Status.DONE,
+        created_at=timezone.now(),
+    )
+    message.sealed_content = cipher.seal(PURPOSE_MESSAGE, message.pk, text)
+    message.save(force_insert=True)
+    return message
+
+
+def _cipher_for(owner: User, cipher: OwnerCipher | None) -> OwnerCipher:
+    if cipher is None or cipher.owner_id != str(owner.pk):
+        return OwnerCipher(owner)
+    return cipher
+
+
+def message_send(
+    *, conversation: Conversation, text: str, cipher: OwnerCipher | None = None
+) -> tuple[Message, Message]:
+    """Add the user's message at the end of the active branch and a queued reply, and queue
+    the turn (on commit).
+
+    One transaction: either both messages exist and the task is queued, or nothing changed.
+    `cipher` is the owner's, if the caller has opened it already.
+    """
+    text = _clean_text(text)
     owner = conversation.owner
     with _admitted(owner) as admit, transaction.atomic():
-        # Serialises two tabs sending into the same conversation at once.
-        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
-        locked.owner = owner
-        if locked.messages.filter(status__in=[Status.QUEUED, Status.RUNNING]).exists():
-            raise ChatError(
-                "A reply is still being written. Wait for it, or stop it.", field="text"
-            )
+        locked = _lock_idle(conversation, owner)
         reply_id = uuid.uuid4()
         admit(locked, reply_id)
-        if cipher is None or cipher.owner_id != str(owner.pk):
-            cipher = OwnerCipher(owner)
-        now = timezone.now()
-        user_message = Message(
-            conversation=locked, owner=owner, role=Role.USER, status=Status.DONE, created_at=now
+        cipher = _cipher_for(owner, cipher)
+        leaf_id = Tree.of(locked.pk).leaf(locked)
+        parent = Message.objects.get(pk=leaf_id) if leaf_id is not None else None
+        user_message = _user_message(locked, parent=parent, text=text, cipher=cipher)
+        reply = _queue_reply(
+            locked,
+            parent=user_message,
+            reply_id=reply_id,
+            created_at=user_message.created_at + timedelta(microseconds=1),
         )
-        user_message.sealed_content = cipher.seal(PURPOSE_MESSAGE, user_message.pk, text)
-        user_message.save(force_insert=True)
-        reply = Message.objects.create(
-            id=reply_id,
-            conversation=locked,
-            owner=owner,
-            role=Role.ASSISTANT,
-            status=Status.QUEUED,
-            model=locked.model,
-            created_at=now + timedelta(microseconds=1),
-        )
-        update = ["last_message_at"]
-        locked.last_message_at = now
+        update = ["last_message_at", "active_leaf"]
         if not locked.sealed_title:
             locked.sealed_title = cipher.seal(PURPOSE_TITLE, locked.pk, _title_from(text))
             update.append("sealed_title")
         locked.save(update_fields=update)
-        _enqueue_turn(reply)
     return user_message, reply
+
+
+def message_edit(
+    *,
+    conversation: Conversation,
+    message: Message,
+    text: str,
+    cipher: OwnerCipher | None = None,
+) -> tuple[Message, Message]:
+    """Edit a sent user message: a new branch. The new text is a sibling of `message` (same
+    parent) with a queued reply of its own, and becomes the active branch; the old branch
+    stays, one version back.
+
+    Returns the new user message and its reply. Nothing changes on ChatError.
+    """
+    _check_in(conversation, message)
+    if message.role != Role.USER:
+        raise ChatError("Only your own messages can be edited; regenerate a reply instead.")
+    text = _clean_text(text)
+    owner = conversation.owner
+    with _admitted(owner) as admit, transaction.atomic():
+        locked = _lock_idle(conversation, owner)
+        reply_id = uuid.uuid4()
+        admit(locked, reply_id)
+        cipher = _cipher_for(owner, cipher)
+        edited = _user_message(locked, parent=message.parent, text=text, cipher=cipher)
+        reply = _queue_reply(
+            locked,
+            parent=edited,
+            reply_id=reply_id,
+            created_at=edited.created_at + timedelta(microseconds=1),
+        )
+        locked.save(update_fields=["last_message_at", "active_leaf"])
+    return edited, reply
+
+
+def branch_switch(*, conversation: Conversation, message: Message, version: int) -> Message:
+    """Show another version of `message`'s turn: version `version` (1 is the oldest) of its
+    siblings, and below it the newest leaf (following the most recent child down).
+
+    Returns the conversation's new active leaf. ChatError (nothing changed) for a version
+    that does not exist, or while a reply is in flight.
+    """
+    _check_in(conversation, message)
+    with transaction.atomic():
+        locked = _lock_idle(conversation, conversation.owner)
+        tree = Tree.of(locked.pk)
+        siblings = tree.siblings(message.pk)
+        if not 1 <= version <= len(siblings):
+            raise ChatError(
+                f"There is no version {version} of this message; it has {len(siblings)}."
+            )
+        leaf = Message.objects.get(pk=tree.newest_leaf(siblings[version - 1]))
+        locked.active_leaf = leaf
+        locked.save(update_fields=["active_leaf"])
+    return leaf
 
 
 def _close_unrun(
@@ -272,32 +383,20 @@ def turn_cancel(*, message: Message) -> Message:
 
 
 def turn_regenerate(*, message: Message) -> Message:
-    """Replace the conversation's last reply (failed, stopped or done) with a new one."""
+    """A new reply to the same user message as `message` (a finished reply anywhere in the
+    conversation); `message` stays as the previous version. The new reply becomes the
+    active branch's leaf."""
     if message.role != Role.ASSISTANT:
         raise ChatError("Only a reply can be regenerated.")
     with _admitted(message.owner) as admit, transaction.atomic():
-        conversation = Conversation.objects.select_for_update().get(pk=message.conversation_id)
-        last = conversation.messages.order_by("-created_at", "-id").first()
-        if last is None or last.pk != message.pk:
-            raise ChatError("Only the last reply can be retried or regenerated.")
-        if not message.is_final:
-            raise ChatError("This reply is still being written.")
+        locked = _lock_idle(message.conversation, message.owner)
+        question = message.parent
+        if question is None:
+            raise ChatError("This reply answers no message; send a new one instead.")
         reply_id = uuid.uuid4()
-        admit(conversation, reply_id)
-        created = message.created_at
-        message.delete()
-        reply = Message.objects.create(
-            id=reply_id,
-            conversation=conversation,
-            owner=conversation.owner,
-            role=Role.ASSISTANT,
-            status=Status.QUEUED,
-            model=conversation.model,
-            created_at=created,
-        )
-        conversation.last_message_at = timezone.now()
-        conversation.save(update_fields=["last_message_at"])
-        _enqueue_turn(reply)
+        admit(locked, reply_id)
+        reply = _queue_reply(locked, parent=question, reply_id=reply_id, created_at=timezone.now())
+        locked.save(update_fields=["last_message_at", "active_leaf"])
     return reply
 
 

@@ -17,6 +17,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from chat import streams
+from chat.branches import Tree
 from chat.models import PURPOSE_ERROR, PURPOSE_MESSAGE, Conversation, Message
 from chat.rendering import render_markdown, turn_facts
 from chat.selectors import conversation_system_prompt
@@ -59,17 +60,16 @@ _ACTION_FOR_KIND = {
 
 
 def build_history(reply: Message, cipher: OwnerCipher) -> tuple[list[ChatMessage], int]:
-    """The conversation before `reply`, oldest turns dropped to fit BYOK_CONTEXT_MAX_CHARS.
+    """The branch before `reply` (its ancestors: other versions and branches are not part
+    of its context), oldest turns dropped to fit BYOK_CONTEXT_MAX_CHARS.
 
     Failed and empty replies are left out. Returns the messages and how many were dropped.
     """
-    earlier = (
-        Message.objects.filter(
-            conversation_id=reply.conversation_id, created_at__lt=reply.created_at
-        )
-        .filter(status__in=[Status.DONE, Status.STOPPED])
-        .order_by("created_at", "id")
-    )
+    ancestors = Tree.of(reply.conversation_id).path_to(reply.pk)[:-1]
+    rows = Message.objects.filter(
+        pk__in=ancestors, status__in=[Status.DONE, Status.STOPPED]
+    ).in_bulk()
+    earlier = [rows[pk] for pk in ancestors if pk in rows]
     history: list[ChatMessage] = []
     for message in earlier:
         text = cipher.open(PURPOSE_MESSAGE, message.pk, message.sealed_content)

@@ -13,6 +13,16 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/archive/", views.conversation_archive, name="archive"),
     path("c/<uuid:conversation_id>/temporary/", views.conversation_temporary, name="temporary"),
     path("c/<uuid:conversation_id>/delete/", views.conversation_delete, name="delete"),
+    path(
+        "c/<uuid:conversation_id>/m/<uuid:message_id>/edit/",
+        views.message_edit,
+        name="edit",
+    ),
+    path(
+        "c/<uuid:conversation_id>/m/<uuid:message_id>/version/",
+        views.branch_switch,
+        name="version",
+    ),
     path("m/<uuid:message_id>/stream/", views.turn_stream, name="stream"),
     path("m/<uuid:message_id>/cancel/", views.turn_cancel, name="cancel"),
     path("m/<uuid:message_id>/regenerate/", views.turn_regenerate, name="regenerate"),

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.http import AuthenticatedRequest
 from chat import selectors, services
-from chat.forms import MessageForm, NewConversationForm, RenameForm
+from chat.forms import MessageForm, NewConversationForm, RenameForm, VersionForm
 from chat.models import Conversation, Message
 from chat.services import ChatError
 from chat.sse import EventStreamResponse
@@ -113,7 +113,7 @@ def conversation_detail(request: AuthenticatedRequest, conversation_id: object) 
         "conversation": conversation,
         "title": selectors.conversation_title(conversation, cipher),
         "system_prompt": selectors.conversation_system_prompt(conversation, cipher),
-        "items": selectors.conversation_messages(conversation, cipher),
+        "items": selectors.conversation_branch(conversation, cipher),
         "form": MessageForm(),
         "max_chars": settings.BYOK_MAX_MESSAGE_CHARS,
         # The caps this conversation's turns are held to, for the 80 % and 100 % banners.
@@ -179,8 +179,81 @@ def turn_regenerate(request: AuthenticatedRequest, message_id: object) -> HttpRe
     try:
         services.turn_regenerate(message=reply)
     except ChatError as error:
-        messages.error(request, error.message)
-    return redirect("chat:conversation", conversation_id=reply.conversation_id)
+        return _branch_error(request, reply.conversation_id, error.message)
+    return _branch_changed(request, reply.conversation_id)
+
+
+# --- branches: edit, versions ---------------------------------------------------------------
+
+
+def _message_in(conversation: Conversation, message_id: object) -> Message:
+    """SECURITY: one of this conversation's own messages (the conversation is the owner's)."""
+    return get_object_or_404(conversation.messages.all(), pk=message_id)
+
+
+def _branch_changed(request: AuthenticatedRequest, conversation_id: object) -> HttpResponse:
+    """htmx: the active branch, to replace the page's messages; otherwise back to the page."""
+    if not request.headers.get("HX-Request"):
+        return redirect("chat:conversation", conversation_id=conversation_id)
+    conversation = _conversation_for(request, conversation_id)
+    cipher = OwnerCipher(request.user)
+    items = selectors.conversation_branch(conversation, cipher)
+    return render(request, "chat/_messages.html", {"items": items, "conversation": conversation})
+
+
+def _branch_error(
+    request: AuthenticatedRequest, conversation_id: object, error: str, *, target: str = ""
+) -> HttpResponse:
+    if request.headers.get("HX-Request"):
+        response = render(request, "chat/_send_error.html", {"error": error}, status=422)
+        response["HX-Retarget"] = target or "#composer-error"
+        response["HX-Reswap"] = "innerHTML"
+        return response
+    messages.error(request, error)
+    return redirect("chat:conversation", conversation_id=conversation_id)
+
+
+@login_required
+@require_POST
+def message_edit(
+    request: AuthenticatedRequest, conversation_id: object, message_id: object
+) -> HttpResponse:
+    conversation = _conversation_for(request, conversation_id)
+    message = _message_in(conversation, message_id)
+    form = MessageForm(request.POST)
+    try:
+        if not form.is_valid():
+            raise ChatError("Type a message first.")
+        services.message_edit(
+            conversation=conversation,
+            message=message,
+            text=form.cleaned_data["text"],
+            cipher=OwnerCipher(request.user),
+        )
+    except ChatError as error:
+        # A user message's edit form has its own error line; anything else has none.
+        target = f"#edit-error-{message.pk}" if message.role == Message.Role.USER else ""
+        return _branch_error(request, conversation.pk, error.message, target=target)
+    return _branch_changed(request, conversation.pk)
+
+
+@login_required
+@require_POST
+def branch_switch(
+    request: AuthenticatedRequest, conversation_id: object, message_id: object
+) -> HttpResponse:
+    conversation = _conversation_for(request, conversation_id)
+    message = _message_in(conversation, message_id)
+    form = VersionForm(request.POST)
+    try:
+        if not form.is_valid():
+            raise ChatError("Pick a version by its number.")
+        services.branch_switch(
+            conversation=conversation, message=message, version=form.cleaned_data["version"]
+        )
+    except ChatError as error:
+        return _branch_error(request, conversation.pk, error.message)
+    return _branch_changed(request, conversation.pk)
 
 
 @login_required

@@ -141,9 +141,17 @@ def _conversations(owner: User, export: AccountExport) -> Iterable[tuple[str, di
                 "model": conversation.model,
                 "created_at": conversation.created_at.isoformat(),
                 "archived": conversation.archived,
+                # The branch the page shows ends here; every branch's messages are below,
+                # each with its parent (null for a first message): the tree rebuilds.
+                "active_leaf_id": str(conversation.active_leaf_id)
+                if conversation.active_leaf_id
+                else None,
                 "messages": [
                     {
                         "id": str(view.message.pk),
+                        "parent_id": str(view.message.parent_id)
+                        if view.message.parent_id
+                        else None,
                         "role": view.message.role,
                         "text": view.text,
                         "status": view.message.status,

@@ -52,10 +52,12 @@ def make_conversation(owner, key, text: str, *, reply: str = "noted", title: str
     )
     conversation.sealed_title = cipher.seal("conversation_title", conversation.pk, title)
     conversation.save(update_fields=["sealed_title"])
+    message = None
     for role, content in (("user", text), ("assistant", reply)):
         message = Message.objects.create(
             conversation=conversation,
             owner=owner,
+            parent=message,
             role=role,
             model="gpt-test",
             input_tokens=12 if role == "assistant" else None,
@@ -63,4 +65,6 @@ def make_conversation(owner, key, text: str, *, reply: str = "noted", title: str
         )
         message.sealed_content = cipher.seal("message", message.pk, content)
         message.save(update_fields=["sealed_content"])
+    conversation.active_leaf = message
+    conversation.save(update_fields=["active_leaf"])
     return conversation

@@ -73,6 +73,8 @@ URL_RULES: dict[str, str] = {
     "chat:stream": OWNER,
     "chat:cancel": OWNER,
     "chat:regenerate": OWNER,
+    "chat:edit": OWNER,
+    "chat:version": OWNER,
     # usage
     "usage:home": LOGIN,
     "usage:day": LOGIN,

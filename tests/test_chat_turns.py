@@ -341,6 +341,9 @@ def test_a_worker_that_died_mid_turn_is_reaped_with_a_retry(alice, fake_provider
     turns.run_turn(str(new_reply.pk))
     new_reply.refresh_from_db()
     assert new_reply.status == Message.Status.DONE
+    # The failed reply stays, one version back: a sibling of the new one.
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.ERROR and new_reply.parent_id == reply.parent_id
 
 
 def test_a_turn_no_worker_picks_up_fails_with_a_clear_message(alice, fake_provider, settings):

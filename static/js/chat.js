@@ -217,14 +217,6 @@
         var empty = document.getElementById("empty-chat");
         if (empty) empty.remove();
         keepScrolled(true);  // the reader's own message and the reply coming
-        // Only the newest reply can be regenerated.
-        var replies = document.querySelectorAll("article.message.assistant");
-        replies.forEach(function (reply, index) {
-          if (index < replies.length - 1) {
-            var actions = reply.querySelector("[data-role=actions]");
-            if (actions) actions.textContent = "";
-          }
-        });
       }
     });
     document.body.addEventListener("htmx:afterSwap", function (event) {
@@ -232,6 +224,53 @@
       keepScrolled();
     });
   });
+
+  // Branches: editing a sent message opens an inline form (a <details>, so it also opens
+  // without JS); Cancel closes it and puts the text back, Enter saves, Escape cancels.
+  function editBox(element) { return element.closest("details.edit-message"); }
+
+  function closeEdit(details) {
+    var textarea = details.querySelector("textarea");
+    if (textarea) textarea.value = textarea.defaultValue;
+    var error = details.querySelector(".errors");
+    if (error) error.textContent = "";
+    details.open = false;
+    var summary = details.querySelector("summary");
+    if (summary) summary.focus();
+  }
+
+  function openedEdit(event) {
+    var details = event.target;
+    if (!(details instanceof HTMLDetailsElement) || !details.matches(".edit-message")) return;
+    if (!details.open) return;
+    var textarea = details.querySelector("textarea");
+    if (!textarea) return;
+    textarea.focus();
+    textarea.setSelectionRange(textarea.value.length, textarea.value.length);
+  }
+
+  function editClicked(event) {
+    var cancel = event.target.closest("[data-action=cancel-edit]");
+    if (!cancel || !editBox(cancel)) return;
+    event.preventDefault();  // without JS the link reloads the page, which closes it too
+    closeEdit(editBox(cancel));
+  }
+
+  function editKeys(event) {
+    var textarea = event.target;
+    if (!(textarea instanceof HTMLTextAreaElement) || !editBox(textarea)) return;
+    if (event.key === "Escape") {
+      event.preventDefault();
+      closeEdit(editBox(textarea));
+    } else if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      if (textarea.value.trim()) textarea.form.requestSubmit();
+    }
+  }
+
+  document.addEventListener("toggle", openedEdit, true);  // toggle does not bubble
+  document.addEventListener("click", editClicked);
+  document.addEventListener("keydown", editKeys);
 
   // New chat: the model field starts with the chosen key's first suggestion, and follows
   // the key while it still holds a suggestion; a model the user typed is kept.
