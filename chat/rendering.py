@@ -7,7 +7,10 @@ inert.
 
 from __future__ import annotations
 
+from typing import Any
+
 import nh3
+from django.conf import settings
 from markdown_it import MarkdownIt
 
 _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
@@ -68,14 +71,40 @@ def turn_facts(
     output_tokens: int | None,
     ttft_ms: int | None,
     estimated: bool = False,
+    temperature: float | None = None,
+    max_output_tokens: int | None = None,
+    reasoning_effort: str = "",
+    default_max_output_tokens: int | None = None,
 ) -> dict[str, str]:
     """The small print of a finished reply, as plain text: the key that served it, and its
     tokens (marked ≈ when estimated: the stream ended before the provider reported them)
     and time to first token. The page renders it; the final event carries it, so a reply
-    that finishes live shows what a reload would."""
-    usage = ""
+    that finishes live shows what a reload would.
+
+    Then what the request was sent, where it was not the default: its temperature, its
+    reasoning effort, and its length limit when that differs from
+    `default_max_output_tokens` (the user's setting, or a cap's lower one)."""
+    parts = []
     if output_tokens is not None:
         usage = f"{'≈ ' if estimated else ''}{input_tokens or 0} in · {output_tokens} out"
         if ttft_ms is not None:
             usage += f" · first token {ttft_ms} ms"
-    return {"via": f"via {key_label}" if key_label else "", "usage": usage}
+        parts.append(usage)
+    if temperature is not None:
+        parts.append(f"temp {temperature:g}")
+    if reasoning_effort:
+        parts.append(f"effort {reasoning_effort}")
+    if max_output_tokens is not None and max_output_tokens != default_max_output_tokens:
+        parts.append(f"max {max_output_tokens:,} tokens")
+    return {"via": f"via {key_label}" if key_label else "", "usage": " · ".join(parts)}
+
+
+def sent_facts(sent: dict[str, object]) -> dict[str, Any]:
+    """`turn_facts`' arguments for what a reply's request was sent (a Message's
+    `temperature`, `max_output_tokens` and `reasoning_effort`, or the same as a dict)."""
+    return {
+        "temperature": sent.get("temperature"),
+        "max_output_tokens": sent.get("max_output_tokens"),
+        "reasoning_effort": sent.get("reasoning_effort") or "",
+        "default_max_output_tokens": settings.BYOK_MAX_OUTPUT_TOKENS,
+    }
