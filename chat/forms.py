@@ -3,6 +3,7 @@ from __future__ import annotations
 from django import forms
 
 from accounts.models import User
+from chat.models import MAX_OUTPUT_TOKENS_LIMIT, TEMPERATURE_MAX, ReasoningEffort
 from keys.models import ProviderKey
 
 
@@ -61,3 +62,62 @@ class VersionForm(forms.Form):
     """Which version of a message to show (1 is the oldest); the service checks the range."""
 
     version = forms.IntegerField(min_value=1, max_value=100_000)
+
+
+class ConversationSettingsForm(forms.Form):
+    """What a conversation's next turns are sent. Ranges are checked here; what the model
+    can take is the service's rule (`chat.services.conversation_settings_update`)."""
+
+    system_prompt = forms.CharField(
+        required=False,
+        strip=True,
+        label="System prompt",
+        widget=forms.Textarea(
+            attrs={"rows": 4, "placeholder": "Optional: how the assistant should behave"}
+        ),
+        help_text="Used from the next reply on.",
+    )
+    temperature = forms.FloatField(
+        required=False,
+        min_value=0,
+        max_value=TEMPERATURE_MAX,
+        label="Temperature",
+        widget=forms.NumberInput(
+            attrs={"step": "0.05", "inputmode": "decimal", "placeholder": "Provider default"}
+        ),
+        help_text="0 to 2: lower is steadier, higher more varied. Blank: the provider's default.",
+        error_messages={
+            "invalid": "Enter a number between 0 and 2, or leave it blank.",
+            "min_value": "The temperature must be between 0 and 2.",
+            "max_value": "The temperature must be between 0 and 2.",
+        },
+    )
+    max_output_tokens = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=MAX_OUTPUT_TOKENS_LIMIT,
+        label="Reply length limit (tokens)",
+        widget=forms.NumberInput(attrs={"step": "1", "inputmode": "numeric"}),
+        error_messages={
+            "invalid": "Enter a whole number of tokens, or leave it blank.",
+            "min_value": f"The limit must be between 1 and {MAX_OUTPUT_TOKENS_LIMIT:,} tokens.",
+            "max_value": f"The limit must be between 1 and {MAX_OUTPUT_TOKENS_LIMIT:,} tokens.",
+        },
+    )
+    reasoning_effort = forms.ChoiceField(
+        required=False,
+        label="Reasoning effort",
+        choices=[("", "Model default"), *ReasoningEffort.choices],
+        help_text="How much the model thinks before it answers: more is slower and costs more.",
+        error_messages={
+            "invalid_choice": "Pick a reasoning effort of low, medium or high, or the default."
+        },
+    )
+
+    def __init__(self, *args: object, default_max_output_tokens: int, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        field = self.fields["max_output_tokens"]
+        field.widget.attrs["placeholder"] = f"Default ({default_max_output_tokens:,})"
+        field.help_text = (
+            f"Blank: {default_max_output_tokens:,}. Your spend caps may make a reply shorter."
+        )

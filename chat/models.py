@@ -23,6 +23,18 @@ PURPOSE_MESSAGE = "message"
 PURPOSE_ERROR = "message_error"
 
 
+# The settings a conversation's turns are sent with (chat.services.conversation_settings_update).
+TEMPERATURE_MAX = 2.0
+# The most output tokens a user may ask for: above every model's output limit today.
+MAX_OUTPUT_TOKENS_LIMIT = 128_000
+
+
+class ReasoningEffort(models.TextChoices):
+    LOW = "low", "Low"
+    MEDIUM = "medium", "Medium"
+    HIGH = "high", "High"
+
+
 class ConversationQuerySet(models.QuerySet["Conversation"]):
     def for_owner(self, user: User) -> ConversationQuerySet:
         return self.filter(owner=user)
@@ -47,6 +59,11 @@ class Conversation(models.Model):
         default=False, help_text="Deleted 24 hours after its last message."
     )
     archived = models.BooleanField(default=False)
+    # What each turn is sent; None / blank: the provider's or the model's default (the
+    # length: BYOK_MAX_OUTPUT_TOKENS). The caps may send a shorter limit than asked.
+    temperature = models.FloatField(null=True, blank=True)
+    max_output_tokens = models.PositiveIntegerField("reply length limit", null=True, blank=True)
+    reasoning_effort = models.CharField(max_length=8, choices=ReasoningEffort.choices, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     last_message_at = models.DateTimeField(default=timezone.now, db_index=True)
     # The leaf of the branch the page shows and the next message is appended to (messages
@@ -64,6 +81,18 @@ class Conversation(models.Model):
 
     def __str__(self) -> str:
         return f"conversation {self.pk}"
+
+    @property
+    def settings_summary(self) -> str:
+        """The settings that differ from the defaults, short: "temp 0.3 · effort high"."""
+        parts = []
+        if self.temperature is not None:
+            parts.append(f"temp {self.temperature:g}")
+        if self.reasoning_effort:
+            parts.append(f"effort {self.reasoning_effort}")
+        if self.max_output_tokens:
+            parts.append(f"max {self.max_output_tokens:,} tokens")
+        return " · ".join(parts)
 
 
 class MessageQuerySet(models.QuerySet["Message"]):
@@ -119,6 +148,11 @@ class Message(models.Model):
     latency_ms = models.PositiveIntegerField("total time (ms)", null=True, blank=True)
     provider_calls = models.PositiveSmallIntegerField(default=0)
     finish_reason = models.CharField(max_length=32, blank=True)
+    # What the turn's provider request was sent (after the model's rules and the caps):
+    # None / blank when nothing was sent, or the provider's default was left.
+    temperature = models.FloatField(null=True, blank=True)
+    max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    reasoning_effort = models.CharField(max_length=8, choices=ReasoningEffort.choices, blank=True)
     trimmed_messages = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)

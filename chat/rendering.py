@@ -24,12 +24,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import nh3
+from defusedxml.ElementTree import fromstring as xml_fromstring
+from django.conf import settings
 from latex2mathml.converter import convert as latex_to_mathml
 from markdown_it import MarkdownIt
+from markdown_it.common.utils import escapeHtml
 from markdown_it.renderer import RendererHTML
 from markdown_it.rules_core import StateCore
 from markdown_it.token import Token
-from markdown_it.common.utils import escapeHtml
 from mdit_py_plugins.dollarmath import dollarmath_plugin
 from mdit_py_plugins.texmath import texmath_plugin
 from pygments import highlight as pygments_highlight
@@ -142,7 +144,7 @@ def _math(latex: str, *, block: bool) -> str:
     copies `\\text{…}` into its output unescaped, so its output is parsed as XML and written
     out again (text escaped) before nh3 sees it; output that is not well-formed is refused."""
     try:
-        tree = ElementTree.fromstring(latex_to_mathml(latex, display="block" if block else "inline"))
+        tree = xml_fromstring(latex_to_mathml(latex, display="block" if block else "inline"))
     except Exception:  # latex2mathml raises many kinds for bad input
         code = f"<code>{escapeHtml(latex)}</code>"
         return f'<div class="math-block">{code}</div>\n' if block else code
@@ -164,9 +166,7 @@ def _math_block(
     return _math(tokens[idx].content.strip(), block=True)
 
 
-def _fence(
-    self: RendererHTML, tokens: Sequence[Token], idx: int, options: Any, env: Any
-) -> str:
+def _fence(self: RendererHTML, tokens: Sequence[Token], idx: int, options: Any, env: Any) -> str:
     """A fenced block under a header naming its language (the page adds a copy button)."""
     language = tokens[idx].info.strip().split(maxsplit=1)[0] if tokens[idx].info.strip() else ""
     label = f'<span class="code-lang">{escapeHtml(language)}</span>' if language else ""
@@ -338,17 +338,43 @@ def turn_facts(
     output_tokens: int | None,
     ttft_ms: int | None,
     estimated: bool = False,
+    temperature: float | None = None,
+    max_output_tokens: int | None = None,
+    reasoning_effort: str = "",
+    default_max_output_tokens: int | None = None,
 ) -> dict[str, str]:
     """The small print of a finished reply, as plain text: the key that served it, and its
     tokens (marked ≈ when estimated: the stream ended before the provider reported them)
     and time to first token. The page renders it; the final event carries it, so a reply
-    that finishes live shows what a reload would."""
-    usage = ""
+    that finishes live shows what a reload would.
+
+    Then what the request was sent, where it was not the default: its temperature, its
+    reasoning effort, and its length limit when that differs from
+    `default_max_output_tokens` (the user's setting, or a cap's lower one)."""
+    parts = []
     if output_tokens is not None:
         usage = f"{'≈ ' if estimated else ''}{input_tokens or 0} in · {output_tokens} out"
         if ttft_ms is not None:
             usage += f" · first token {ttft_ms} ms"
-    return {"via": f"via {key_label}" if key_label else "", "usage": usage}
+        parts.append(usage)
+    if temperature is not None:
+        parts.append(f"temp {temperature:g}")
+    if reasoning_effort:
+        parts.append(f"effort {reasoning_effort}")
+    if max_output_tokens is not None and max_output_tokens != default_max_output_tokens:
+        parts.append(f"max {max_output_tokens:,} tokens")
+    return {"via": f"via {key_label}" if key_label else "", "usage": " · ".join(parts)}
+
+
+def sent_facts(sent: dict[str, object]) -> dict[str, Any]:
+    """`turn_facts`' arguments for what a reply's request was sent (a Message's
+    `temperature`, `max_output_tokens` and `reasoning_effort`, or the same as a dict)."""
+    return {
+        "temperature": sent.get("temperature"),
+        "max_output_tokens": sent.get("max_output_tokens"),
+        "reasoning_effort": sent.get("reasoning_effort") or "",
+        "default_max_output_tokens": settings.BYOK_MAX_OUTPUT_TOKENS,
+    }
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--css"]:

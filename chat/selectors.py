@@ -14,7 +14,7 @@ from chat.models import (
     Conversation,
     Message,
 )
-from chat.rendering import render_markdown, turn_facts
+from chat.rendering import render_markdown, sent_facts, turn_facts
 from vault.services import OwnerCipher
 
 
@@ -47,6 +47,13 @@ class MessageView:
             output_tokens=message.output_tokens,
             ttft_ms=message.ttft_ms,
             estimated=message.tokens_estimated,
+            **sent_facts(
+                {
+                    "temperature": message.temperature,
+                    "max_output_tokens": message.max_output_tokens,
+                    "reasoning_effort": message.reasoning_effort,
+                }
+            ),
         )
 
 

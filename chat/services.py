@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import redis
@@ -18,11 +20,22 @@ from django.utils import timezone
 from accounts.models import User
 from chat import streams, turns
 from chat.branches import Tree
-from chat.models import PURPOSE_MESSAGE, PURPOSE_SYSTEM, PURPOSE_TITLE, Conversation, Message
+from chat.models import (
+    MAX_OUTPUT_TOKENS_LIMIT,
+    PURPOSE_MESSAGE,
+    PURPOSE_SYSTEM,
+    PURPOSE_TITLE,
+    TEMPERATURE_MAX,
+    Conversation,
+    Message,
+    ReasoningEffort,
+)
 from completion import admission, engine
 from completion.engine import Outcome, Refused
 from core.redis import get_redis
 from keys.models import ProviderKey
+from providers.catalog import PRESETS, model_reasoning, model_takes_temperature
+from providers.reasoning import ReasoningStyle
 from usage.prices import TokenCounts
 from vault.services import OwnerCipher
 
@@ -117,6 +130,110 @@ def conversation_set_flags(
     if fields:
         conversation.save(update_fields=fields)
     return conversation
+
+
+def conversation_settings_update(
+    *,
+    conversation: Conversation,
+    system_prompt: str,
+    temperature: float | None,
+    max_output_tokens: int | None,
+    reasoning_effort: str,
+) -> Conversation:
+    """Change what the conversation's next turns are sent: the system prompt (sealed), the
+    temperature (0 to 2; None: the provider's default), the reply length limit (1 to
+    MAX_OUTPUT_TOKENS_LIMIT tokens; None: BYOK_MAX_OUTPUT_TOKENS; the caps may still send
+    less) and the reasoning effort (low / medium / high; blank: the model's default).
+
+    Raises ChatError (naming the field) and changes nothing when a value is out of range or
+    the conversation's model cannot take it (`conversation_model_options`): an effort for a
+    model without one, a temperature for a model that takes none, or both at once for a
+    Claude model (thinking does not combine with a temperature). Replies already written
+    keep what they were sent.
+    """
+    system_prompt = system_prompt.strip()
+    if len(system_prompt) > settings.BYOK_MAX_MESSAGE_CHARS:
+        raise ChatError(
+            f"The system prompt is {len(system_prompt):,} characters; the limit is "
+            f"{settings.BYOK_MAX_MESSAGE_CHARS:,}.",
+            field="system_prompt",
+        )
+    if temperature is not None:
+        if (
+            isinstance(temperature, bool)
+            or not math.isfinite(temperature)
+            or not 0 <= temperature <= TEMPERATURE_MAX
+        ):
+            raise ChatError("The temperature must be between 0 and 2.", field="temperature")
+        temperature = round(float(temperature), 2)
+    if max_output_tokens is not None and (
+        isinstance(max_output_tokens, bool) or not 1 <= max_output_tokens <= MAX_OUTPUT_TOKENS_LIMIT
+    ):
+        raise ChatError(
+            f"The reply length limit must be between 1 and {MAX_OUTPUT_TOKENS_LIMIT:,} tokens.",
+            field="max_output_tokens",
+        )
+    if reasoning_effort not in {"", *ReasoningEffort.values}:
+        raise ChatError(
+            "Pick a reasoning effort of low, medium or high, or the default.",
+            field="reasoning_effort",
+        )
+    options = conversation_model_options(conversation)
+    if reasoning_effort and not options.has_reasoning_effort:
+        raise ChatError(
+            f"{conversation.model} has no reasoning effort setting; leave it on the default.",
+            field="reasoning_effort",
+        )
+    if temperature is not None and not options.takes_temperature:
+        raise ChatError(
+            f"{conversation.model} only uses its own temperature; leave it blank.",
+            field="temperature",
+        )
+    if temperature is not None and reasoning_effort and options.thinking_excludes_temperature:
+        raise ChatError(
+            f"{conversation.model} cannot use a temperature while it thinks: clear the "
+            "temperature or leave the reasoning effort on the default.",
+            field="temperature",
+        )
+    conversation.sealed_system_prompt = OwnerCipher(conversation.owner).seal(
+        PURPOSE_SYSTEM, conversation.pk, system_prompt
+    )
+    conversation.temperature = temperature
+    conversation.max_output_tokens = max_output_tokens
+    conversation.reasoning_effort = reasoning_effort
+    conversation.save(
+        update_fields=[
+            "sealed_system_prompt",
+            "temperature",
+            "max_output_tokens",
+            "reasoning_effort",
+        ]
+    )
+    return conversation
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Which settings a conversation's model takes (`providers.reasoning`'s rule)."""
+
+    has_reasoning_effort: bool
+    takes_temperature: bool
+    # Claude thinks when given an effort, and thinking refuses a temperature.
+    thinking_excludes_temperature: bool
+
+
+def conversation_model_options(conversation: Conversation) -> ModelOptions:
+    """What the conversation's model takes; a preset nobody knows takes neither extra."""
+    preset = PRESETS.get(conversation.preset)
+    if preset is None:
+        return ModelOptions(False, True, False)
+    style = model_reasoning(preset, conversation.model)
+    return ModelOptions(
+        has_reasoning_effort=style is not ReasoningStyle.NONE,
+        takes_temperature=model_takes_temperature(preset, conversation.model),
+        thinking_excludes_temperature=style
+        in (ReasoningStyle.ANTHROPIC_ADAPTIVE, ReasoningStyle.ANTHROPIC_BUDGET),
+    )
 
 
 def conversation_delete(*, conversation: Conversation) -> None:

@@ -280,7 +280,7 @@ class TurnEvents:
     async def _catch_up(self) -> None:
         """The text a reconnecting reader has seen (up to `last_id`), for the rendering."""
         try:
-            seen = await live.get_async_redis().xrange(
+            seen: list[tuple[str, dict[str, str]]] = await live.get_async_redis().xrange(  # type: ignore[assignment]
                 streams.stream_key(self.message_id), "-", self.last_id
             )
         except redis.RedisError:

@@ -19,7 +19,7 @@ from django.utils import timezone
 from chat import streams
 from chat.branches import Tree
 from chat.models import PURPOSE_ERROR, PURPOSE_MESSAGE, Conversation, Message
-from chat.rendering import render_markdown, turn_facts
+from chat.rendering import render_markdown, sent_facts, turn_facts
 from chat.selectors import conversation_system_prompt
 from completion import engine
 from completion.engine import Call, KeyChoice, Outcome, Prompt, Refused
@@ -108,7 +108,9 @@ def run_turn(message_id: str) -> None:
 
 
 def turn_call(reply: Message) -> Call:
-    """The engine's call for a reply (its conversation and owner loaded)."""
+    """The engine's call for a reply (its conversation and owner loaded), with the
+    conversation's settings: its length limit (or BYOK_MAX_OUTPUT_TOKENS), which the caps may
+    lower, its temperature and reasoning effort."""
     conversation: Conversation = reply.conversation
     return Call(
         call_id=reply.pk,
@@ -119,8 +121,10 @@ def turn_call(reply: Message) -> Call:
             key_id=conversation.provider_key_id,
         ),
         model=conversation.model,
-        max_output_tokens=settings.BYOK_MAX_OUTPUT_TOKENS,
+        max_output_tokens=conversation.max_output_tokens or settings.BYOK_MAX_OUTPUT_TOKENS,
         group_id=conversation.pk,
+        temperature=conversation.temperature,
+        reasoning_effort=conversation.reasoning_effort or None,
     )
 
 
@@ -200,6 +204,7 @@ class ChatTurn:
                 ttft_ms=outcome.ttft_ms,
                 latency_ms=outcome.latency_ms,
                 finish_reason=outcome.finish_reason,
+                **_sent_values(outcome),
             )
             if tokens is not None:
                 values.update(
@@ -250,6 +255,18 @@ class ChatTurn:
         return self.reply
 
 
+def _sent_values(outcome: Outcome) -> dict[str, object]:
+    """The reply's record of what its provider request was sent (nothing was: all empty)."""
+    sent = outcome.sent
+    if sent is None or not outcome.provider_calls:
+        return {"temperature": None, "max_output_tokens": None, "reasoning_effort": ""}
+    return {
+        "temperature": sent.temperature,
+        "max_output_tokens": sent.max_tokens,
+        "reasoning_effort": sent.effort.value if sent.effort else "",
+    }
+
+
 def _notice(outcome: Outcome) -> str:
     notices = list(outcome.notices)
     if outcome.cut_off_by_length:
@@ -283,4 +300,5 @@ def _facts(outcome: Outcome) -> dict[str, str]:
         output_tokens=tokens.output if tokens else None,
         ttft_ms=outcome.ttft_ms,
         estimated=outcome.estimated,
+        **sent_facts(_sent_values(outcome)),
     )

@@ -12,6 +12,7 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/rename/", views.conversation_rename, name="rename"),
     path("c/<uuid:conversation_id>/archive/", views.conversation_archive, name="archive"),
     path("c/<uuid:conversation_id>/temporary/", views.conversation_temporary, name="temporary"),
+    path("c/<uuid:conversation_id>/settings/", views.conversation_settings, name="settings"),
     path("c/<uuid:conversation_id>/delete/", views.conversation_delete, name="delete"),
     path(
         "c/<uuid:conversation_id>/m/<uuid:message_id>/edit/",

@@ -18,7 +18,13 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.http import AuthenticatedRequest
 from chat import selectors, services
-from chat.forms import MessageForm, NewConversationForm, RenameForm, VersionForm
+from chat.forms import (
+    ConversationSettingsForm,
+    MessageForm,
+    NewConversationForm,
+    RenameForm,
+    VersionForm,
+)
 from chat.models import Conversation, Message
 from chat.services import ChatError
 from chat.sse import EventStreamResponse
@@ -287,6 +293,41 @@ def conversation_temporary(request: AuthenticatedRequest, conversation_id: objec
     conversation = _conversation_for(request, conversation_id)
     services.conversation_set_flags(conversation=conversation, temporary=not conversation.temporary)
     return redirect("chat:conversation", conversation_id=conversation.pk)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def conversation_settings(request: AuthenticatedRequest, conversation_id: object) -> HttpResponse:
+    """The conversation's settings: system prompt, temperature, reply length, and the
+    reasoning effort where its model has one. Bad input re-renders with the errors (422)."""
+    conversation = _conversation_for(request, conversation_id)
+    cipher = OwnerCipher(request.user)
+    initial = {
+        "system_prompt": selectors.conversation_system_prompt(conversation, cipher),
+        "temperature": conversation.temperature,
+        "max_output_tokens": conversation.max_output_tokens,
+        "reasoning_effort": conversation.reasoning_effort,
+    }
+    form = ConversationSettingsForm(
+        request.POST or None,
+        initial=initial,
+        default_max_output_tokens=settings.BYOK_MAX_OUTPUT_TOKENS,
+    )
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.conversation_settings_update(conversation=conversation, **form.cleaned_data)
+        except ChatError as error:
+            form.add_error(error.field if error.field in form.fields else None, error.message)
+        else:
+            messages.success(request, "Settings saved. They apply from the next reply.")
+            return redirect("chat:conversation", conversation_id=conversation.pk)
+    context = {
+        "conversation": conversation,
+        "title": selectors.conversation_title(conversation, cipher),
+        "form": form,
+        "options": services.conversation_model_options(conversation),
+    }
+    return render(request, "chat/settings.html", context, status=422 if form.is_bound else 200)
 
 
 @login_required

@@ -54,8 +54,9 @@ from keys.services import (
 )
 from providers import aio
 from providers import loop as relay
-from providers.catalog import build_adapter, get_preset, resolve_base_url
+from providers.catalog import build_adapter, get_preset, model_generation, resolve_base_url
 from providers.errors import InvalidChatRequest, InvalidEndpoint, ProviderError, ProviderErrorKind
+from providers.reasoning import Generation
 from providers.types import ChatAdapter, ChatMessage, ChatRequest, Finish, TextDelta, Usage
 from usage import ratelimits
 from usage.prices import Price, TokenCounts, input_tokens_bound, price_for
@@ -102,7 +103,12 @@ class KeyChoice:
 class Call:
     """One model call for an owner. `call_id` is unique (the surface's row: a chat reply's
     message id); its usage event, reservation, rate-limit slot and stop flag all use it.
-    `group_id` is what its usage is grouped under (a conversation), if anything."""
+    `group_id` is what its usage is grouped under (a conversation), if anything.
+
+    `max_output_tokens` is the most the surface wants; the limit sent is that or less, what
+    the owner's caps afford (`budget_reserve`). `temperature` (None: the provider's
+    default) and `reasoning_effort` (low / medium / high; None: the model's) are sent as
+    `providers.reasoning` applies them to the model (a model may take neither)."""
 
     call_id: uuid.UUID
     owner: User
@@ -110,6 +116,8 @@ class Call:
     model: str
     max_output_tokens: int
     group_id: uuid.UUID | None = None
+    temperature: float | None = None
+    reasoning_effort: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,8 @@ class Outcome:
     `tokens` is None when nothing was sent; `estimated` says the counts are this server's
     (the stream ended before the provider reported usage). `error_message` is a sentence
     for the user; `error` the provider's classified error, when there was one.
+    `sent` is what the last provider request was sent (its output limit, temperature and
+    reasoning effort as applied); None when no request was made.
     """
 
     status: str
@@ -156,6 +166,7 @@ class Outcome:
     ttft_ms: int | None = None
     latency_ms: int | None = None
     provider_calls: int = 0
+    sent: Generation | None = None
 
     @property
     def cut_off_by_length(self) -> bool:
@@ -226,6 +237,7 @@ class _State:
     notices: list[str] = field(default_factory=list)
     input_chars: int = 0  # the prompt's, system prompt included
     max_output_tokens: int = 0  # the limit sent: the call's, or what its caps afford
+    sent: Generation | None = None  # what the last provider request was sent
     checkpointed_parts: int = 0  # how many of `parts` the last checkpoint saved
     price: Price | None = None
     priced: bool = False  # `price` was looked up (None then means unknown)
@@ -256,6 +268,7 @@ class _State:
             else None,
             latency_ms=round((ended - self.started) * 1000),
             provider_calls=self.provider_calls,
+            sent=self.sent,
         )
         return dataclasses.replace(outcome, **fields)  # type: ignore[arg-type]
 
@@ -593,15 +606,16 @@ def _call_once(
     """One streaming call. Returns the error it ended with, or None."""
     try:
         secret = provider_key_open(key, cipher=cipher)
-        adapter = build_adapter(
-            get_preset(key.preset), config=connection_config(), base_url=key.base_url
-        )
+        preset = get_preset(key.preset)
+        adapter = build_adapter(preset, config=connection_config(), base_url=key.base_url)
         request = ChatRequest(
             model=call.model,
             messages=prompt.messages,
             api_key=secret,
             system_prompt=prompt.system_prompt,
             max_tokens=state.max_output_tokens or call.max_output_tokens,
+            temperature=call.temperature,
+            reasoning_effort=call.reasoning_effort,
         )
     except VaultError:
         logger.error("key %s could not be opened for call %s", key.pk, call.call_id)
@@ -614,6 +628,14 @@ def _call_once(
         return ProviderError(ProviderErrorKind.NETWORK, error.user_message)
     del secret
     state.provider_calls += 1
+    # The adapter builds its body by the same rule: this is what the provider is sent.
+    state.sent = model_generation(
+        preset,
+        request.model,
+        max_tokens=request.max_tokens,
+        temperature=request.temperature,
+        effort=request.reasoning_effort,
+    )
     logger.debug("call %s: %s with key %s at %s", call.call_id, call.model, key.pk, key.base_url)
     checkpoint = functools.partial(_checkpoint, call, sink, state, cipher)
     return _ProviderCall(call.call_id, sink.delta, state, checkpoint).run(adapter, request)

@@ -20,6 +20,7 @@ from providers.base import (
     as_int,
     as_list,
     json_object,
+    request_generation,
 )
 from providers.connections import ConnectionConfig
 from providers.errors import (
@@ -32,6 +33,7 @@ from providers.errors import (
     looks_like_context_overflow,
     looks_like_no_credit,
 )
+from providers.reasoning import ANTHROPIC_MESSAGES, ReasoningStyle
 from providers.sse import ServerSentEvent
 from providers.types import (
     ChatEvent,
@@ -77,16 +79,22 @@ class AnthropicMessagesAdapter(HttpAdapter):
         super().__init__(base_url=base_url, config=config)
 
     def _chat_call(self, request: ChatRequest) -> StreamCall:
+        generation = request_generation(ANTHROPIC_MESSAGES, request)
         body: JSONObject = {
             "model": request.model,
-            "max_tokens": request.max_tokens,
+            "max_tokens": generation.max_tokens,
             "messages": [{"role": m.role.value, "content": m.content} for m in request.messages],
             "stream": True,
         }
         if request.system_prompt:
             body["system"] = request.system_prompt
-        if request.temperature is not None:
-            body["temperature"] = request.temperature
+        if generation.temperature is not None:
+            body["temperature"] = generation.temperature
+        if generation.style is ReasoningStyle.ANTHROPIC_ADAPTIVE and generation.effort:
+            body["thinking"] = {"type": "adaptive"}
+            body["output_config"] = {"effort": generation.effort.value}
+        elif generation.style is ReasoningStyle.ANTHROPIC_BUDGET and generation.thinking_budget:
+            body["thinking"] = {"type": "enabled", "budget_tokens": generation.thinking_budget}
         return StreamCall("/v1/messages", body, _ReplyParser(self, request.api_key))
 
     def verify(self, api_key: str) -> None:

@@ -20,6 +20,7 @@ from providers import loop as relay
 from providers.connections import ConnectionConfig
 from providers.errors import ProviderError, ProviderErrorKind, parse_retry_after
 from providers.netguard import canonical_base_url, check_endpoint
+from providers.reasoning import Generation, generation_for
 from providers.sse import ServerSentEvent
 from providers.types import ChatEvent, ChatRequest
 
@@ -41,6 +42,18 @@ def check_api_key_format(api_key: str) -> None:
             ProviderErrorKind.INVALID_KEY,
             "The API key contains spaces, line breaks or unusual characters; paste it again.",
         )
+
+
+def request_generation(protocol: str, request: ChatRequest) -> Generation:
+    """What `request` sends over `protocol`: its limit, temperature and reasoning effort as
+    `providers.reasoning` applies them to its model."""
+    return generation_for(
+        protocol,
+        request.model,
+        max_tokens=request.max_tokens,
+        temperature=request.temperature,
+        effort=request.reasoning_effort,
+    )
 
 
 def json_object(text: str | bytes) -> JSONObject:

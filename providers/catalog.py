@@ -20,6 +20,8 @@ from providers.errors import InvalidEndpoint
 from providers.gemini_generate import GeminiAdapter
 from providers.netguard import canonical_base_url
 from providers.openai_chat import OpenAIChatAdapter
+from providers.reasoning import Generation, ReasoningStyle, generation_for, reasoning_style
+from providers.reasoning import takes_temperature as protocol_takes_temperature
 from providers.types import ChatAdapter
 
 
@@ -206,4 +208,34 @@ def build_adapter(
         verify_path=preset.verify_path,
         max_tokens_field=preset.max_tokens_field,
         request_stream_usage=preset.request_stream_usage,
+    )
+
+
+def model_reasoning(preset: Preset, model: str) -> ReasoningStyle:
+    """How `model` at `preset` takes a reasoning effort (`providers.reasoning`'s rule);
+    NONE when it has no effort setting."""
+    return reasoning_style(preset.protocol.value, model)
+
+
+def model_takes_temperature(preset: Preset, model: str) -> bool:
+    """False for the models that only accept their default temperature."""
+    return protocol_takes_temperature(preset.protocol.value, model)
+
+
+def model_generation(
+    preset: Preset,
+    model: str,
+    *,
+    max_tokens: int,
+    temperature: float | None,
+    effort: str | None,
+) -> Generation:
+    """What a request to `model` at `preset` is sent for these settings: the adapters build
+    their bodies from the same rule, so this is what the provider got."""
+    return generation_for(
+        preset.protocol.value,
+        model,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        effort=effort,
     )

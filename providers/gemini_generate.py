@@ -25,6 +25,7 @@ from providers.base import (
     as_int,
     as_list,
     json_object,
+    request_generation,
 )
 from providers.connections import ConnectionConfig
 from providers.errors import (
@@ -37,6 +38,7 @@ from providers.errors import (
     error_for_status,
     looks_like_context_overflow,
 )
+from providers.reasoning import GEMINI
 from providers.sse import ServerSentEvent
 from providers.types import (
     ChatEvent,
@@ -97,12 +99,16 @@ class GeminiAdapter(HttpAdapter):
                 }
                 for m in request.messages
             ],
-            "generationConfig": {"maxOutputTokens": request.max_tokens},
         }
+        generation = request_generation(GEMINI, request)
+        config: JSONObject = {"maxOutputTokens": generation.max_tokens}
+        if generation.temperature is not None:
+            config["temperature"] = generation.temperature
+        if generation.thinking_budget is not None:
+            config["thinkingConfig"] = {"thinkingBudget": generation.thinking_budget}
+        body["generationConfig"] = config
         if request.system_prompt:
             body["systemInstruction"] = {"parts": [{"text": request.system_prompt}]}
-        if request.temperature is not None:
-            body["generationConfig"]["temperature"] = request.temperature
         return StreamCall(
             f"/models/{model}:streamGenerateContent",
             body,

@@ -21,6 +21,7 @@ from providers.base import (
     as_int,
     as_list,
     json_object,
+    request_generation,
 )
 from providers.connections import ConnectionConfig
 from providers.errors import (
@@ -33,6 +34,7 @@ from providers.errors import (
     looks_like_context_overflow,
     looks_like_no_credit,
 )
+from providers.reasoning import OPENAI_CHAT
 from providers.sse import ServerSentEvent
 from providers.types import (
     ChatEvent,
@@ -83,16 +85,19 @@ class OpenAIChatAdapter(HttpAdapter):
         if request.system_prompt:
             messages.append({"role": "system", "content": request.system_prompt})
         messages.extend({"role": m.role.value, "content": m.content} for m in request.messages)
+        generation = request_generation(OPENAI_CHAT, request)
         body: JSONObject = {
             "model": request.model,
             "messages": messages,
             "stream": True,
-            self.max_tokens_field: request.max_tokens,
+            self.max_tokens_field: generation.max_tokens,
         }
         if self.request_stream_usage:
             body["stream_options"] = {"include_usage": True}
-        if request.temperature is not None:
-            body["temperature"] = request.temperature
+        if generation.temperature is not None:
+            body["temperature"] = generation.temperature
+        if generation.effort is not None:
+            body["reasoning_effort"] = generation.effort.value
         return StreamCall("/chat/completions", body, _ReplyParser(self, request.api_key))
 
     def verify(self, api_key: str) -> None:

@@ -15,11 +15,13 @@ from enum import StrEnum
 from typing import Protocol, TypeAlias
 
 from providers.errors import InvalidChatRequest
+from providers.reasoning import Effort
 
 # Far above any model's output limit today; a larger number is a bug or an abuse, and a
 # budget reservation computed from it would be meaningless.
 MAX_TOKENS_CEILING = 1_000_000
 MAX_MODEL_ID_LENGTH = 200
+REASONING_EFFORTS = tuple(effort.value for effort in Effort)
 
 
 class Role(StrEnum):
@@ -37,10 +39,11 @@ class ChatMessage:
 class ChatRequest:
     """One chat call. Validated on construction, so an adapter never sees a nonsense request.
 
-    `system_prompt` goes where each protocol wants it (a system message, Anthropic's `system`
-    field, Gemini's `systemInstruction`). `temperature=None` leaves the provider's default.
-    `api_key` may be empty for endpoints without auth (a local Ollama); it is never shown in
-    the repr.
+        `system_prompt` goes where each protocol wants it (a system message, Anthropic's `system`
+        field, Gemini's `systemInstruction`). `temperature=None` leaves the provider's default;
+    `reasoning_effort=None` the model's.
+        `api_key` may be empty for endpoints without auth (a local Ollama); it is never shown in
+        the repr.
     """
 
     model: str
@@ -49,6 +52,9 @@ class ChatRequest:
     system_prompt: str | None = None
     max_tokens: int = 4096
     temperature: float | None = None
+    # low / medium / high, or None for the model's default; what each protocol and model is
+    # sent for it is `providers.reasoning.generation_for`'s rule (nothing, for most models).
+    reasoning_effort: str | None = None
 
     def __post_init__(self) -> None:
         model = self.model.strip() if isinstance(self.model, str) else ""
@@ -89,6 +95,8 @@ class ChatRequest:
             or not 0 <= self.temperature <= 2
         ):
             raise InvalidChatRequest("The temperature must be between 0 and 2.")
+        if self.reasoning_effort is not None and self.reasoning_effort not in REASONING_EFFORTS:
+            raise InvalidChatRequest("The reasoning effort must be low, medium or high.")
 
 
 @dataclass(frozen=True, slots=True)

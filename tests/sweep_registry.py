@@ -70,6 +70,7 @@ URL_RULES: dict[str, str] = {
     "chat:archive": OWNER,
     "chat:temporary": OWNER,
     "chat:delete": OWNER,
+    "chat:settings": OWNER,
     "chat:stream": OWNER,
     "chat:cancel": OWNER,
     "chat:regenerate": OWNER,

@@ -40,7 +40,7 @@ HOSTILE = [
     "$$\n\\text{<script>alert(1)</script>}\n$$",
     "<math><mtext><table><mglyph><style><img src=x onerror=alert(1)>",
     "| a |\n|---|\n| <svg onload=alert(1)> |",
-    "```\"><script>alert(1)</script>\nx\n```",
+    '```"><script>alert(1)</script>\nx\n```',
 ]
 
 
@@ -154,7 +154,7 @@ def test_a_long_block_is_not_rendered_again_for_every_piece():
     live._next_tail_at = float("inf")  # as if the last rendering had cost for ever
     assert live.feed("more") is None
     assert live.stale and live.due_in() is not None
-    committed, tail = live.snapshot()
+    _, tail = live.snapshot()
     assert "more" in tail and not live.stale and live.due_in() is None
 
 
