@@ -25,6 +25,7 @@ from playwright.sync_api import FloatRect, Page
 
 from accounts.models import AuditEvent, User
 from accounts.services import audit_record
+from chat.models import Conversation
 from chat.services import conversation_create, conversation_rename
 from keys.models import ProviderKey
 from ops.roles import OPERATORS
@@ -47,7 +48,7 @@ pytestmark = [
     pytest.mark.usefixtures("fresh_cache"),
 ]
 
-WIDTHS = (1280, 390)
+WIDTHS = (1280, 768, 390)
 PHONE = 390
 SHOTS = os.environ.get("BYOK_LAYOUT_SHOTS")  # a folder: save each page at each width there
 TOUCH_MIN = 44  # px, the smallest comfortable touch target (WCAG 2.5.5, Apple's HIG)
@@ -62,6 +63,7 @@ MODELS = ("gpt-4o-mini-2024-07-18", "claude-sonnet-4-5-20250929", "gemini-2.5-pr
 class Seed:
     key: ProviderKey
     other_key: ProviderKey
+    conversation: Conversation  # titled LONG_TITLE, with turns in the usage tables
     day: str  # YYYY-MM-DD, a day with turns
 
 
@@ -293,7 +295,8 @@ def _seed(fake_provider) -> tuple[User, Seed]:
     AccountExport.objects.create(
         owner=user, status=AccountExport.Status.READY, expires_at=now + timedelta(days=1)
     )
-    return user, Seed(key=key, other_key=other_key, day=timezone.localdate().isoformat())
+    day = timezone.localdate().isoformat()
+    return user, Seed(key=key, other_key=other_key, conversation=conversation, day=day)
 
 
 def _walk(
