@@ -134,7 +134,7 @@ STAFF_PAGES: list[tuple[str, Visit]] = [
 TOUCH_TARGETS = (
     ".main-nav a, .account a, .account button, .button, button, summary, select, textarea, "
     "input:not([type=checkbox]):not([type=radio]):not([type=hidden]), "
-    "#user-tools a, .dash-lists a"
+    ".crumbs a, .plain-list a, .pager a, #user-tools a, .dash-lists a"
 )
 
 
