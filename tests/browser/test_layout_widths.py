@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.tokens import default_token_generator
 from django.utils import timezone
+from django.utils.encoding import force_bytes
+from django.utils.http import urlsafe_base64_encode
 from playwright.sync_api import FloatRect, Page
 
 from accounts.models import AuditEvent, User
@@ -65,6 +68,7 @@ class Seed:
     other_key: ProviderKey
     conversation: Conversation  # titled LONG_TITLE, with turns in the usage tables
     day: str  # YYYY-MM-DD, a day with turns
+    reset_path: str  # the user's password reset link
 
 
 Visit = Callable[[Page, str, Seed], None]
@@ -94,6 +98,9 @@ ANONYMOUS_PAGES: list[tuple[str, Visit]] = [
     ("login", at(lambda seed: "/accounts/login/")),
     ("signup", at(lambda seed: "/accounts/signup/")),
     ("password reset", at(lambda seed: "/accounts/password/reset/")),
+    ("password reset sent", at(lambda seed: "/accounts/password/reset/sent/")),
+    ("password reset link", at(lambda seed: seed.reset_path)),
+    ("password reset complete", at(lambda seed: "/accounts/password/reset/complete/")),
 ]
 
 USER_PAGES: list[tuple[str, Visit]] = [
@@ -102,6 +109,7 @@ USER_PAGES: list[tuple[str, Visit]] = [
     ("2FA setup", at(lambda seed: "/accounts/2fa/setup/")),
     ("sudo", at(lambda seed: "/accounts/confirm/")),
     ("email change", at(lambda seed: "/accounts/email/")),
+    ("email change link, expired", at(lambda seed: "/accounts/email/confirm/expired-link/")),
     ("password change", at(lambda seed: "/accounts/password/change/")),
     ("security log", at(lambda seed: "/accounts/security-log/")),
     ("keys list", at(lambda seed: "/keys/")),
@@ -295,8 +303,15 @@ def _seed(fake_provider) -> tuple[User, Seed]:
     AccountExport.objects.create(
         owner=user, status=AccountExport.Status.READY, expires_at=now + timedelta(days=1)
     )
-    day = timezone.localdate().isoformat()
-    return user, Seed(key=key, other_key=other_key, conversation=conversation, day=day)
+    uid = urlsafe_base64_encode(force_bytes(user.pk))
+    reset_path = f"/accounts/password/reset/{uid}/{default_token_generator.make_token(user)}/"
+    return user, Seed(
+        key=key,
+        other_key=other_key,
+        conversation=conversation,
+        day=timezone.localdate().isoformat(),
+        reset_path=reset_path,
+    )
 
 
 def _walk(
