@@ -172,6 +172,32 @@ CLIPPED_TABLES = """[...document.querySelectorAll('table')]
     && box.scrollWidth > box.clientWidth + 1)
   .map(([t, box]) => `${t.id || t.className || 'table'} ${box.scrollWidth}>${box.clientWidth}`)"""
 
+# Ordinary words (four letters or more, not part of a name like a_key_label or an address)
+# that the page breaks across two lines, in text a reader sees.
+BROKEN_WORDS = r"""() => {
+  const hidden = (element) => {
+    for (let box = element; box; box = box.parentElement) {
+      const style = getComputedStyle(box);
+      if (style.clipPath !== 'none' || style.display === 'none') return true;
+    }
+    return false;
+  };
+  const word = /(?<![\w.@\/-])[A-Za-z]{4,}(?![\w.@\/-])/g;
+  const broken = new Set();
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    if (!node.parentElement || hidden(node.parentElement)) continue;
+    for (const match of node.data.matchAll(word)) {
+      const range = document.createRange();
+      range.setStart(node, match.index);
+      range.setEnd(node, match.index + match[0].length);
+      const lines = new Set([...range.getClientRects()].map(rect => Math.round(rect.top)));
+      if (lines.size > 1) broken.add(match[0]);
+    }
+  }
+  return [...broken].slice(0, 8);
+}"""
+
 # Touch targets (of TOUCH_TARGETS) shown and shorter than the least height, with their size.
 SMALL_TARGETS = """([selector, least]) => [...document.querySelectorAll(selector)]
   .filter(e => e.offsetParent !== null)
@@ -194,7 +220,8 @@ def _screenshots(page: Page, stem: str) -> None:
 
 
 def _width_problems(page: Page, name: str) -> list[str]:
-    """Each width at which the page scrolls sideways (and what sticks out) or a table is cut."""
+    """Each width at which the page scrolls sideways (and what sticks out), a table is cut
+    or a word is broken in two."""
     found = []
     for width in WIDTHS:
         page.set_viewport_size({"width": width, "height": 844 if width == PHONE else 800})
@@ -209,6 +236,9 @@ def _width_problems(page: Page, name: str) -> list[str]:
         hidden = page.evaluate(CLIPPED_TABLES)
         if hidden:
             found.append(f"{name} at {width} px: tables cut by their box {hidden}")
+        broken = page.evaluate(BROKEN_WORDS)
+        if broken:
+            found.append(f"{name} at {width} px: words broken mid-word {broken}")
     return found
 
 
@@ -341,7 +371,7 @@ def test_every_page_fits_a_phone_and_a_desktop_and_has_thumb_sized_targets(
     wide += found[0]
     small += found[1]
 
-    assert not wide, "pages that scroll sideways or cut a table:\n" + "\n".join(wide)
+    assert not wide, "pages that scroll sideways, cut a table or break a word:\n" + "\n".join(wide)
     assert not small, f"touch targets under {TOUCH_MIN} px at {PHONE} px:\n" + "\n".join(small)
 
 
@@ -363,5 +393,5 @@ def test_the_operator_pages_fit_a_phone_and_a_desktop(page, live_server, fake_pr
     wide += found[0]
     small += found[1]
 
-    assert not wide, "pages that scroll sideways or cut a table:\n" + "\n".join(wide)
+    assert not wide, "pages that scroll sideways, cut a table or break a word:\n" + "\n".join(wide)
     assert not small, f"touch targets under {TOUCH_MIN} px at {PHONE} px:\n" + "\n".join(small)
