@@ -51,7 +51,19 @@ class NewConversationForm(forms.Form):
 
 
 class MessageForm(forms.Form):
+    """The composer: the text, and the key and model the turn runs on (the picker's; in a
+    conversation, a change switches it for this turn and the next)."""
+
     text = forms.CharField(strip=True, widget=forms.Textarea(attrs={"rows": 2}))
+    key = forms.UUIDField(required=False)
+    model = forms.CharField(required=False, max_length=200, strip=True)
+
+
+class StartForm(MessageForm):
+    """The composer of a new chat: the conversation is created by its first message."""
+
+    system_prompt = forms.CharField(required=False, strip=True)
+    temporary = forms.BooleanField(required=False)
 
 
 class RenameForm(forms.Form):

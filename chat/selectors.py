@@ -15,6 +15,8 @@ from chat.models import (
     Message,
 )
 from chat.rendering import render_markdown, sent_facts, turn_facts
+from keys.models import ProviderKey
+from providers.catalog import PRESETS
 from vault.services import OwnerCipher
 
 
@@ -140,3 +142,77 @@ def conversation_titles(*, owner: User, ids: list[object]) -> dict[object, str]:
         or "New chat"
         for conversation in Conversation.objects.for_owner(owner).filter(pk__in=ids)
     }
+
+
+# Keys in the picker: those that work first; within a status, as the Keys page orders them.
+_KEY_ORDER = {
+    ProviderKey.Status.VALID: 0,
+    ProviderKey.Status.CHECKING: 1,
+    ProviderKey.Status.UNVERIFIED: 2,
+    ProviderKey.Status.NO_CREDIT: 3,
+    ProviderKey.Status.INVALID: 4,
+}
+
+
+@dataclass(frozen=True)
+class KeyOption:
+    key: ProviderKey
+    label: str
+
+
+@dataclass(frozen=True)
+class ModelPicker:
+    """The composer's key and model: the keys to choose from and what is chosen."""
+
+    options: list[KeyOption]
+    key: ProviderKey | None
+    model: str
+
+    @property
+    def key_id(self) -> str:
+        return str(self.key.pk) if self.key is not None else ""
+
+    @property
+    def warning(self) -> str:
+        """Why the chosen key may not answer (its status), for the composer."""
+        key = self.key
+        if key is None or key.status == ProviderKey.Status.VALID:
+            return ""
+        if key.status == ProviderKey.Status.CHECKING:
+            return f"“{key.label}” is still being checked."
+        return f"“{key.label}” is {key.get_status_display().lower()}: its replies may fail. Pick another key, or fix it on the Keys page."
+
+
+def _key_label(key: ProviderKey) -> str:
+    name = key.label if key.label == key.preset_name else f"{key.label} · {key.preset_name}"
+    return f"{name} — {key.get_status_display().rstrip('…')}"
+
+
+def model_picker(*, owner: User, conversation: Conversation | None = None) -> ModelPicker:
+    """The composer's choices. In a conversation: its key and model. For a new chat: the
+    key and model of the owner's most recent chat whose key is valid, else their first
+    valid key with its provider's first model; a key that is not valid is never chosen
+    for them."""
+    keys = sorted(
+        ProviderKey.objects.for_owner(owner).usable(),
+        key=lambda k: (_KEY_ORDER.get(k.status, 9), k.preset, k.priority, k.label),
+    )
+    options = [KeyOption(key, _key_label(key)) for key in keys]
+    by_id = {key.pk: key for key in keys}
+    if conversation is not None:
+        return ModelPicker(options, by_id.get(conversation.provider_key_id), conversation.model)
+    valid = [key for key in keys if key.status == ProviderKey.Status.VALID]
+    last = (
+        Conversation.objects.for_owner(owner)
+        .filter(provider_key__in=valid)
+        .order_by("-last_message_at")
+        .values_list("provider_key_id", "model")
+        .first()
+    )
+    if last is not None:
+        return ModelPicker(options, by_id[last[0]], last[1])
+    if valid:
+        preset = PRESETS.get(valid[0].preset)
+        models = preset.popular_models if preset is not None else ()
+        return ModelPicker(options, valid[0], models[0] if models else "")
+    return ModelPicker(options, None, "")

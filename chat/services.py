@@ -65,6 +65,21 @@ def _enqueue_turn(message: Message) -> None:
     transaction.on_commit(lambda: generate_reply.delay(message_id), robust=True)
 
 
+def _check_key_and_model(owner: User, key: ProviderKey | None, model: str) -> str:
+    """The rule for what a turn may run on: one of the owner's usable keys and a model id.
+    Returns the model id, stripped; ChatError otherwise."""
+    if key is None or key.owner_id != owner.pk:
+        raise ChatError("Pick one of your keys.", field="key")
+    if not key.is_usable:
+        raise ChatError(
+            f"“{key.label}” is {key.get_status_display().lower()}: pick another key.", field="key"
+        )
+    model = model.strip()
+    if not model or len(model) > 200 or any(c.isspace() for c in model):
+        raise ChatError("Choose a model, or type its id (no spaces).", field="model")
+    return model
+
+
 def conversation_create(
     *,
     owner: User,
@@ -74,13 +89,7 @@ def conversation_create(
     temporary: bool = False,
 ) -> Conversation:
     """Start a conversation with one of the owner's keys and a model."""
-    if key.owner_id != owner.pk:
-        raise ChatError("Pick one of your keys.", field="key")
-    if not key.is_usable:
-        raise ChatError(f"“{key.label}” is {key.get_status_display().lower()}.", field="key")
-    model = model.strip()
-    if not model or len(model) > 200 or any(c.isspace() for c in model):
-        raise ChatError("Choose a model, or type its id (no spaces).", field="model")
+    model = _check_key_and_model(owner, key, model)
     if len(system_prompt) > settings.BYOK_MAX_MESSAGE_CHARS:
         raise ChatError("The system prompt is too long.", field="system_prompt")
     conversation = Conversation(
@@ -377,11 +386,51 @@ def _cipher_for(owner: User, cipher: OwnerCipher | None) -> OwnerCipher:
     return cipher
 
 
+def conversation_start(
+    *,
+    owner: User,
+    key: ProviderKey,
+    model: str,
+    text: str,
+    system_prompt: str = "",
+    temporary: bool = False,
+    cipher: OwnerCipher | None = None,
+) -> tuple[Message, Message]:
+    """A new conversation with its first message and queued reply, all or nothing: a
+    message that is refused (a cap, a rate limit, bad text) leaves no empty conversation."""
+    with transaction.atomic():
+        conversation = conversation_create(
+            owner=owner, key=key, model=model, system_prompt=system_prompt, temporary=temporary
+        )
+        return message_send(conversation=conversation, text=text, cipher=cipher)
+
+
+def _switch(locked: Conversation, key: ProviderKey | None, model: str | None) -> None:
+    """The key and model the conversation's next turns run on (the turn's admission and
+    fallback follow the new key's provider and server). Unchanged when both are None."""
+    if key is None and model is None:
+        return
+    key = key if key is not None else locked.provider_key
+    model = _check_key_and_model(locked.owner, key, model if model is not None else locked.model)
+    assert key is not None
+    if key.pk == locked.provider_key_id and model == locked.model:
+        return
+    locked.provider_key, locked.model = key, model
+    locked.preset, locked.base_url = key.preset, key.base_url
+    locked.save(update_fields=["provider_key", "model", "preset", "base_url"])
+
+
 def message_send(
-    *, conversation: Conversation, text: str, cipher: OwnerCipher | None = None
+    *,
+    conversation: Conversation,
+    text: str,
+    cipher: OwnerCipher | None = None,
+    key: ProviderKey | None = None,
+    model: str | None = None,
 ) -> tuple[Message, Message]:
     """Add the user's message at the end of the active branch and a queued reply, and queue
-    the turn (on commit).
+    the turn (on commit). With `key` or `model`, the conversation switches to them first
+    (ChatError for another user's key or one that is revoked or expired).
 
     One transaction: either both messages exist and the task is queued, or nothing changed.
     `cipher` is the owner's, if the caller has opened it already.
@@ -390,6 +439,7 @@ def message_send(
     owner = conversation.owner
     with _admitted(owner) as admit, transaction.atomic():
         locked = _lock_idle(conversation, owner)
+        _switch(locked, key, model)
         reply_id = uuid.uuid4()
         admit(locked, reply_id)
         cipher = _cipher_for(owner, cipher)

@@ -14,6 +14,7 @@ from django.http import (
     HttpResponseNotAllowed,
 )
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.http import AuthenticatedRequest
@@ -21,8 +22,8 @@ from chat import selectors, services
 from chat.forms import (
     ConversationSettingsForm,
     MessageForm,
-    NewConversationForm,
     RenameForm,
+    StartForm,
     VersionForm,
 )
 from chat.models import Conversation, Message
@@ -63,26 +64,64 @@ def _sidebar(request: AuthenticatedRequest) -> dict[str, object]:
     }
 
 
+def _composer_error(request: AuthenticatedRequest, error: str, fallback: str) -> HttpResponse:
+    """A refused message: next to the composer (htmx), or as a message on `fallback`; the
+    text stays in the box either way (htmx does not clear it; without htmx the page keeps
+    it from the session's flash)."""
+    if request.headers.get("HX-Request"):
+        response = render(request, "chat/_send_error.html", {"error": error}, status=422)
+        response["HX-Retarget"] = "#composer-error"
+        response["HX-Reswap"] = "innerHTML"
+        return response
+    messages.error(request, error)
+    return redirect(fallback)
+
+
+def _picked_key(request: AuthenticatedRequest, key_id: uuid.UUID | None) -> ProviderKey | None:
+    """SECURITY: the composer's key, only among the owner's (another user's id: None)."""
+    if key_id is None:
+        return None
+    return ProviderKey.objects.for_owner(request.user).filter(pk=key_id).first()
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 def chat_home(request: AuthenticatedRequest) -> HttpResponse:
-    """The conversation list and the "new chat" form."""
-    form = NewConversationForm(request.POST or None, owner=request.user)
-    if request.method == "POST" and form.is_valid():
+    """A new chat: the composer, ready to type, with the key and model picker. The
+    conversation is created by the first message (`services.conversation_start`)."""
+    if request.method == "POST":
+        form = StartForm(request.POST)
+        if not form.is_valid():
+            return _composer_error(request, "Type a message first.", "chat:home")
+        data = form.cleaned_data
+        key = _picked_key(request, data["key"])
         try:
-            conversation = services.conversation_create(
+            if key is None:
+                raise ChatError("Pick one of your keys.", field="key")
+            _, reply = services.conversation_start(
                 owner=request.user,
-                key=form.cleaned_data["key"],
-                model=form.cleaned_data["model"],
-                system_prompt=form.cleaned_data["system_prompt"],
-                temporary=form.cleaned_data["temporary"],
+                key=key,
+                model=data["model"],
+                text=data["text"],
+                system_prompt=data["system_prompt"],
+                temporary=data["temporary"],
             )
         except ChatError as error:
-            form.add_error(error.field if error.field in form.fields else None, error.message)
-        else:
-            return redirect("chat:conversation", conversation_id=conversation.pk)
-    has_keys = ProviderKey.objects.for_owner(request.user).usable().exists()
-    context = {"form": form, "has_keys": has_keys, **_sidebar(request)}
+            return _composer_error(request, error.message, "chat:home")
+        url = reverse("chat:conversation", args=[reply.conversation_id])
+        if request.headers.get("HX-Request"):
+            response = HttpResponse(status=204)
+            response["HX-Redirect"] = url
+            return response
+        return redirect(url)
+    picker = selectors.model_picker(owner=request.user)
+    context = {
+        "picker": picker,
+        "has_keys": bool(picker.options),
+        "max_chars": settings.BYOK_MAX_MESSAGE_CHARS,
+        "caps": cap_statuses(owner=request.user, key_id=picker.key.pk if picker.key else None),
+        **_sidebar(request),
+    }
     return render(request, "chat/home.html", context)
 
 
@@ -120,7 +159,7 @@ def conversation_detail(request: AuthenticatedRequest, conversation_id: object) 
         "title": selectors.conversation_title(conversation, cipher),
         "system_prompt": selectors.conversation_system_prompt(conversation, cipher),
         "items": selectors.conversation_branch(conversation, cipher),
-        "form": MessageForm(),
+        "picker": selectors.model_picker(owner=request.user, conversation=conversation),
         "max_chars": settings.BYOK_MAX_MESSAGE_CHARS,
         # The caps this conversation's turns are held to, for the 80 % and 100 % banners.
         "caps": cap_statuses(owner=request.user, key_id=conversation.provider_key_id),
@@ -137,9 +176,17 @@ def message_send(request: AuthenticatedRequest, conversation_id: object) -> Http
     error = None
     if form.is_valid():
         cipher = OwnerCipher(request.user)
+        data = form.cleaned_data
         try:
+            key = _picked_key(request, data["key"])
+            if data["key"] is not None and key is None:
+                raise ChatError("Pick one of your keys.", field="key")
             user_message, reply = services.message_send(
-                conversation=conversation, text=form.cleaned_data["text"], cipher=cipher
+                conversation=conversation,
+                text=data["text"],
+                cipher=cipher,
+                key=key,
+                model=data["model"] or None,
             )
         except ChatError as failure:
             error = failure.message
@@ -159,13 +206,7 @@ def message_send(request: AuthenticatedRequest, conversation_id: object) -> Http
             return redirect("chat:conversation", conversation_id=conversation.pk)
     else:
         error = "Type a message first."
-    if request.headers.get("HX-Request"):
-        response = render(request, "chat/_send_error.html", {"error": error}, status=422)
-        response["HX-Retarget"] = "#composer-error"
-        response["HX-Reswap"] = "innerHTML"
-        return response
-    messages.error(request, error)
-    return redirect("chat:conversation", conversation_id=conversation.pk)
+    return _composer_error(request, error, reverse("chat:conversation", args=[conversation.pk]))
 
 
 @login_required

@@ -100,14 +100,21 @@ def test_starting_a_conversation_with_a_key_and_model(alice_client, alice, fake_
     key = add_key(alice, fake_provider)
     response = alice_client.post(
         reverse("chat:home"),
-        {"key": str(key.pk), "model": "gpt-test", "system_prompt": "Be brief.", "temporary": "on"},
+        {
+            "key": str(key.pk),
+            "model": "gpt-test",
+            "text": "Hello",
+            "system_prompt": "Be brief.",
+            "temporary": "on",
+        },
     )
     conversation = Conversation.objects.get(owner=alice)
     assert response["Location"] == reverse("chat:conversation", args=[conversation.pk])
-    assert conversation.temporary
+    assert conversation.temporary and conversation.model == "gpt-test"
     assert b"Be brief." not in bytes(conversation.sealed_system_prompt)
     page = alice_client.get(response["Location"]).content.decode()
     assert "Be brief." in page
+    assert conversation.messages.count() == 2  # the first message and its queued reply
 
 
 def test_the_key_picker_names_a_provider_once(alice_client, alice, fake_provider):
@@ -117,17 +124,21 @@ def test_the_key_picker_names_a_provider_once(alice_client, alice, fake_provider
     add_key(alice, fake_provider, label="Work")
     html = alice_client.get(reverse("chat:home")).content.decode()
     assert "Custom OpenAI-compatible · Custom OpenAI-compatible" not in html
-    assert "Custom OpenAI-compatible (" in html
-    assert "Work · Custom OpenAI-compatible (" in html
+    assert "Custom OpenAI-compatible — " in html
+    assert "Work · Custom OpenAI-compatible — " in html
 
 
 def test_another_users_key_cannot_be_picked(alice_client, bob, fake_provider):
     from tests.keys_helpers import add_key
 
     bobs = add_key(bob, fake_provider)
-    response = alice_client.post(reverse("chat:home"), {"key": str(bobs.pk), "model": "gpt-test"})
-    assert response.status_code == 200
-    assert "key" in response.context["form"].errors
+    response = alice_client.post(
+        reverse("chat:home"),
+        {"key": str(bobs.pk), "model": "gpt-test", "text": "Hi"},
+        headers={"HX-Request": "true"},
+    )
+    assert response.status_code == 422
+    assert "Pick one of your keys." in response.content.decode()
     assert not Conversation.objects.exists()
 
 

@@ -18,14 +18,69 @@
     return document.querySelector("article.message[data-stream-url]") !== null;
   }
 
+  // One can type (and press Send) while a reply is written: the message waits and goes
+  // once the reply ends (the server takes one turn at a time per conversation).
+  var queued = false;
+
+  function setQueued(value) {
+    queued = value;
+    var note = document.getElementById("composer-queued");
+    if (note) note.hidden = !value;
+    var form = composer();
+    if (form) form.classList.toggle("queued", value);
+  }
+
   function updateComposer() {
     var form = composer();
     if (!form) return;
     var busy = anyPending();
-    form.querySelector("textarea").disabled = busy;
-    form.querySelector("button[type=submit]").disabled = busy;
     form.classList.toggle("busy", busy);
-    if (!busy) form.querySelector("textarea").focus();
+    if (!busy && queued) {
+      setQueued(false);
+      form.requestSubmit();
+    }
+  }
+
+  // The conversation drawer (narrow screens): opened and closed in place, so the page
+  // keeps its scroll position (without JS the links use #conversations and :target).
+  function drawer() { return document.getElementById("conversations"); }
+
+  function setDrawer(open) {
+    var element = drawer();
+    if (!element) return;
+    element.classList.toggle("open", open);
+    document.querySelectorAll(".drawer-open").forEach(function (b) { b.setAttribute("aria-expanded", open ? "true" : "false"); });
+    if (open) {
+      var search = element.querySelector("input[type=search]");
+      if (search) search.focus();
+    }
+  }
+
+  document.addEventListener("click", function (event) {
+    if (event.target.closest(".drawer-open")) {
+      event.preventDefault();
+      setDrawer(true);
+    } else if (event.target.closest(".drawer-close, .drawer-backdrop")) {
+      event.preventDefault();
+      setDrawer(false);
+    }
+  });
+
+  // Esc closes the drawer, else stops the reply being written (not while editing a
+  // message: there it cancels the edit).
+  function stopOnEscape(event) {
+    if (event.key !== "Escape" || event.defaultPrevented) return;
+    var open = drawer();
+    if (open && open.classList.contains("open")) {
+      setDrawer(false);
+      return;
+    }
+    if (event.target.closest && event.target.closest("details.edit-message")) return;
+    var stop = document.querySelector("article.message[data-stream-url] [data-action=stop]:not([disabled])");
+    if (stop) {
+      event.preventDefault();
+      stop.click();
+    }
   }
 
   function regenerateForm(article, label) {
@@ -199,18 +254,30 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     document.body.addEventListener("htmx:afterSettle", suggestModel);
+    document.addEventListener("keydown", stopOnEscape);
     attach(document);
     keepScrolled(true);  // a conversation opens at its newest message
     var form = composer();
     if (!form) return;
-    var textarea = form.querySelector("textarea");
+    var textarea = document.getElementById("composer-text");
     textarea.addEventListener("keydown", function (event) {
       if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
         event.preventDefault();
         if (textarea.value.trim()) form.requestSubmit();
       }
     });
+    form.addEventListener("htmx:beforeRequest", function (event) {
+      if (event.detail.elt !== form) return;  // the key picker's own requests
+      if (anyPending()) {
+        event.preventDefault();
+        setQueued(true);
+      }
+    });
+    form.addEventListener("click", function (event) {
+      if (event.target.closest("[data-action=unqueue]")) setQueued(false);
+    });
     form.addEventListener("htmx:afterRequest", function (event) {
+      if (event.detail.elt !== form) return;
       if (event.detail.successful) {
         textarea.value = "";
         document.getElementById("composer-error").textContent = "";
@@ -272,15 +339,24 @@
   document.addEventListener("click", editClicked);
   document.addEventListener("keydown", editKeys);
 
-  // New chat: the model field starts with the chosen key's first suggestion, and follows
-  // the key while it still holds a suggestion; a model the user typed is kept.
-  function suggestModel() {
+  // The composer's model follows the picked key while it holds a suggestion (or nothing):
+  // a key change puts the new key's first suggestion in, unless the model is one the new
+  // key offers too; a model the user typed is kept.
+  function suggestModel(event) {
+    var config = event.detail && event.detail.requestConfig;
+    var trigger = config && config.triggeringEvent;
+    if (!config || !config.elt || config.elt.id !== "composer-key") return;
     var list = document.getElementById("model-options");
-    var input = document.querySelector("input[list=model-options]");
+    var input = document.getElementById("composer-model");
     if (!list || !input) return;
-    if (input.value && input.value !== input.dataset.suggested) return;
-    var first = list.querySelector("option");
-    input.value = first ? first.value : "";
+    var offered = Array.prototype.map.call(list.querySelectorAll("option"), function (o) { return o.value; });
+    if (!input.value && offered.length) {
+      input.value = input.dataset.suggested = offered[0];
+      return;
+    }
+    if (!trigger || trigger.type !== "change") return;  // the page's first load keeps its model
+    if (input.value !== input.dataset.suggested || offered.indexOf(input.value) >= 0) return;
+    input.value = offered.length ? offered[0] : "";
     input.dataset.suggested = input.value;
   }
 })();

@@ -39,7 +39,7 @@ def test_text_arrives_in_pieces_survives_a_reload_and_finishes(chat_page, fake_p
     expect(reply.locator("[data-role=body]")).to_contain_text("piece3", timeout=10_000)
     partial = reply.locator("[data-role=body]").inner_text()
     assert "piece39" not in partial  # arrived in pieces, before the end
-    expect(page.get_by_label("Message")).to_be_disabled()
+    expect(page.get_by_label("Message")).to_be_enabled()  # one can type the next message
     expect(page.locator("[aria-current=page] .title")).to_have_text("Tell me something long")
 
     page.reload()
@@ -170,3 +170,72 @@ def test_a_new_chat_starts_with_the_key_s_first_model_and_keeps_a_typed_one(
     key.select_option(value=work)
     page.wait_for_timeout(300)  # the new suggestions have come by now
     expect(model).to_have_value("claude-haiku-4-5")  # typed by the user: kept
+
+
+def test_a_message_sent_while_a_reply_streams_waits_for_it_and_esc_stops(chat_page, fake_provider):
+    page = chat_page
+    fake_provider.script(
+        text=" ".join(["slow"] * 400), tokens_per_second=15, path="/chat/completions"
+    )
+    box = page.get_by_label("Message")
+    box.fill("First question")
+    box.press("Enter")
+    reply = page.locator("article.message.assistant").last
+    expect(reply.locator("[data-role=body]")).to_contain_text("slow", timeout=10_000)
+    reply = page.locator("#" + reply.get_attribute("id"))  # this reply, whatever comes next
+    box.fill("Second question, typed while the reply streams")
+    box.press("Enter")
+    expect(page.locator("#composer-queued")).to_be_visible()
+    assert Message.objects.filter(role="user").count() == 1  # waits: one turn at a time
+
+    fake_provider.script(text="The second answer", path="/chat/completions")
+    page.keyboard.press("Escape")  # stops the reply being written
+    expect(reply.locator("[data-role=state]")).to_have_text("Stopped", timeout=10_000)
+    # ...and the waiting message goes by itself, answered.
+    expect(page.locator("article.message.assistant").nth(1)).to_contain_text(
+        "The second answer", timeout=15_000
+    )
+    expect(page.locator("#composer-queued")).to_be_hidden()
+    assert Message.objects.filter(role="user").count() == 2
+    assert Message.objects.get(role="assistant", status="stopped")
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_a_new_chat_is_a_composer_and_the_first_message_creates_it(
+    page, asgi_server, fake_provider, celery_worker, width
+):
+    from chat.models import Conversation
+    from keys.models import ProviderKey
+
+    page.set_viewport_size({"width": width, "height": 844 if width == 390 else 800})
+    user = User.objects.create_user(email="starter@example.com", password=PASSWORD)
+    from tests.keys_helpers import wait_for_status
+
+    wrong = wait_for_status(add_key(user, fake_provider, label="Broken"))
+    good = wait_for_status(add_key(user, fake_provider, label="Good"))  # its check is over
+    ProviderKey.objects.filter(pk=wrong.pk).update(status="invalid")
+    ProviderKey.objects.filter(pk=good.pk).update(status="valid")
+    page.goto(asgi_server.url + "/accounts/login/")
+    page.get_by_label("Email").fill(user.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(re.compile(r"/$"))
+    page.goto(asgi_server.url + "/chat/")
+
+    key = page.get_by_label("Key")
+    expect(key).to_have_value(str(good.pk))  # the valid key, listed first; never the broken one
+    assert key.locator("option").first.inner_text().startswith("Good")
+    box = page.get_by_label("Message")
+    expect(box).to_be_focused()  # ready to type at once
+    page.get_by_label("Model").fill("gpt-test")
+    fake_provider.script(text="Hello from the model", path="/chat/completions")
+    box.fill("Hi there")
+    box.press("Enter")
+    page.wait_for_url(re.compile(r"/chat/c/[0-9a-f-]+/$"))
+    reply = page.locator("article.message.assistant").last
+    expect(reply.locator("[data-role=body]")).to_contain_text(
+        "Hello from the model", timeout=15_000
+    )
+    conversation = Conversation.objects.get(owner=user)
+    assert conversation.provider_key_id == good.pk and conversation.model == "gpt-test"
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
