@@ -193,7 +193,6 @@ def candidates(
     cipher: OwnerCipher,
     conversations: list[Conversation],
     terms: list[str],
-    budget: float | None = REFRESH_BUDGET_SECONDS,
 ) -> list[uuid.UUID] | None:
     """The ids of `conversations` (the owner's, in their order) whose messages may contain
     every word of `terms`: their filters say so, or they have none up to date yet. None when
@@ -203,7 +202,7 @@ def candidates(
         return None
     query_tokens = cipher.blind_tokens(PURPOSE_SEARCH, sorted(wanted))
     searchable, current, stale = _filters(owner, conversations)
-    built = _refresh(owner, cipher, stale, budget=budget)
+    built = _refresh(owner, cipher, stale, budget=REFRESH_BUDGET_SECONDS)
     current.update(built)
     if len(built) < len(stale):
         _queue_backfill(owner)
