@@ -54,7 +54,7 @@ REPEAT = 20
 WARMUP = 2
 TARGET_MS = 300.0
 DATABASE = os.environ.get("BENCH_DATABASE", "sqlite")
-PG_NAME = f"byok_bench_search_{os.getpid()}"
+PG_NAME = os.environ.get("BENCH_PG_NAME", f"byok_bench_search_{os.getpid()}")
 
 # Planted words: how many messages (of 20,000) hold each.
 RARE = "kubernetes"  # 20 messages
@@ -280,6 +280,19 @@ def index_figures(user) -> list:
     ]
 
 
+def profile(client) -> None:
+    """BENCH_PROFILE=1: a cProfile summary of one search that misses."""
+    import cProfile
+    import pstats
+
+    client.get(f"/chat/search/?q={MISS}")
+    profiler = cProfile.Profile()
+    profiler.enable()
+    client.get(f"/chat/search/?q={MISS}")
+    profiler.disable()
+    pstats.Stats(profiler).sort_stats("cumulative").print_stats(35)
+
+
 def measure(client, url: str) -> tuple[list[float], str]:
     for _ in range(WARMUP):
         client.get(url)
@@ -327,6 +340,8 @@ def main() -> None:
         client.force_login(user)
         others = wait_for_quiet()
         figures = [*index_figures(user)]
+        if os.environ.get("BENCH_PROFILE"):
+            profile(client)
         every: list[float] = []
         hits: list[float] = []
         misses: list[float] = []

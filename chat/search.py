@@ -113,17 +113,20 @@ def bloom_may_hold(bloom: bytes, tokens: list[bytes]) -> bool:
     )
 
 
-def _signature(conversation: Conversation, aggregate: dict[str, object]) -> str:
+def _signature(conversation: Conversation, aggregate: tuple[object, ...]) -> str:
+    """What the conversation's messages look like now, in counts, sizes and times."""
+    count, size, created, finished = aggregate
+
     def moment(value: object) -> str:
         return value.isoformat() if isinstance(value, datetime) else ""
 
     return ":".join(
         [
             INDEX_VERSION,
-            str(aggregate["n"]),
-            str(aggregate["size"] or 0),
-            moment(aggregate["created"]),
-            moment(aggregate["finished"]),
+            str(count),
+            str(size or 0),
+            moment(created),
+            moment(finished),
             moment(conversation.last_message_at),
         ]
     )
@@ -217,7 +220,7 @@ def _filters(
     """The conversations with messages (in order), the filters up to date, and the
     conversations whose filter is missing or out of date with their current signature."""
     aggregates = {
-        row["conversation_id"]: row
+        row[0]: row[1:]
         for row in Message.objects.for_owner(owner)
         .values("conversation_id")
         .annotate(
@@ -227,6 +230,7 @@ def _filters(
             finished=Max("finished_at"),
         )
         .order_by()
+        .values_list("conversation_id", "n", "size", "created", "finished")
     }
     filters = {
         pk: (signature, bytes(bloom))
@@ -267,7 +271,7 @@ def _queue_backfill(owner: User) -> None:
     except redis.RedisError:
         return  # the next search asks again
     transaction.on_commit(
-        lambda: search_index_refresh.apply_async(args=[owner_id], queue="default"), robust=True
+        lambda: search_index_refresh.apply_async(args=(owner_id,), queue="default"), robust=True
     )
 
 

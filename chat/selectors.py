@@ -284,7 +284,11 @@ def conversation_search(*, owner: User, query: str) -> SearchResults | None:
         return None
     matches = _matcher(terms)
     cipher = OwnerCipher(owner)
-    conversations = list(Conversation.objects.for_owner(owner))  # newest first
+    conversations = list(  # newest first; only what a search reads and shows
+        Conversation.objects.for_owner(owner).only(
+            "id", "owner_id", "sealed_title", "archived", "last_message_at"
+        )
+    )
     by_id = {c.pk: c for c in conversations}
     titles = {
         c.pk: cipher.open(PURPOSE_TITLE, c.pk, c.sealed_title) or "New chat" for c in conversations

@@ -314,7 +314,7 @@ def test_conversations_left_unindexed_are_still_searched_and_a_backfill_is_queue
     with django_capture_on_commit_callbacks(execute=True):
         hits = selectors.conversation_search(owner=alice, query="okapi").hits
     assert [hit.message_id for hit in hits] == [question.pk]
-    assert queued == [([alice.pk], "default")]
+    assert queued == [((alice.pk,), "default")]
     assert not ConversationSearchIndex.objects.exists()
 
     from chat.tasks import search_index_refresh
