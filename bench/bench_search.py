@@ -31,6 +31,7 @@ import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -170,7 +171,7 @@ def plant(rng: random.Random, texts: list[list[str]]) -> None:
         texts[c][0] = f"{TITLE_WORD.capitalize()} recipe: {texts[c][0]}"
 
 
-def seed() -> tuple[object, object]:
+def seed() -> tuple[Any, object]:
     from django.utils import timezone
 
     from accounts.models import User

@@ -22,16 +22,19 @@ from __future__ import annotations
 import contextlib
 import re
 import struct
+import threading
 import time
 import unicodedata
 import uuid
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Protocol
 
 import redis
 from django.db import transaction
-from django.db.models import Count, Max, Sum
-from django.db.models.functions import Length
+from django.db.models import Count, Max, Sum, TextField
+from django.db.models.functions import Cast, Length
 
 from accounts.models import User
 from chat.models import (
@@ -113,22 +116,13 @@ def bloom_may_hold(bloom: bytes, tokens: list[bytes]) -> bool:
     )
 
 
-def _signature(conversation: Conversation, aggregate: tuple[object, ...]) -> str:
+def _signature(conversation: ConversationRef, aggregate: tuple[object, ...]) -> str:
     """What the conversation's messages look like now, in counts, sizes and times."""
     count, size, created, finished = aggregate
-
-    def moment(value: object) -> str:
-        return value.isoformat() if isinstance(value, datetime) else ""
-
-    return ":".join(
-        [
-            INDEX_VERSION,
-            str(count),
-            str(size or 0),
-            moment(created),
-            moment(finished),
-            moment(conversation.last_message_at),
-        ]
+    last = conversation.last_message_at
+    return (
+        f"{INDEX_VERSION}:{count}:{size or 0}:{created or ''}:{finished or ''}:"
+        f"{last.isoformat() if isinstance(last, datetime) else ''}"
     )
 
 
@@ -175,6 +169,7 @@ def _refresh(
                 found |= words(text)
             bloom = bloom_build(cipher.blind_tokens(PURPOSE_SEARCH, sorted(prefixes(found))))
             built[pk] = bloom
+            _filter_cache.get(owner.pk)[pk] = (signature, bloom)
             rows.append(
                 ConversationSearchIndex(
                     conversation_id=pk, owner=owner, bloom=bloom, signature=signature
@@ -194,7 +189,7 @@ def candidates(
     *,
     owner: User,
     cipher: OwnerCipher,
-    conversations: list[Conversation],
+    conversations: Sequence[ConversationRef],
     terms: list[str],
 ) -> list[uuid.UUID] | None:
     """The ids of `conversations` (the owner's, in their order) whose messages may contain
@@ -215,7 +210,7 @@ def candidates(
 
 
 def _filters(
-    owner: User, conversations: list[Conversation]
+    owner: User, conversations: Sequence[ConversationRef]
 ) -> tuple[list[uuid.UUID], dict[uuid.UUID, bytes], list[tuple[uuid.UUID, str]]]:
     """The conversations with messages (in order), the filters up to date, and the
     conversations whose filter is missing or out of date with their current signature."""
@@ -226,33 +221,84 @@ def _filters(
         .annotate(
             n=Count("id"),
             size=Sum(Length("sealed_content")),
-            created=Max("created_at"),
-            finished=Max("finished_at"),
+            # As the database writes them: no datetime to build per conversation.
+            created=Cast(Max("created_at"), TextField()),
+            finished=Cast(Max("finished_at"), TextField()),
         )
         .order_by()
         .values_list("conversation_id", "n", "size", "created", "finished")
     }
-    filters = {
-        pk: (signature, bytes(bloom))
-        for pk, signature, bloom in ConversationSearchIndex.objects.for_owner(owner).values_list(
-            "conversation_id", "signature", "bloom"
-        )
+    signatures = {
+        c.pk: _signature(c, aggregates[c.pk]) for c in conversations if c.pk in aggregates
     }
-    searchable: list[uuid.UUID] = []
+    filters = _cached_filters(owner, signatures)
     current: dict[uuid.UUID, bytes] = {}
     stale: list[tuple[uuid.UUID, str]] = []
-    for conversation in conversations:
-        aggregate = aggregates.get(conversation.pk)
-        if aggregate is None:
-            continue  # no message to search
-        searchable.append(conversation.pk)
-        signature = _signature(conversation, aggregate)
-        known = filters.get(conversation.pk)
+    for pk, signature in signatures.items():
+        known = filters.get(pk)
         if known is not None and known[0] == signature:
-            current[conversation.pk] = known[1]
+            current[pk] = known[1]
         else:
-            stale.append((conversation.pk, signature))
-    return searchable, current, stale
+            stale.append((pk, signature))
+    return list(signatures), current, stale
+
+
+class ConversationRef(Protocol):
+    """What the index reads of a conversation (a model instance, or fewer columns)."""
+
+    @property
+    def pk(self) -> uuid.UUID: ...
+
+    @property
+    def last_message_at(self) -> datetime: ...
+
+
+class _FilterCache:
+    """The filters this process read last, per owner (least recently searched owner dropped
+    first, FILTER_CACHE_BYTES in all): typing a query asks again every few hundred
+    milliseconds, and only the filters whose signature moved are read again. Holds Bloom
+    bits and signatures only, never text; the signature check keeps it right."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.owners: OrderedDict[object, dict[uuid.UUID, tuple[str, bytes]]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, owner_id: object) -> dict[uuid.UUID, tuple[str, bytes]]:
+        with self.lock:
+            filters = self.owners.pop(owner_id, {})
+            self.owners[owner_id] = filters
+            return filters
+
+    def trim(self) -> None:
+        with self.lock:
+            size = sum(len(b) for f in self.owners.values() for _, b in f.values())
+            while size > self.limit and len(self.owners) > 1:
+                _, dropped = self.owners.popitem(last=False)
+                size -= sum(len(b) for _, b in dropped.values())
+
+
+FILTER_CACHE_BYTES = 64 * 1024 * 1024
+_filter_cache = _FilterCache(FILTER_CACHE_BYTES)
+
+
+def _cached_filters(
+    owner: User, signatures: dict[uuid.UUID, str]
+) -> dict[uuid.UUID, tuple[str, bytes]]:
+    """The stored filters (signature, bits) of the owner's conversations: from this
+    process's cache where its signature is current, else read (and cached)."""
+    cached = _filter_cache.get(owner.pk)
+    unknown = [pk for pk, signature in signatures.items() if cached.get(pk, ("",))[0] != signature]
+    if unknown:
+        rows = ConversationSearchIndex.objects.for_owner(owner)
+        if len(unknown) < len(signatures) // 2:
+            rows = rows.filter(conversation_id__in=unknown)
+        for pk, signature, bloom in rows.values_list("conversation_id", "signature", "bloom"):
+            cached[pk] = (signature, bytes(bloom))
+        for pk in set(cached) - set(signatures):
+            del cached[pk]  # deleted conversations
+        _filter_cache.trim()
+    return cached
 
 
 def _backfill_key(owner_id: object) -> str:

@@ -6,7 +6,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 
 from django.utils import timezone
 
@@ -184,9 +184,18 @@ class SnippetPart:
     mark: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class FoundConversation:
+    """What a search result shows of its conversation."""
+
+    pk: uuid.UUID
+    archived: bool
+    last_message_at: datetime
+
+
 @dataclass(frozen=True)
 class SearchHit:
-    conversation: Conversation
+    conversation: FoundConversation
     title: list[SnippetPart]  # the title, its matches marked
     message_id: uuid.UUID | None = None  # None: the title matched
     role: str = ""
@@ -284,15 +293,15 @@ def conversation_search(*, owner: User, query: str) -> SearchResults | None:
         return None
     matches = _matcher(terms)
     cipher = OwnerCipher(owner)
-    conversations = list(  # newest first; only what a search reads and shows
-        Conversation.objects.for_owner(owner).only(
-            "id", "owner_id", "sealed_title", "archived", "last_message_at"
-        )
+    conversations: list[FoundConversation] = []
+    titles: dict[uuid.UUID, str] = {}
+    rows = Conversation.objects.for_owner(owner).values_list(  # newest first
+        "id", "sealed_title", "archived", "last_message_at"
     )
+    for pk, sealed_title, archived, last_message_at in rows:
+        conversations.append(FoundConversation(pk, archived, last_message_at))
+        titles[pk] = cipher.open(PURPOSE_TITLE, pk, sealed_title) or "New chat"
     by_id = {c.pk: c for c in conversations}
-    titles = {
-        c.pk: cipher.open(PURPOSE_TITLE, c.pk, c.sealed_title) or "New chat" for c in conversations
-    }
     hits: list[SearchHit] = []
 
     def results(*, more: bool, titles_only: bool = False) -> SearchResults:
