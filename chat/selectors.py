@@ -151,21 +151,40 @@ def date_group(day: date, today: date) -> str:
     return OLDER
 
 
-def conversation_groups(*, owner: User, archived: bool = False) -> list[ConversationGroup]:
+SIDEBAR_LIMIT = 200  # conversations listed before "Show all"
+
+
+@dataclass(frozen=True)
+class Sidebar:
+    groups: list[ConversationGroup]
+    hidden: int  # conversations left out (past `limit`); search finds them
+
+
+def conversation_groups(
+    *, owner: User, archived: bool = False, limit: int | None = SIDEBAR_LIMIT
+) -> Sidebar:
     """The owner's conversations for the sidebar, titles opened: the pinned ones first, then
     the others by their last message's date in the current time zone (Today, Yesterday,
     Previous 7 days, Previous 30 days, Older), newest first within each; empty groups left
-    out."""
+    out. Past `limit` conversations (pinned ones aside) the rest are counted, not listed."""
     today = timezone.localdate()
+    cipher = OwnerCipher(owner)
     groups: dict[str, list[ConversationItem]] = {label: [] for label in GROUP_ORDER}
-    for item in conversation_list(owner=owner, archived=archived):
-        conversation = item.conversation
+    listed = hidden = 0
+    for conversation in Conversation.objects.for_owner(owner).filter(archived=archived):
         if conversation.pinned:
             label = PINNED
+        elif limit is not None and listed >= limit:
+            hidden += 1
+            continue
         else:
+            listed += 1
             label = date_group(timezone.localdate(conversation.last_message_at), today)
-        groups[label].append(item)
-    return [ConversationGroup(label, items) for label, items in groups.items() if items]
+        title = conversation_title(conversation, cipher)
+        groups[label].append(ConversationItem(conversation, title))
+    return Sidebar(
+        [ConversationGroup(label, items) for label, items in groups.items() if items], hidden
+    )
 
 
 # --- search -----------------------------------------------------------------------------------

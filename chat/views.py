@@ -24,6 +24,7 @@ from accounts.http import AuthenticatedRequest
 from chat import selectors, services
 from chat.forms import MessageForm, NewConversationForm, RenameForm
 from chat.models import Conversation, Message
+from chat.selectors import SIDEBAR_LIMIT
 from chat.services import ChatError
 from chat.sse import EventStreamResponse
 from core import streams as live
@@ -54,11 +55,16 @@ def _sidebar(request: AuthenticatedRequest) -> dict[str, object]:
     `?q=`, the search results (the page without JavaScript; htmx asks `chat:search`)."""
     query = request.GET.get("q", "")
     archived = request.GET.get("archived") == "1"
+    show_all = request.GET.get("all") == "1"
     results = selectors.conversation_search(owner=request.user, query=query)
+    sidebar = None
+    if results is None:
+        sidebar = selectors.conversation_groups(
+            owner=request.user, archived=archived, limit=None if show_all else SIDEBAR_LIMIT
+        )
     return {
-        "groups": []
-        if results is not None
-        else selectors.conversation_groups(owner=request.user, archived=archived),
+        "groups": sidebar.groups if sidebar else [],
+        "hidden": sidebar.hidden if sidebar else 0,
         "results": results,
         "query": results.query if results is not None else "",
         "show_archived": archived,

@@ -362,7 +362,7 @@ def test_the_sidebar_groups_by_local_date_with_pins_on_top(alice, settings):
         chat(alice, "long ago", when=_local(31, dt_time(12)))
         chat(alice, "pinned and old", when=_local(90, dt_time(12)), pinned=True)
         chat(alice, "archived", archived=True)
-        groups = selectors.conversation_groups(owner=alice)
+        groups = selectors.conversation_groups(owner=alice).groups
     assert [(g.label, [i.title for i in g.items]) for g in groups] == [
         ("Pinned", ["pinned and old"]),
         ("Today", ["just after midnight"]),
@@ -371,8 +371,20 @@ def test_the_sidebar_groups_by_local_date_with_pins_on_top(alice, settings):
         ("Previous 30 days", ["eight days ago", "a month ago"]),
         ("Older", ["long ago"]),
     ]
-    archived = selectors.conversation_groups(owner=alice, archived=True)
+    archived = selectors.conversation_groups(owner=alice, archived=True).groups
     assert [i.title for g in archived for i in g.items] == ["archived"]
+
+
+def test_a_long_list_stops_at_the_limit_and_offers_the_rest(alice_client, alice):
+    for days in range(4):
+        chat(alice, f"chat {days}", when=timezone.now() - timedelta(days=days))
+    chat(alice, "pinned", when=timezone.now() - timedelta(days=50), pinned=True)
+    sidebar = selectors.conversation_groups(owner=alice, limit=2)
+    assert [i.title for g in sidebar.groups for i in g.items] == ["pinned", "chat 0", "chat 1"]
+    assert sidebar.hidden == 2
+    html = alice_client.get(reverse("chat:home")).content.decode()
+    assert "Show 2 older" not in html  # under the page's limit
+    assert selectors.conversation_groups(owner=alice, limit=None).hidden == 0
 
 
 def test_pin_and_unpin_from_the_menu(alice_client, alice):
