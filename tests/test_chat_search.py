@@ -46,6 +46,12 @@ def chat(owner, title, *messages, when=None, **fields):
     return conversation, made
 
 
+def searched(owner, query) -> selectors.SearchResults:
+    results = selectors.conversation_search(owner=owner, query=query)
+    assert results is not None
+    return results
+
+
 def found(client, query):
     response = client.get(reverse("chat:search"), {"q": query})
     assert response.status_code == 200
@@ -207,7 +213,7 @@ def test_a_10000_character_query_is_clipped_to_200_and_searched(alice_client, al
     html = found(alice_client, "alpha " + "x" * 9_994)
     assert "Only the first 200 characters were searched." in html
     assert "Nothing matches" in html
-    results = selectors.conversation_search(owner=alice, query="alpha " + "y" * 9_994)
+    results = searched(alice, "alpha " + "y" * 9_994)
     assert len(results.query) == 200
     assert results.clipped
 
@@ -286,14 +292,14 @@ def test_a_new_message_is_found_though_the_index_was_built_before(alice, fake_pr
     conversation, _ = start_chat(alice, fake_provider)
     send(conversation, "first words only")
     search.search_index_build(owner=alice)
-    assert not selectors.conversation_search(owner=alice, query="wombat").hits
+    assert not searched(alice, "wombat").hits
     reply = conversation.messages.get(role="assistant")
     cipher = OwnerCipher(alice)
     reply.sealed_content = cipher.seal(PURPOSE_MESSAGE, reply.pk, "a wombat appears")
     reply.status = Message.Status.DONE
     reply.finished_at = timezone.now()
     reply.save()
-    hits = selectors.conversation_search(owner=alice, query="wombat").hits
+    hits = searched(alice, "wombat").hits
     assert [hit.message_id for hit in hits] == [reply.pk]
 
 
@@ -312,7 +318,7 @@ def test_conversations_left_unindexed_are_still_searched_and_a_backfill_is_queue
         lambda args, queue: queued.append((args, queue)),
     )
     with django_capture_on_commit_callbacks(execute=True):
-        hits = selectors.conversation_search(owner=alice, query="okapi").hits
+        hits = searched(alice, "okapi").hits
     assert [hit.message_id for hit in hits] == [question.pk]
     assert queued == [((alice.pk,), "default")]
     assert not ConversationSearchIndex.objects.exists()
