@@ -42,8 +42,9 @@ def test_typing_a_word_from_a_reply_shows_it_and_a_click_opens_the_message(
     page.set_viewport_size({"width": width, "height": 900})
     user = User.objects.create_user(email="finder@example.com", password=PASSWORD)
     fillers = [f"Filler line {i} of an earlier message." for i in range(30)]
+    long_title = "Garden notes on what grows where, and when, in a small sunny yard"
     target, made = _chat(
-        user, "Garden notes", "What should I plant?", *fillers, "Plant <b>heliotrope</b> in May."
+        user, long_title, "What should I plant?", *fillers, "Plant <b>heliotrope</b> in May."
     )
     reply = made[-1]
     current, _ = _chat(user, "Open chat", "Something else", "Another answer")
