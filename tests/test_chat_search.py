@@ -472,3 +472,13 @@ def test_the_pin_service_saves_only_the_flag(alice):
     assert Conversation.objects.get(pk=conversation.pk).pinned
     services.conversation_pin(conversation=conversation, pinned=False)
     assert not Conversation.objects.get(pk=conversation.pk).pinned
+
+
+def test_blind_tokens_are_per_owner_and_purpose(alice, bob):
+    alices, bobs = OwnerCipher(alice), OwnerCipher(bob)
+    token = alices.blind_tokens("chat_search_index", ["heliotrope"])[0]
+    assert token == OwnerCipher(alice).blind_tokens("chat_search_index", ["heliotrope"])[0]
+    assert token != bobs.blind_tokens("chat_search_index", ["heliotrope"])[0]
+    assert token != alices.blind_tokens("other_purpose", ["heliotrope"])[0]
+    assert token != alices.blind_tokens("chat_search_index", ["heliotropes"])[0]
+    assert b"heliotrope" not in token and len(token) == 32
