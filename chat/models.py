@@ -21,6 +21,8 @@ PURPOSE_TITLE = "conversation_title"
 PURPOSE_SYSTEM = "conversation_system_prompt"
 PURPOSE_MESSAGE = "message"
 PURPOSE_ERROR = "message_error"
+# The key of the search index's tokens (chat.search), derived from the owner's data key.
+PURPOSE_SEARCH = "chat_search_index"
 
 
 # The settings a conversation's turns are sent with (chat.services.conversation_settings_update).
@@ -64,6 +66,8 @@ class Conversation(models.Model):
     temperature = models.FloatField(null=True, blank=True)
     max_output_tokens = models.PositiveIntegerField("reply length limit", null=True, blank=True)
     reasoning_effort = models.CharField(max_length=8, choices=ReasoningEffort.choices, blank=True)
+    # Shown in the sidebar's "Pinned" group, above the groups by date.
+    pinned = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now)
     last_message_at = models.DateTimeField(default=timezone.now, db_index=True)
     # The leaf of the branch the page shows and the next message is appended to (messages
@@ -186,3 +190,31 @@ class Message(models.Model):
     @property
     def is_pending(self) -> bool:
         return self.status in {self.Status.QUEUED, self.Status.RUNNING}
+
+
+class SearchIndexQuerySet(models.QuerySet["ConversationSearchIndex"]):
+    def for_owner(self, user: User) -> SearchIndexQuerySet:
+        return self.filter(owner=user)
+
+
+class ConversationSearchIndex(models.Model):
+    """A keyed Bloom filter of the words of one conversation (title and every message), so
+    a search opens only the conversations that may match (chat.search).
+
+    SECURITY: the filter holds bits set by HMAC tokens under a key derived from the owner's
+    data key (PURPOSE_SEARCH), never a word; `signature` is made of counts, sizes, times and
+    the title's nonce, never of text. Rebuilt by a search whenever the signature differs.
+    """
+
+    conversation = models.OneToOneField(
+        Conversation, on_delete=models.CASCADE, primary_key=True, related_name="search_index"
+    )
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    bloom = models.BinaryField(editable=False, default=b"")
+    signature = models.CharField(max_length=200, editable=False)
+    built_at = models.DateTimeField(default=timezone.now)
+
+    objects: ClassVar[SearchIndexQuerySet] = SearchIndexQuerySet.as_manager()  # type: ignore[assignment]
+
+    def __str__(self) -> str:
+        return f"search index of conversation {self.pk}"

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime
+
+from django.utils import timezone
 
 from accounts.models import User
+from chat import search
 from chat.branches import active_branch
 from chat.models import (
     PURPOSE_ERROR,
@@ -24,6 +31,12 @@ from vault.services import OwnerCipher
 class ConversationItem:
     conversation: Conversation
     title: str
+
+
+@dataclass(frozen=True)
+class ConversationGroup:
+    label: str
+    items: list[ConversationItem]
 
 
 @dataclass(frozen=True)
@@ -145,7 +158,7 @@ def conversation_titles(*, owner: User, ids: list[object]) -> dict[object, str]:
 
 
 # Keys in the picker: those that work first; within a status, as the Keys page orders them.
-_KEY_ORDER = {
+_KEY_ORDER: dict[str, int] = {
     ProviderKey.Status.VALID: 0,
     ProviderKey.Status.CHECKING: 1,
     ProviderKey.Status.UNVERIFIED: 2,
@@ -180,7 +193,8 @@ class ModelPicker:
             return ""
         if key.status == ProviderKey.Status.CHECKING:
             return f"“{key.label}” is still being checked."
-        return f"“{key.label}” is {key.get_status_display().lower()}: its replies may fail. Pick another key, or fix it on the Keys page."
+        status = key.get_status_display().lower()
+        return f"“{key.label}” is {status}: its replies may fail. Pick another key, or fix it."
 
 
 def _key_label(key: ProviderKey) -> str:
@@ -200,7 +214,8 @@ def model_picker(*, owner: User, conversation: Conversation | None = None) -> Mo
     options = [KeyOption(key, _key_label(key)) for key in keys]
     by_id = {key.pk: key for key in keys}
     if conversation is not None:
-        return ModelPicker(options, by_id.get(conversation.provider_key_id), conversation.model)
+        current = by_id.get(conversation.provider_key_id) if conversation.provider_key_id else None
+        return ModelPicker(options, current, conversation.model)
     valid = [key for key in keys if key.status == ProviderKey.Status.VALID]
     last = (
         Conversation.objects.for_owner(owner)
@@ -216,3 +231,235 @@ def model_picker(*, owner: User, conversation: Conversation | None = None) -> Mo
         models = preset.popular_models if preset is not None else ()
         return ModelPicker(options, valid[0], models[0] if models else "")
     return ModelPicker(options, None, "")
+
+
+# --- the sidebar: groups by date, pins --------------------------------------------------------
+
+PINNED = "Pinned"
+TODAY = "Today"
+YESTERDAY = "Yesterday"
+PREVIOUS_7_DAYS = "Previous 7 days"
+PREVIOUS_30_DAYS = "Previous 30 days"
+OLDER = "Older"
+GROUP_ORDER = [PINNED, TODAY, YESTERDAY, PREVIOUS_7_DAYS, PREVIOUS_30_DAYS, OLDER]
+
+
+def date_group(day: date, today: date) -> str:
+    """The sidebar group of a conversation last written to on `day` (local dates)."""
+    age = (today - day).days
+    if age <= 0:
+        return TODAY  # today, or a clock a little ahead
+    if age == 1:
+        return YESTERDAY
+    if age <= 7:
+        return PREVIOUS_7_DAYS
+    if age <= 30:
+        return PREVIOUS_30_DAYS
+    return OLDER
+
+
+SIDEBAR_LIMIT = 200  # conversations listed before "Show all"
+
+
+@dataclass(frozen=True)
+class Sidebar:
+    groups: list[ConversationGroup]
+    hidden: int  # conversations left out (past `limit`); search finds them
+
+
+def conversation_groups(
+    *, owner: User, archived: bool = False, limit: int | None = SIDEBAR_LIMIT
+) -> Sidebar:
+    """The owner's conversations for the sidebar, titles opened: the pinned ones first, then
+    the others by their last message's date in the current time zone (Today, Yesterday,
+    Previous 7 days, Previous 30 days, Older), newest first within each; empty groups left
+    out. Past `limit` conversations (pinned ones aside) the rest are counted, not listed."""
+    today = timezone.localdate()
+    cipher = OwnerCipher(owner)
+    groups: dict[str, list[ConversationItem]] = {label: [] for label in GROUP_ORDER}
+    listed = hidden = 0
+    for conversation in Conversation.objects.for_owner(owner).filter(archived=archived):
+        if conversation.pinned:
+            label = PINNED
+        elif limit is not None and listed >= limit:
+            hidden += 1
+            continue
+        else:
+            listed += 1
+            label = date_group(timezone.localdate(conversation.last_message_at), today)
+        title = conversation_title(conversation, cipher)
+        groups[label].append(ConversationItem(conversation, title))
+    return Sidebar(
+        [ConversationGroup(label, items) for label, items in groups.items() if items], hidden
+    )
+
+
+# --- search -----------------------------------------------------------------------------------
+
+SEARCH_MAX_CHARS = 200  # a longer query is clipped to this many characters
+SEARCH_MAX_HITS = 30
+SEARCH_HITS_PER_CONVERSATION = 3
+SNIPPET_BEFORE = 40
+SNIPPET_AFTER = 90
+SEARCH_OPEN_BATCH = 25  # candidate conversations whose messages are read in one query
+
+
+@dataclass(frozen=True)
+class SnippetPart:
+    text: str
+    mark: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FoundConversation:
+    """What a search result shows of its conversation."""
+
+    pk: uuid.UUID
+    archived: bool
+    last_message_at: datetime
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    conversation: FoundConversation
+    title: list[SnippetPart]  # the title, its matches marked
+    message_id: uuid.UUID | None = None  # None: the title matched
+    role: str = ""
+    snippet: list[SnippetPart] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SearchResults:
+    query: str  # what was searched for (clipped to SEARCH_MAX_CHARS)
+    clipped: bool
+    hits: list[SearchHit]
+    more: bool  # SEARCH_MAX_HITS were found; there may be others
+    titles_only: bool = False  # no word long enough to look up in messages
+
+
+def search_terms(query: str) -> tuple[str, list[str], bool]:
+    """The query as searched (whitespace collapsed, clipped to SEARCH_MAX_CHARS), its terms
+    (normalised and case-folded like the index, each once) and whether it was clipped."""
+    collapsed = " ".join(query.split())
+    searched = collapsed[:SEARCH_MAX_CHARS].strip()
+    terms = list(dict.fromkeys(search.normalised(searched).split()))
+    return searched, terms, len(collapsed) > SEARCH_MAX_CHARS
+
+
+def _matcher(terms: list[str]) -> Callable[[str], bool]:
+    """Whether a text holds every term, literally (no pattern syntax), each term that
+    begins with a letter or digit at the start of a word (as the index finds them)."""
+    patterns = [
+        re.compile(("(?<![^\\W_])" if term[0].isalnum() else "") + re.escape(term))
+        for term in terms
+    ]
+
+    def matches(text: str) -> bool:
+        folded = search.normalised(text)
+        return all(pattern.search(folded) for pattern in patterns)
+
+    return matches
+
+
+def _marked(text: str, terms: list[str]) -> list[SnippetPart]:
+    """`text` in parts, every occurrence of a term marked. Plain strings only: the template
+    escapes each part and wraps the marked ones in <mark>."""
+    pattern = re.compile(
+        "|".join(re.escape(t) for t in sorted(terms, key=len, reverse=True)), re.IGNORECASE
+    )
+    parts: list[SnippetPart] = []
+    position = 0
+    for match in pattern.finditer(text):
+        if match.start() > position:
+            parts.append(SnippetPart(text[position : match.start()]))
+        parts.append(SnippetPart(match.group(), mark=True))
+        position = match.end()
+    if position < len(text):
+        parts.append(SnippetPart(text[position:]))
+    return parts or [SnippetPart(text)]
+
+
+def _snippet(text: str, terms: list[str]) -> list[SnippetPart]:
+    """A short plain-text window of `text` around its first match, whitespace collapsed,
+    cut at spaces with an ellipsis where it was cut, matches marked."""
+    first = min(
+        (m.start() for t in terms if (m := re.search(re.escape(t), text, re.IGNORECASE))),
+        default=0,
+    )
+    start = max(0, first - SNIPPET_BEFORE)
+    end = min(len(text), first + SNIPPET_AFTER)
+    if start > 0:
+        space = text.find(" ", start, first)
+        start = space + 1 if space != -1 else start
+    if end < len(text):
+        space = text.rfind(" ", first, end)
+        end = space if space > first else end
+    window = re.sub(r"\s+", " ", text[start:end]).strip()
+    window = ("…" if start > 0 else "") + window + ("…" if end < len(text) else "")
+    return _marked(window, terms)
+
+
+def conversation_search(*, owner: User, query: str) -> SearchResults | None:
+    """The owner's conversations whose title, or one of whose messages (the user's and the
+    replies, every branch), holds every word of `query`: literally (no pattern syntax),
+    case-insensitively, each word that begins with a letter or digit at the start of a
+    word, so what is typed so far finds the words it begins. None for an empty query.
+
+    SECURITY: titles and messages are sealed. Titles are opened here (the owner's cipher,
+    this request); messages only for the conversations the keyed search index says may
+    match (chat.search), which holds no readable word. Only the owner's rows are read.
+
+    Title hits first, then message hits, conversations newest first and their messages
+    newest first, at most SEARCH_HITS_PER_CONVERSATION per conversation and
+    SEARCH_MAX_HITS in all. A query with no word of two letters or more searches titles
+    only (`titles_only`).
+    """
+    searched, terms, clipped = search_terms(query)
+    if not terms:
+        return None
+    matches = _matcher(terms)
+    cipher = OwnerCipher(owner)
+    conversations: list[FoundConversation] = []
+    titles: dict[uuid.UUID, str] = {}
+    rows = Conversation.objects.for_owner(owner).values_list(  # newest first
+        "id", "sealed_title", "archived", "last_message_at"
+    )
+    for pk, sealed_title, archived, last_message_at in rows:
+        conversations.append(FoundConversation(pk, archived, last_message_at))
+        titles[pk] = cipher.open(PURPOSE_TITLE, pk, sealed_title) or "New chat"
+    by_id = {c.pk: c for c in conversations}
+    hits: list[SearchHit] = []
+
+    def results(*, more: bool, titles_only: bool = False) -> SearchResults:
+        return SearchResults(searched, clipped, hits, more=more, titles_only=titles_only)
+
+    for conversation in conversations:
+        if matches(titles[conversation.pk]):
+            hits.append(SearchHit(conversation, _marked(titles[conversation.pk], terms)))
+            if len(hits) >= SEARCH_MAX_HITS:
+                return results(more=True)
+    maybe = search.candidates(owner=owner, cipher=cipher, conversations=conversations, terms=terms)
+    if maybe is None:
+        return results(more=False, titles_only=True)
+    for start in range(0, len(maybe), SEARCH_OPEN_BATCH):
+        batch = maybe[start : start + SEARCH_OPEN_BATCH]
+        for conversation_id, messages in search.opened_messages(owner, cipher, batch).items():
+            found = 0
+            for message_id, role, text in messages:
+                if not matches(text):
+                    continue
+                hits.append(
+                    SearchHit(
+                        by_id[conversation_id],
+                        _marked(titles[conversation_id], terms),
+                        message_id=message_id,
+                        role=role,
+                        snippet=_snippet(text, terms),
+                    )
+                )
+                if len(hits) >= SEARCH_MAX_HITS:
+                    return results(more=True)
+                found += 1
+                if found >= SEARCH_HITS_PER_CONVERSATION:
+                    break
+    return results(more=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -45,6 +46,7 @@ Status = Message.Status
 Role = Message.Role
 
 TITLE_LENGTH = 60
+TITLE_SOURCE_CHARS = 1000
 
 
 class ChatError(Exception):
@@ -108,8 +110,55 @@ def conversation_create(
     return conversation
 
 
+# Markdown syntax a title leaves out (`_title_from`): what a line starts with, then inline.
+_FENCE = re.compile(r"^\s{0,3}(?:`{3,}|~{3,})[^\n]*$", re.MULTILINE)
+_TABLE_RULE = re.compile(r"^\s*\|?\s*:?-+:?\s*(?:\|\s*:?-+:?\s*)*\|?\s*$", re.MULTILINE)
+_THEMATIC_BREAK = re.compile(r"^\s{0,3}(?:[-*_]\s*){3,}$", re.MULTILINE)
+_LINE_MARKERS = re.compile(
+    r"^\s*(?:>\s*)*(?:#{1,6}(?=\s|$)|[-*+](?=\s)|\d{1,9}[.)](?=\s))?\s*(?:\[[ xX]\]\s+)?",
+    re.MULTILINE,
+)
+_SETEXT_RULE = re.compile(r"^\s{0,3}=+\s*$", re.MULTILINE)
+_IMAGE_OR_LINK = re.compile(r"!?\[([^\]\n]*)\](?:\([^)\n]*\)|\[[^\]\n]*\])")
+_AUTOLINK = re.compile(r"<((?:https?|mailto):[^>\s]+)>")
+_CODE_SPAN = re.compile(r"(`+)(.+?)\1")
+_STRONG = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
+_EMPHASIS_STAR = re.compile(r"\*(?=\S)(.+?)(?<=\S)\*")
+_EMPHASIS_UNDERSCORE = re.compile(r"(?<![\w_])_(?=\S)(.+?)(?<=\S)_(?![\w_])")
+_STRIKE = re.compile(r"~~(?=\S)(.+?)(?<=\S)~~")
+_TABLE_PIPE = re.compile(r"\s*\|\s*")
+
+
 def _title_from(text: str) -> str:
-    line = " ".join(text.split())
+    """A conversation's title from its first message: plain text, Markdown syntax left out
+    (fences and backticks, headings, quotes, list markers, emphasis, links and images as
+    their text, table pipes and rules), whitespace collapsed, at most TITLE_LENGTH
+    characters with an ellipsis. A message that is nothing but syntax keeps its text.
+    Only the message's head is read: a title needs no more, and the patterns stay linear."""
+    text = text[:TITLE_SOURCE_CHARS]
+    plain = _FENCE.sub("", text)
+    plain = _TABLE_RULE.sub("", plain)
+    plain = _THEMATIC_BREAK.sub("", plain)
+    plain = _SETEXT_RULE.sub("", plain)
+    plain = _LINE_MARKERS.sub("", plain)
+    plain = _IMAGE_OR_LINK.sub(r"\1", plain)
+    plain = _AUTOLINK.sub(r"\1", plain)
+    # Code spans keep their text as written: set aside while emphasis is taken out.
+    spans: list[str] = []
+
+    def set_aside(match: re.Match[str]) -> str:
+        spans.append(match.group(2).strip())
+        return f"\x00{len(spans) - 1}\x00"
+
+    plain = _CODE_SPAN.sub(set_aside, plain.replace("\x00", ""))
+    for _ in range(2):  # nested: ***both***, **_both_**
+        plain = _STRONG.sub(r"\2", plain)
+        plain = _EMPHASIS_STAR.sub(r"\1", plain)
+        plain = _EMPHASIS_UNDERSCORE.sub(r"\1", plain)
+        plain = _STRIKE.sub(r"\1", plain)
+    plain = _TABLE_PIPE.sub(" ", plain)
+    plain = re.sub("\x00(\\d+)\x00", lambda m: spans[int(m.group(1))], plain)
+    line = " ".join(plain.split()) or " ".join(text.split())
     return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1].rstrip() + "…"
 
 
@@ -243,6 +292,14 @@ def conversation_model_options(conversation: Conversation) -> ModelOptions:
         thinking_excludes_temperature=style
         in (ReasoningStyle.ANTHROPIC_ADAPTIVE, ReasoningStyle.ANTHROPIC_BUDGET),
     )
+
+
+def conversation_pin(*, conversation: Conversation, pinned: bool) -> Conversation:
+    """Pin a conversation to the top of the sidebar, or unpin it."""
+    if conversation.pinned != pinned:
+        conversation.pinned = pinned
+        conversation.save(update_fields=["pinned"])
+    return conversation
 
 
 def conversation_delete(*, conversation: Conversation) -> None:

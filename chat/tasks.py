@@ -3,7 +3,8 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from chat import services, turns
+from accounts.models import User
+from chat import search, services, turns
 
 
 @shared_task(
@@ -25,3 +26,11 @@ def reap_stuck_turns() -> None:
 @shared_task(ignore_result=True)
 def purge_temporary_conversations() -> None:
     services.conversations_purge_temporary()
+
+
+@shared_task(ignore_result=True, soft_time_limit=900, time_limit=960)
+def search_index_refresh(owner_id: int) -> None:
+    """Bring the owner's search index up to date (chat.search). Takes the owner's id."""
+    owner = User.objects.filter(pk=owner_id).first()
+    if owner is not None:
+        search.search_index_build(owner=owner)

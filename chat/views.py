@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import uuid
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib import messages
@@ -14,7 +16,8 @@ from django.http import (
     HttpResponseNotAllowed,
 )
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import reverse
+from django.urls import Resolver404, resolve, reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.http import AuthenticatedRequest
@@ -27,6 +30,7 @@ from chat.forms import (
     VersionForm,
 )
 from chat.models import Conversation, Message
+from chat.selectors import SIDEBAR_LIMIT
 from chat.services import ChatError
 from chat.sse import EventStreamResponse
 from core import streams as live
@@ -53,14 +57,25 @@ def _reply_for(request: AuthenticatedRequest, message_id: object) -> Message:
 
 
 def _sidebar(request: AuthenticatedRequest) -> dict[str, object]:
+    """The sidebar's context: the conversations in groups (pinned, then by date), or, with
+    `?q=`, the search results (the page without JavaScript; htmx asks `chat:search`)."""
     query = request.GET.get("q", "")
     archived = request.GET.get("archived") == "1"
+    show_all = request.GET.get("all") == "1"
+    results = selectors.conversation_search(owner=request.user, query=query)
+    sidebar = None
+    if results is None:
+        sidebar = selectors.conversation_groups(
+            owner=request.user, archived=archived, limit=None if show_all else SIDEBAR_LIMIT
+        )
     return {
-        "conversations": selectors.conversation_list(
-            owner=request.user, query=query, archived=archived
-        ),
-        "query": query,
+        "groups": sidebar.groups if sidebar else [],
+        "hidden": sidebar.hidden if sidebar else 0,
+        "results": results,
+        "query": results.query if results is not None else "",
         "show_archived": archived,
+        # Where the sidebar's forms come back to: this page, without the search.
+        "here": request.path + ("?archived=1" if archived else ""),
     }
 
 
@@ -82,6 +97,17 @@ def _picked_key(request: AuthenticatedRequest, key_id: uuid.UUID | None) -> Prov
     if key_id is None:
         return None
     return ProviderKey.objects.for_owner(request.user).filter(pk=key_id).first()
+
+
+def _back_to(request: AuthenticatedRequest, default: str) -> HttpResponse:
+    """Redirect to the form's `next` (a path on this site: the page the sidebar is on), else
+    to `default`."""
+    target = request.POST.get("next", "")
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return redirect(target)
+    return redirect(default)
 
 
 @login_required
@@ -314,7 +340,7 @@ def conversation_rename(request: AuthenticatedRequest, conversation_id: object) 
         services.conversation_rename(conversation=conversation, title=form.cleaned_data["title"])
     except ChatError as error:
         messages.error(request, error.message)
-    return redirect("chat:conversation", conversation_id=conversation.pk)
+    return _back_to(request, reverse("chat:conversation", args=[conversation.pk]))
 
 
 @login_required
@@ -325,7 +351,38 @@ def conversation_archive(request: AuthenticatedRequest, conversation_id: object)
     messages.success(
         request, "Conversation archived." if conversation.archived else "Conversation restored."
     )
-    return redirect("chat:conversation", conversation_id=conversation.pk)
+    return _back_to(request, reverse("chat:conversation", args=[conversation.pk]))
+
+
+@login_required
+@require_POST
+def conversation_pin(request: AuthenticatedRequest, conversation_id: object) -> HttpResponse:
+    """Pin (`pinned=1`) or unpin (`pinned=0`) a conversation in the sidebar."""
+    conversation = _conversation_for(request, conversation_id)
+    services.conversation_pin(conversation=conversation, pinned=request.POST.get("pinned") == "1")
+    return _back_to(request, reverse("chat:conversation", args=[conversation.pk]))
+
+
+@login_required
+@require_GET
+def conversation_search(request: AuthenticatedRequest) -> HttpResponse:
+    """htmx: the sidebar's list for `?q=` as the user types: the search results, or the
+    conversations in their groups for an empty query."""
+    context = _sidebar(request)
+    # The page the list is shown on (htmx names it): its forms come back there.
+    page = urlsplit(request.headers.get("HX-Current-URL", ""))
+    context["here"] = ""
+    if page.path and url_has_allowed_host_and_scheme(
+        request.headers["HX-Current-URL"],
+        allowed_hosts={request.get_host()},
+        require_https=request.is_secure(),
+    ):
+        context["here"] = page.path + ("?archived=1" if "archived=1" in page.query else "")
+        with contextlib.suppress(Resolver404):
+            match = resolve(page.path)
+            if match.view_name == "chat:conversation":
+                context["current_id"] = match.kwargs["conversation_id"]
+    return render(request, "chat/_sidebar_list.html", context)
 
 
 @login_required

@@ -64,10 +64,12 @@ URL_RULES: dict[str, str] = {
     # chat
     "chat:home": LOGIN,
     "chat:models": LOGIN,
+    "chat:search": LOGIN,
     "chat:conversation": OWNER,
     "chat:send": OWNER,
     "chat:rename": OWNER,
     "chat:archive": OWNER,
+    "chat:pin": OWNER,
     "chat:temporary": OWNER,
     "chat:delete": OWNER,
     "chat:settings": OWNER,

@@ -30,7 +30,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -223,3 +225,11 @@ def open_sealed(dek: bytes, sealed: bytes, context: SealContext) -> bytes:
             "The sealed value failed its integrity check: it was altered, or it belongs to "
             "another row, user or endpoint."
         ) from None
+
+
+def derive_key(dek: bytes, *, purpose: str, user_id: str) -> bytes:
+    """A 256-bit key for `purpose` derived from a DEK (HKDF-SHA256), for keyed digests
+    (blind index tokens): independent of the DEK's sealing use and of every other purpose,
+    and gone with the DEK."""
+    info = _encode_fields({"kind": "derived-key-v1", "purpose": purpose, "user": user_id})
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(dek)

@@ -10,7 +10,8 @@ or purpose fails to open.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+import hmac
+from collections.abc import Iterable, Mapping
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
@@ -102,6 +103,7 @@ class OwnerCipher:
     def __init__(self, owner: models.Model) -> None:
         self.owner_id = str(owner.pk)
         self._dek = data_key_get_or_create(owner=owner)
+        self._derived: dict[str, bytes] = {}
 
     @classmethod
     def from_data_key(cls, row: DataKey) -> OwnerCipher:
@@ -110,7 +112,18 @@ class OwnerCipher:
         cipher = cls.__new__(cls)
         cipher.owner_id = str(row.owner_id)
         cipher._dek = crypto.unwrap_dek(get_keyring(), bytes(row.wrapped), user_id=cipher.owner_id)
+        cipher._derived = {}
         return cipher
+
+    def blind_tokens(self, purpose: str, values: Iterable[str]) -> list[bytes]:
+        """HMAC-SHA256 of each value under this owner's key for `purpose` (derived from the
+        DEK, `crypto.derive_key`): equal values give equal tokens for this owner and purpose
+        only; without the DEK a token says nothing of its value (a blind index)."""
+        key = self._derived.get(purpose)
+        if key is None:
+            key = crypto.derive_key(self._dek, purpose=purpose, user_id=self.owner_id)
+            self._derived[purpose] = key
+        return [hmac.digest(key, value.encode("utf-8"), "sha256") for value in values]
 
     def __repr__(self) -> str:
         return f"OwnerCipher(owner_id={self.owner_id!r})"
