@@ -28,5 +28,6 @@ urlpatterns = [
     ),
     path("m/<uuid:message_id>/stream/", views.turn_stream, name="stream"),
     path("m/<uuid:message_id>/cancel/", views.turn_cancel, name="cancel"),
+    path("m/<uuid:message_id>/markdown/", views.reply_markdown, name="markdown"),
     path("m/<uuid:message_id>/regenerate/", views.turn_regenerate, name="regenerate"),
 ]

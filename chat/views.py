@@ -236,6 +236,17 @@ def message_send(request: AuthenticatedRequest, conversation_id: object) -> Http
 
 
 @login_required
+@require_GET
+def reply_markdown(request: AuthenticatedRequest, message_id: object) -> HttpResponse:
+    """A reply's text as its Markdown source (the page's Copy), opened for its owner only."""
+    reply = _reply_for(request, message_id)
+    text = selectors.message_view(reply, OwnerCipher(request.user)).text
+    response = HttpResponse(text, content_type="text/plain; charset=utf-8")
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@login_required
 @require_POST
 def turn_cancel(request: AuthenticatedRequest, message_id: object) -> HttpResponse:
     reply = _reply_for(request, message_id)

@@ -75,6 +75,7 @@ URL_RULES: dict[str, str] = {
     "chat:settings": OWNER,
     "chat:stream": OWNER,
     "chat:cancel": OWNER,
+    "chat:markdown": OWNER,
     "chat:regenerate": OWNER,
     "chat:edit": OWNER,
     "chat:version": OWNER,

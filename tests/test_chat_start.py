@@ -148,3 +148,23 @@ def test_the_send_view_switches_and_refuses_another_users_key(
     assert '<span id="chat-model" hx-swap-oob="true">gpt-new · Mine (' in html
     conversation.refresh_from_db()
     assert conversation.provider_key == mine and conversation.model == "gpt-new"
+
+
+def test_a_reply_copies_as_its_markdown_for_its_owner_only(alice_client, alice, bob, fake_provider):
+    from django.test import Client
+
+    from tests.security_helpers import make_conversation
+
+    key = add_key(alice, fake_provider)
+    conversation = make_conversation(alice, key, "Question", reply="**Bold** and `code`\n\n- item")
+    reply = conversation.messages.get(role="assistant")
+    response = alice_client.get(reverse("chat:markdown", args=[reply.pk]))
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/plain; charset=utf-8"
+    assert response.content.decode() == "**Bold** and `code`\n\n- item"
+    assert response["Cache-Control"] == "no-store"
+    question = conversation.messages.get(role="user")
+    assert alice_client.get(reverse("chat:markdown", args=[question.pk])).status_code == 404
+    other = Client()
+    other.force_login(bob)
+    assert other.get(reverse("chat:markdown", args=[reply.pk])).status_code == 404

@@ -56,7 +56,32 @@
     }
   }
 
+  // Copy a whole reply as its Markdown source (fetched: the page holds only its HTML). The
+  // clipboard item takes the fetch's promise, so the click still counts as the gesture.
+  function copyReply(button) {
+    var text = fetch(button.dataset.markdownUrl, { credentials: "same-origin" }).then(function (r) {
+      if (!r.ok) throw new Error("HTTP " + r.status);
+      return r.text();
+    });
+    var done = function () {
+      button.textContent = "Copied";
+      setTimeout(function () { button.textContent = "Copy"; }, 1500);
+    };
+    var failed = function () { button.textContent = "Copy failed"; };
+    if (window.ClipboardItem && navigator.clipboard.write) {
+      var item = new ClipboardItem({ "text/plain": text.then(function (t) { return new Blob([t], { type: "text/plain" }); }) });
+      navigator.clipboard.write([item]).then(done, failed);
+    } else {
+      text.then(function (t) { return navigator.clipboard.writeText(t); }).then(done, failed);
+    }
+  }
+
   document.addEventListener("click", function (event) {
+    var copy = event.target.closest("[data-action=copy-reply]");
+    if (copy) {
+      copyReply(copy);
+      return;
+    }
     if (event.target.closest(".drawer-open")) {
       event.preventDefault();
       setDrawer(true);

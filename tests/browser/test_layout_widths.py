@@ -29,7 +29,7 @@ from playwright.sync_api import FloatRect, Page
 from accounts.models import AuditEvent, User
 from accounts.services import audit_record
 from chat.models import Conversation
-from chat.services import conversation_create, conversation_rename
+from chat.services import conversation_rename
 from keys.models import ProviderKey
 from ops.roles import OPERATORS
 from privacy.models import AccountExport
@@ -39,7 +39,7 @@ from tests.operators_helpers import (
     fresh_cache,  # noqa: F401 (a fixture)
     make_staff,
 )
-from tests.security_helpers import allow_code_reuse, code_for, enrol
+from tests.security_helpers import allow_code_reuse, code_for, enrol, make_conversation
 from tests.usage_helpers import price
 from usage.models import SpendCap
 from usage.prices import TokenCounts, price_for
@@ -103,6 +103,25 @@ ANONYMOUS_PAGES: list[tuple[str, Visit]] = [
     ("password reset complete", at(lambda seed: "/accounts/password/reset/complete/")),
 ]
 
+# A chat that would widen a careless page: an unbroken word, a long code line, a wide table.
+WIDE_QUESTION = "Explain " + "x" * 120 + " please"
+WIDE_REPLY = (
+    "Here:\n\n```python\nvalue = compute("
+    + ", ".join(f"argument_{i}" for i in range(30))
+    + ")\n```\n\n"
+    + "| "
+    + " | ".join(f"column {i}" for i in range(14))
+    + " |\n"
+    + "|"
+    + "---|" * 14
+    + "\n| "
+    + " | ".join(str(10**i) for i in range(14))
+    + " |\n\n"
+    + "$$\n\\sum_{i=1}^{n} "
+    + " + ".join(f"a_{{{i}}}" for i in range(40))
+    + "\n$$\n"
+)
+
 USER_PAGES: list[tuple[str, Visit]] = [
     ("home", at(lambda seed: "/")),
     ("settings", at(lambda seed: "/accounts/settings/")),
@@ -123,6 +142,10 @@ USER_PAGES: list[tuple[str, Visit]] = [
     ("spend caps", at(lambda seed: "/usage/caps/")),
     ("export", at(lambda seed: "/accounts/export/")),
     ("delete account", at(lambda seed: "/accounts/delete/")),
+    ("chat home", at(lambda seed: "/chat/")),
+    ("conversation", at(lambda seed: f"/chat/c/{seed.conversation.pk}/")),
+    ("conversation settings", at(lambda seed: f"/chat/c/{seed.conversation.pk}/settings/")),
+    ("conversation delete", at(lambda seed: f"/chat/c/{seed.conversation.pk}/delete/")),
 ]
 
 
@@ -291,7 +314,7 @@ def _seed(fake_provider) -> tuple[User, Seed]:
     other_key.refresh_from_db()
     for model in MODELS[:2]:  # the third model's price is unknown
         price(key.preset, model, input=2.5, output=10.0)
-    conversation = conversation_create(owner=user, key=key, model=MODELS[0])
+    conversation = make_conversation(user, key, WIDE_QUESTION, reply=WIDE_REPLY)
     conversation_rename(conversation=conversation, title=LONG_TITLE)
     for scale, model in enumerate(MODELS, start=1):
         _turn(user, key, conversation.pk, model, scale=scale)
