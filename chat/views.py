@@ -101,12 +101,13 @@ def _picked_key(request: AuthenticatedRequest, key_id: uuid.UUID | None) -> Prov
 
 def _back_to(request: AuthenticatedRequest, default: str) -> HttpResponse:
     """Redirect to the form's `next` (a path on this site: the page the sidebar is on), else
-    to `default`."""
+    to `default`. Back from the sidebar, the list is open again (#conversations: on a phone
+    it is a drawer)."""
     target = request.POST.get("next", "")
     if target and url_has_allowed_host_and_scheme(
         target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
     ):
-        return redirect(target)
+        return redirect(target.partition("#")[0] + "#conversations")
     return redirect(default)
 
 

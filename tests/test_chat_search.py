@@ -401,7 +401,7 @@ def test_pin_and_unpin_from_the_menu(alice_client, alice):
     pin_url = reverse("chat:pin", args=[conversation.pk])
     assert f'action="{pin_url}"' in html
     response = alice_client.post(pin_url, {"pinned": "1", "next": here})
-    assert response["Location"] == here
+    assert response["Location"] == here + "#conversations"  # the list open again (a drawer)
     conversation.refresh_from_db()
     assert conversation.pinned
     html = alice_client.get(here).content.decode()
@@ -421,12 +421,12 @@ def test_rename_and_archive_from_the_menu_come_back_to_the_page(alice_client, al
     assert f'action="{rename}"' in html
     assert reverse("chat:delete", args=[conversation.pk]) in html  # the confirm page
     response = alice_client.post(rename, {"title": "New name", "next": here})
-    assert response["Location"] == here
+    assert response["Location"] == here + "#conversations"
     assert selectors.conversation_title(Conversation.objects.get(pk=conversation.pk)) == "New name"
     response = alice_client.post(
         reverse("chat:archive", args=[conversation.pk]), {"next": here + "?archived=1"}
     )
-    assert response["Location"] == here + "?archived=1"
+    assert response["Location"] == here + "?archived=1#conversations"
     conversation.refresh_from_db()
     assert conversation.archived
 

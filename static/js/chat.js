@@ -3,6 +3,8 @@
 // page builds itself goes in as text, never as HTML.
 (function () {
   "use strict";
+  // With JS the drawer opens and closes by a class; :target is the no-JS way (app.css).
+  document.documentElement.classList.add("js");
 
   function csrfToken() {
     try {
@@ -48,6 +50,9 @@
   function setDrawer(open) {
     var element = drawer();
     if (!element) return;
+    if (!open && location.hash === "#conversations") {
+      history.replaceState(null, "", location.pathname + location.search);  // a reload keeps it shut
+    }
     element.classList.toggle("open", open);
     document.querySelectorAll(".drawer-open").forEach(function (b) { b.setAttribute("aria-expanded", open ? "true" : "false"); });
     if (open) {
@@ -280,6 +285,9 @@
   document.addEventListener("DOMContentLoaded", function () {
     document.body.addEventListener("htmx:afterSettle", suggestModel);
     document.addEventListener("keydown", stopOnEscape);
+    if (location.hash === "#conversations" && window.matchMedia("(max-width: 760px)").matches) {
+      setDrawer(true);  // back from an action in the list (chat.views._back_to)
+    }
     attach(document);
     keepScrolled(true);  // a conversation opens at its newest message
     var form = composer();

@@ -205,11 +205,14 @@ BROKEN_WORDS = r"""() => {
     }
     return false;
   };
-  const word = /(?<![\w.@\/-])[A-Za-z]{4,}(?![\w.@\/-])/g;
+  // An ordinary word: 4 to 40 letters (a longer run, as in WIDE_QUESTION, has to break).
+  const word = /(?<![\w.@\/-])[A-Za-z]{4,40}(?![\w.@\/-])/g;
   const broken = new Set();
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
   for (let node = walker.nextNode(); node; node = walker.nextNode()) {
     if (!node.parentElement || hidden(node.parentElement)) continue;
+    const closed = node.parentElement.closest("details:not([open])");
+    if (closed && !node.parentElement.closest("summary")) continue;  // inside a closed <details>
     for (const match of node.data.matchAll(word)) {
       const range = document.createRange();
       range.setStart(node, match.index);
