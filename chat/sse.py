@@ -65,12 +65,15 @@ def stored_events(message: Message) -> str:
         return sse(
             "error", {"message": selectors.UNSEALED_ERROR, "action": "", "html": ""}, "stored"
         )
-    view = selectors.message_view(message, cipher)
+    view = selectors.reply_view(message, cipher)  # a continued reply: every part, joined
     if message.status == Message.Status.ERROR:
         event, data = "error", {"message": view.error, "action": ""}
     else:
         event, data = "done", {"status": message.status, "notice": message.notice}
-    return sse(event, {**data, "html": view.html, **view.facts}, "stored")
+    continuable = "1" if view.continuable else ""
+    return sse(
+        event, {**data, "html": view.html, **view.facts, "continuable": continuable}, "stored"
+    )
 
 
 def _stored_events_of(message_id: Any) -> str:
@@ -161,7 +164,13 @@ class TurnEvents:
     )
 
     def __init__(
-        self, message_id: Any, last_id: str, *, final: bool, cipher: OwnerCipher | None
+        self,
+        message_id: Any,
+        last_id: str,
+        *,
+        final: bool,
+        cipher: OwnerCipher | None,
+        prefix: str = "",
     ) -> None:
         self.message_id = message_id
         self.cipher = cipher  # the owner's: the stream's entries are sealed with it
@@ -172,6 +181,9 @@ class TurnEvents:
         # The reply's Markdown so far, rendered as it grows (`LiveMarkdown`); `synced`
         # turns true once this connection has sent the page a whole rendering.
         self.markdown = LiveMarkdown()
+        # A continuation renders as part of the reply it continues: that text comes first
+        # (`selectors.continued_prefix`), so the page shows one reply growing.
+        self.markdown.add(prefix)
         self.synced = False
 
     def close(self) -> None:
@@ -329,9 +341,17 @@ class EventStreamResponse(StreamingHttpResponse):
     context (`detach()`); any other handler streams it like a StreamingHttpResponse."""
 
     def __init__(
-        self, message_id: object, last_id: str, *, final: bool, cipher: OwnerCipher | None
+        self,
+        message_id: object,
+        last_id: str,
+        *,
+        final: bool,
+        cipher: OwnerCipher | None,
+        prefix: str = "",
     ) -> None:
-        self.turn_events = TurnEvents(message_id, last_id, final=final, cipher=cipher)
+        self.turn_events = TurnEvents(
+            message_id, last_id, final=final, cipher=cipher, prefix=prefix
+        )
         super().__init__(self.turn_events.events(), content_type="text/event-stream")
         self["Cache-Control"] = "no-cache, no-transform"
         self["X-Accel-Buffering"] = "no"

@@ -27,4 +27,5 @@ urlpatterns = [
     path("m/<uuid:message_id>/stream/", views.turn_stream, name="stream"),
     path("m/<uuid:message_id>/cancel/", views.turn_cancel, name="cancel"),
     path("m/<uuid:message_id>/regenerate/", views.turn_regenerate, name="regenerate"),
+    path("m/<uuid:message_id>/continue/", views.turn_continue, name="continue"),
 ]

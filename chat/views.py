@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -189,6 +190,19 @@ def turn_regenerate(request: AuthenticatedRequest, message_id: object) -> HttpRe
     return _branch_changed(request, reply.conversation_id)
 
 
+@login_required
+@require_POST
+def turn_continue(request: AuthenticatedRequest, message_id: object) -> HttpResponse:
+    """Continue a reply that was stopped or cut off (htmx: the branch, with the reply
+    growing; without JS: back to the page, which follows it)."""
+    reply = _reply_for(request, message_id)
+    try:
+        services.turn_continue(message=reply, cipher=OwnerCipher(request.user))
+    except ChatError as error:
+        return _branch_error(request, reply.conversation_id, error.message)
+    return _branch_changed(request, reply.conversation_id)
+
+
 # --- branches: edit, versions ---------------------------------------------------------------
 
 
@@ -359,8 +373,18 @@ async def turn_stream(request: HttpRequest, message_id: object) -> HttpResponseB
         await Message.objects.for_owner(user)  # type: ignore[misc]
         .filter(pk=message_id, role=Message.Role.ASSISTANT)
         # The owner's data key in the same query: the stream's entries are sealed with it.
-        .select_related("owner__data_key")
-        .only("id", "status", "owner__id", "owner__data_key__wrapped", "owner__data_key__owner")
+        .select_related("owner__data_key", "parent")
+        .only(
+            "id",
+            "status",
+            "role",
+            "owner__id",
+            "owner__data_key__wrapped",
+            "owner__data_key__owner",
+            "parent__id",
+            "parent__role",
+            "parent__conversation_id",
+        )
         .afirst()
     )
     if message is None:
@@ -373,4 +397,9 @@ async def turn_stream(request: HttpRequest, message_id: object) -> HttpResponseB
     except DataKey.DoesNotExist:
         data_key = None
     cipher = owner_cipher_from(data_key)
-    return EventStreamResponse(message.pk, last_id, final=message.is_final, cipher=cipher)
+    prefix = ""
+    if cipher is not None and message.parent is not None:  # a continuation: what it carries on
+        prefix = await sync_to_async(selectors.continued_prefix)(message, cipher)
+    return EventStreamResponse(
+        message.pk, last_id, final=message.is_final, cipher=cipher, prefix=prefix
+    )
