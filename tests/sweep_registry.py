@@ -74,6 +74,7 @@ URL_RULES: dict[str, str] = {
     "chat:stream": OWNER,
     "chat:cancel": OWNER,
     "chat:regenerate": OWNER,
+    "chat:continue": OWNER,
     "chat:edit": OWNER,
     "chat:version": OWNER,
     # usage
