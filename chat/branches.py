@@ -96,12 +96,21 @@ def is_continuation(role: str, parent_role: str | None) -> bool:
 
 
 def joined_text(parts: list[str]) -> str:
-    """The text of a reply written in parts: each part but the last without its trailing
-    whitespace, as the model was shown it when asked to carry on (Anthropic refuses a
-    prefill that ends in whitespace; one rule for every protocol)."""
-    if not parts:
-        return ""
-    return "".join(part.rstrip() for part in parts[:-1]) + parts[-1]
+    """The text of a reply written in parts. The model is shown each part without its
+    trailing whitespace (Anthropic refuses a prefill that ends in it), so where the next part
+    starts with whitespace of its own that part's is dropped; otherwise it is kept (a reply
+    stopped after a paragraph break keeps the break). `join_boundary` is the rule."""
+    text = ""
+    for part in parts:
+        text = join_boundary(text, part)
+    return text
+
+
+def join_boundary(before: str, after: str) -> str:
+    """`before` followed by the part that continues it (see `joined_text`)."""
+    if after[:1].isspace():
+        return before.rstrip() + after
+    return before + after
 
 
 def runs(messages: list[Message]) -> list[list[Message]]:

@@ -206,15 +206,15 @@ def reply_view(message: Message, cipher: OwnerCipher) -> MessageView:
 
 
 def continued_prefix(message: Message, cipher: OwnerCipher) -> str:
-    """The text a continuation carries on: the reply it continues, its parts joined and
-    without trailing whitespace, as the model was shown it (`chat.turns`). "" for any other
-    message."""
+    """The text a continuation carries on: the reply it continues, its parts joined (its
+    trailing whitespace is kept or dropped by the continuation's first character,
+    `chat.branches.join_boundary`). "" for any other message."""
     parent = message.parent
     if parent is None or not is_continuation(message.role, parent.role):
         return ""
     parts = reply_parts(parent)
     texts = [cipher.open(PURPOSE_MESSAGE, part.pk, part.sealed_content) for part in parts]
-    return joined_text(texts).rstrip()
+    return joined_text(texts)
 
 
 def conversation_titles(*, owner: User, ids: list[object]) -> dict[object, str]:

@@ -156,6 +156,7 @@ class TurnEvents:
         "cipher",
         "closed",
         "final",
+        "held",
         "last_id",
         "markdown",
         "message_id",
@@ -182,8 +183,10 @@ class TurnEvents:
         # turns true once this connection has sent the page a whole rendering.
         self.markdown = LiveMarkdown()
         # A continuation renders as part of the reply it continues: that text comes first
-        # (`selectors.continued_prefix`), so the page shows one reply growing.
-        self.markdown.add(prefix)
+        # (`selectors.continued_prefix`), so the page shows one reply growing; its trailing
+        # whitespace waits for the continuation's first text (`branches.join_boundary`).
+        self.markdown.add(prefix.rstrip())
+        self.held = prefix[len(prefix.rstrip()) :]
         self.synced = False
 
     def close(self) -> None:
@@ -260,7 +263,7 @@ class TurnEvents:
         resumes); the batch's rendering rides on its last."""
         for index, (entry_id, text) in enumerate(deltas):
             if index < len(deltas) - 1 or not render:
-                self.markdown.add(text)
+                self.markdown.add(self._joined(text))
                 chunk.append(sse(live.EVENT_DELTA, {"text": text}, entry_id))
             else:
                 chunk.append(self._delta(text, entry_id))
@@ -272,13 +275,20 @@ class TurnEvents:
         the HTML of blocks that are complete now (appended once), and `tail`, the last
         block's (replacing the one before)."""
         if not self.synced:
-            self.markdown.add(text)
+            self.markdown.add(self._joined(text))
             return self._rendered(entry_id, text)
         data = {"text": text}
-        rendered = self.markdown.feed(text)
+        rendered = self.markdown.feed(self._joined(text))
         if rendered is not None:
             data["commit"], data["tail"] = rendered
         return sse(live.EVENT_DELTA, data, entry_id)
+
+    def _joined(self, text: str) -> str:
+        """A delta's text as it joins the reply: the first one of a continuation takes the
+        held whitespace of the reply it continues, unless it brings its own."""
+        if self.held and text:
+            text, self.held = ("" if text[:1].isspace() else self.held) + text, ""
+        return text
 
     def _rendered(self, entry_id: str, text: str = "") -> str:
         """A `delta` event with the whole reply so far rendered, marked `reset` (the page
@@ -301,7 +311,7 @@ class TurnEvents:
             if fields.get("type") == live.EVENT_DELTA:
                 data = streams.open_entry(self.cipher, self.message_id, fields)
                 if data is not None:
-                    self.markdown.add(data.get("text", ""))
+                    self.markdown.add(self._joined(data.get("text", "")))
         self.markdown.stale = False  # the page shows that much; its next delta renders it
 
     async def _stream_exists(self) -> bool:

@@ -133,8 +133,8 @@ def continuation_messages(
     with. Anthropic's models that take a prefill get it as the last message, which they
     continue word for word; every other model gets it as its own message followed by a
     user message asking it to continue (`CONTINUE_INSTRUCTION`). The partial reply is sent
-    without trailing whitespace (Anthropic refuses a prefill ending in it; the parts are
-    joined the same way)."""
+    without trailing whitespace (Anthropic refuses a prefill ending in it), which the parts'
+    join puts back unless the continuation starts with its own (`branches.joined_text`)."""
     *before, partial = history
     partial = ChatMessage(Role.ASSISTANT, partial.content.rstrip())
     preset = PRESETS.get(conversation.preset)

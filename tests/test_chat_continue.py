@@ -145,6 +145,25 @@ def test_trailing_whitespace_is_not_sent_and_the_parts_join_as_the_model_saw_the
     assert shown(conversation)[-1] == ("assistant", "A list:\n\n- one\n- two")
 
 
+def test_a_reply_stopped_after_a_paragraph_break_keeps_it(alice, fake_provider):
+    conversation, _ = start_chat(alice, fake_provider)
+    reply = cut_off_reply(fake_provider, conversation, text="First paragraph.\n\n")
+    continued(fake_provider, reply, text="Second paragraph.")
+    body = chat_bodies(fake_provider, "custom")[-1]
+    assert sent_messages(body, "custom")[1] == ("assistant", "First paragraph.")
+    assert shown(conversation)[-1] == ("assistant", "First paragraph.\n\nSecond paragraph.")
+
+
+def test_how_parts_join():
+    from chat.branches import joined_text
+
+    assert joined_text(["Hello wor", "ld"]) == "Hello world"
+    assert joined_text(["Hello ", "world"]) == "Hello world"
+    assert joined_text(["Hello ", " world"]) == "Hello world"  # as the model was shown it
+    assert joined_text(["A:\n\n", "\n\n- b"]) == "A:\n\n- b"
+    assert joined_text(["one", "", " two"]) == "one two"
+
+
 def test_which_models_take_a_prefill():
     anthropic, openai, gemini = PRESETS["anthropic"], PRESETS["openai"], PRESETS["gemini"]
     assert model_takes_prefill(anthropic, "claude-sonnet-4-5", None)
@@ -276,23 +295,31 @@ def test_the_stream_of_a_continuation_renders_the_whole_reply(
 ):
     conversation, _ = start_chat(alice, fake_provider)
     fake_provider.script(
-        text="# Title\n\nFirst part", finish_reason="length", path="/chat/completions"
+        text="# Title\n\nFirst part.\n\n", finish_reason="length", path="/chat/completions"
     )
     _, reply = send(conversation, "Tell me a line")
     wait_final(reply)
-    fake_provider.script(
-        text=" and the second part.", tokens_per_second=200, path="/chat/completions"
-    )
+    fake_provider.script(text="Second part.", tokens_per_second=200, path="/chat/completions")
     more = services.turn_continue(message=reply)
     events = read_stream(asgi_server, alice, more)
     deltas = [e for e in events if e.event == "delta"]
-    assert "".join(e.data["text"] for e in deltas) == " and the second part."
+    assert "".join(e.data["text"] for e in deltas) == "Second part."
     first = next(e for e in deltas if "commit" in e.data)
     assert first.data["reset"] == "1"
     assert "<h1>Title</h1>" in first.data["commit"] + first.data["tail"]
+    # What the page builds from the deltas (chat.js): the whole reply, one paragraph each.
+    committed, tail = [], ""
+    for event in deltas:
+        if "tail" in event.data:
+            if event.data.get("reset"):
+                committed = []
+            committed.append(event.data.get("commit", ""))
+            tail = event.data["tail"]
+    live = "".join(committed) + tail
+    assert "<h1>Title</h1>" in live and "<p>First part.</p>" in live
     done = events[-1]
     assert done.event == "done", done
-    assert "<p>First part and the second part.</p>" in done.data["html"]
+    assert "<p>First part.</p>\n<p>Second part.</p>" in done.data["html"]
     assert "<h1>Title</h1>" in done.data["html"]
     assert done.data["continuable"] == ""
     # A reload after the stream expired shows the same.
