@@ -142,9 +142,13 @@ def ends_short(message: Message) -> bool:
 def reply_parts(message: Message, tree: Tree | None = None) -> list[Message]:
     """The parts of the reply `message` ends (itself and the replies it continues, oldest
     first): the run of assistant messages up the tree from it."""
-    if message.role != Message.Role.ASSISTANT:
+    if message.role != Message.Role.ASSISTANT or message.parent_id is None:
         return [message]
-    tree = tree or Tree.of(message.conversation_id)
+    if tree is None:
+        continues = Message.objects.filter(pk=message.parent_id, role=Message.Role.ASSISTANT)
+        if not continues.exists():  # most replies: one part, no tree to read
+            return [message]
+        tree = Tree.of(message.conversation_id)
     path = tree.path_to(message.pk)
     replies = set(
         Message.objects.filter(pk__in=path, role=Message.Role.ASSISTANT).values_list(
@@ -158,4 +162,6 @@ def reply_parts(message: Message, tree: Tree | None = None) -> list[Message]:
         run.append(pk)
     run.reverse()
     rows = Message.objects.filter(pk__in=run).select_related("provider_key").in_bulk()
-    return [rows[pk] for pk in run if pk in rows] or [message]
+    found = [rows[pk] for pk in run if pk in rows] or [message]
+    found[-1] = message  # the caller's row, as loaded
+    return found

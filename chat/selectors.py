@@ -8,7 +8,6 @@ from dataclasses import dataclass, replace
 
 from accounts.models import User
 from chat.branches import (
-    Tree,
     active_branch,
     ends_short,
     is_continuation,
@@ -194,15 +193,14 @@ def _joined_view(
 
 
 def reply_view(message: Message, cipher: OwnerCipher) -> MessageView:
-    """A reply as a reload shows it, continuations joined and its cost read (its final
-    event carries the same)."""
+    """A reply as a reload shows it (load it fresh, with its conversation): continuations
+    joined, its cost read, whether it can be continued. Its final event carries the same."""
     if message.role != Message.Role.ASSISTANT:
         return message_view(message, cipher)
-    tree = Tree.of(message.conversation_id)
-    parts = reply_parts(message, tree)  # read again: the caller's row may be stale
+    parts = reply_parts(message)
     costs = turn_costs(owner=message.owner, message_ids=[p.pk for p in parts])
-    leaf = tree.leaf(parts[-1].conversation) == message.pk
-    return _joined_view(parts, cipher, costs, leaf=leaf)
+    active = message.conversation.active_leaf_id
+    return _joined_view(parts, cipher, costs, leaf=active in (None, message.pk))
 
 
 def continued_prefix(message: Message, cipher: OwnerCipher) -> str:

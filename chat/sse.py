@@ -79,7 +79,9 @@ def stored_events(message: Message) -> str:
 def _stored_events_of(message_id: Any) -> str:
     try:
         message = (
-            Message.objects.select_related("owner", "provider_key").filter(pk=message_id).first()
+            Message.objects.select_related("owner", "provider_key", "conversation")
+            .filter(pk=message_id)
+            .first()
         )
         return stored_events(message) if message is not None else ""
     finally:

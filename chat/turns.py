@@ -317,9 +317,9 @@ class ChatTurn:
         continued), or the outcome's own when that cannot be read."""
         if cipher is not None:
             try:
-                stored = Message.objects.select_related("conversation", "owner").get(
-                    pk=self.message_id
-                )
+                stored = Message.objects.select_related(
+                    "conversation", "owner", "provider_key"
+                ).get(pk=self.message_id)
                 view = reply_view(stored, cipher)
             except Exception:  # the event must still go out
                 logger.warning(
