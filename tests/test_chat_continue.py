@@ -241,8 +241,8 @@ def test_the_page_shows_one_reply_with_the_tokens_and_cost_of_both_calls(
     assert 'data-action="continue"' not in page  # it ended normally this time
     # 2,200 in at $1/M and 800 out at $2/M: $0.0038, both calls.
     assert "2200 in · 800 out · $0.0038" in page
-    costs = sorted(UsageEvent.objects.values_list("cost_micro", flat=True))
-    assert costs == [1800, 2000]
+    costs = {e.message_id: e.cost_micro for e in UsageEvent.objects.all()}
+    assert costs == {reply.pk: 2000, more.pk: 1800}
 
 
 def test_regenerating_a_continued_reply_answers_the_question_again(alice, fake_provider):
@@ -308,7 +308,8 @@ def test_the_stream_of_a_continuation_renders_the_whole_reply(
     assert first.data["reset"] == "1"
     assert "<h1>Title</h1>" in first.data["commit"] + first.data["tail"]
     # What the page builds from the deltas (chat.js): the whole reply, one paragraph each.
-    committed, tail = [], ""
+    committed: list[str] = []
+    tail = ""
     for event in deltas:
         if "tail" in event.data:
             if event.data.get("reset"):
