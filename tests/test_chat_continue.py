@@ -384,8 +384,9 @@ def test_what_cannot_be_continued_says_why_and_changes_nothing(
         _, target = send(conversation)
         turns.run_turn(str(target.pk))
     elif case == "in_flight":
-        target = cut_off_reply(fake_provider, conversation)
-        services.turn_regenerate(message=target)  # a reply queued, no worker takes it
+        stopped = cut_off_reply(fake_provider, conversation)
+        # A reply queued (no worker takes it here): in flight.
+        target = services.turn_regenerate(message=stopped)
     elif case == "empty":
         _, target = send(conversation)
         services.turn_cancel(message=target)  # stopped before a word
