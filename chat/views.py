@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.http import AuthenticatedRequest
 from chat import selectors, services
+from chat.branches import is_continuation
 from chat.forms import (
     ConversationSettingsForm,
     MessageForm,
@@ -398,7 +399,8 @@ async def turn_stream(request: HttpRequest, message_id: object) -> HttpResponseB
         data_key = None
     cipher = owner_cipher_from(data_key)
     prefix = ""
-    if cipher is not None and message.parent is not None:  # a continuation: what it carries on
+    parent = message.parent
+    if cipher is not None and parent is not None and is_continuation(message.role, parent.role):
         prefix = await sync_to_async(selectors.continued_prefix)(message, cipher)
     return EventStreamResponse(
         message.pk, last_id, final=message.is_final, cipher=cipher, prefix=prefix
