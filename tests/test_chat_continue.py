@@ -134,6 +134,50 @@ def test_continuing_sends_each_protocol_the_partial_reply_the_way_it_takes_it(
     assert set(UsageEvent.objects.values_list("message_id", flat=True)) == {reply.pk, more.pk}
 
 
+def test_a_thinking_claude_is_asked_not_prefilled(alice, fake_provider):
+    """Claude 3.7 to 4.5 refuse a prefill while they think (a reasoning effort is set)."""
+    conversation, _ = vendor_chat(alice, fake_provider, "anthropic", "claude-sonnet-4-5")
+    Conversation.objects.filter(pk=conversation.pk).update(reasoning_effort="low")
+    conversation.refresh_from_db()
+    reply = cut_off_reply(fake_provider, conversation, "anthropic")
+    continued(fake_provider, reply, "anthropic")
+    body = chat_bodies(fake_provider, "anthropic")[-1]
+    assert body["thinking"]["type"] == "enabled"
+    assert sent_messages(body, "anthropic")[-2:] == [
+        ("assistant", PARTIAL),
+        ("user", CONTINUE_INSTRUCTION),
+    ]
+
+
+def test_a_reply_stopped_while_it_streamed_continues(
+    alice, fake_provider, celery_worker, asgi_server
+):
+    conversation, _ = start_chat(alice, fake_provider)
+    fake_provider.script(
+        text=" ".join(["slow"] * 300), tokens_per_second=20, path=CHAT_PATHS["custom"]
+    )
+    _, reply = send(conversation, "Go slowly")
+    read_stream(asgi_server, alice, reply, stop_after=3)
+    services.turn_cancel(message=reply)
+    reply = wait_final(reply, timeout=30)
+    assert reply.status == Message.Status.STOPPED and reply.tokens_estimated
+    kept = message_view(reply, OwnerCipher(alice)).text
+    fake_provider.script(text="done now.", path=CHAT_PATHS["custom"])
+    more = wait_final(services.turn_continue(message=reply))
+    assert more.status == Message.Status.DONE, error_of(more)
+    body = chat_bodies(fake_provider, "custom")[-1]
+    assert sent_messages(body, "custom")[-2:] == [
+        ("assistant", kept.rstrip()),
+        ("user", CONTINUE_INSTRUCTION),
+    ]
+    view = conversation_branch(Conversation.objects.get(pk=conversation.pk))[-1]
+    assert view.text == kept + "done now."
+    # The estimate of the stopped part is part of the reply's tokens: marked as one.
+    assert view.facts["usage"].startswith("≈ ")
+    events = UsageEvent.objects.filter(message_id__in=[reply.pk, more.pk])
+    assert sorted(e.tokens_estimated for e in events) == [False, True]
+
+
 def test_trailing_whitespace_is_not_sent_and_the_parts_join_as_the_model_saw_them(
     alice, fake_provider
 ):
