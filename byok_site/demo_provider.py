@@ -17,6 +17,7 @@ import collections
 import time
 from typing import Any
 
+from providers.continuation import CONTINUE_INSTRUCTION
 from tests.fakes.provider import FakeProvider, RecordedRequest, Script
 
 DEMO_REPLY = (
@@ -144,23 +145,41 @@ class DemoProvider(FakeProvider):
 
     def script_for(self, request: RecordedRequest) -> Script:
         body: Any = request.body if isinstance(request.body, dict) else {}
-        if body.get("model") == SLOW_MODEL:
+        messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+        slow = body.get("model") == SLOW_MODEL
+        text = _reply(slow, messages)
+        # Continue (chat.turns): the reply so far, then the request to carry on. The demo
+        # writes the rest of the reply it was writing.
+        if (
+            len(messages) >= 2
+            and messages[-1].get("role") == "user"
+            and messages[-1].get("content") == CONTINUE_INSTRUCTION
+            and messages[-2].get("role") == "assistant"
+        ):
+            partial = str(messages[-2].get("content", ""))
+            whole = _reply(slow, messages[:-2])
+            if partial and whole.startswith(partial):
+                text = whole[len(partial) :] or " (That was all.)"
+        if slow:
             return Script(
-                text=SLOW_REPLY,
+                text=text,
                 first_token_delay=SLOW_FIRST_TOKEN_DELAY,
                 tokens_per_second=SLOW_TOKENS_PER_SECOND,
             )
-        said = ""
-        for message in reversed(body.get("messages") or []):
-            if isinstance(message, dict) and message.get("role") == "user":
-                said = str(message.get("content", ""))
-                break
-        return Script(
-            text=DEMO_REPLY.format(quote=quote_markdown(said)),
-            first_token_delay=0.3,
-            tokens_per_second=60,
-            tokens_per_chunk=2,
-        )
+        return Script(text=text, first_token_delay=0.3, tokens_per_second=60, tokens_per_chunk=2)
+
+
+def _reply(slow: bool, messages: list[dict[str, Any]]) -> str:
+    """The demo's whole reply to a conversation: the slow model's long one, or the quote of
+    the last user message."""
+    if slow:
+        return SLOW_REPLY
+    said = ""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            said = str(message.get("content", ""))
+            break
+    return DEMO_REPLY.format(quote=quote_markdown(said))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,6 +24,7 @@ from chat.rendering import render_markdown, sent_facts, turn_facts
 from chat.selectors import conversation_system_prompt, reply_view
 from completion import engine
 from completion.engine import Call, KeyChoice, Outcome, Prompt, Refused
+from providers import continuation
 from providers.catalog import PRESETS, model_takes_prefill
 from providers.errors import ProviderErrorKind
 from providers.types import ChatMessage, Role
@@ -61,15 +62,6 @@ _ACTION_FOR_KIND = {
     "worker_lost": "retry",
     "no_worker": "retry",
 }
-
-
-# What a model is asked when it cannot be handed its partial reply to carry on from (every
-# protocol but Anthropic's, and Claude models that refuse a prefill): the partial reply goes
-# as its own message, then this.
-CONTINUE_INSTRUCTION = (
-    "Continue your previous reply from exactly where it stopped. Do not repeat anything you "
-    "already wrote and add no introduction: what you write now is appended to it as it is."
-)
 
 
 def build_history(reply: Message, cipher: OwnerCipher) -> tuple[list[ChatMessage], int]:
@@ -129,19 +121,15 @@ def build_history(reply: Message, cipher: OwnerCipher) -> tuple[list[ChatMessage
 def continuation_messages(
     history: list[ChatMessage], conversation: Conversation
 ) -> list[ChatMessage]:
-    """The messages that ask the conversation's model to carry on the reply `history` ends
-    with. Anthropic's models that take a prefill get it as the last message, which they
-    continue word for word; every other model gets it as its own message followed by a
-    user message asking it to continue (`CONTINUE_INSTRUCTION`). The partial reply is sent
-    without trailing whitespace (Anthropic refuses a prefill ending in it), which the parts'
-    join puts back unless the continuation starts with its own (`branches.joined_text`)."""
-    *before, partial = history
-    partial = ChatMessage(Role.ASSISTANT, partial.content.rstrip())
+    """The request for the rest of the reply `history` ends with, as the conversation's
+    model takes it (`providers.continuation`): a prefill for the Anthropic models that take
+    one, else the reply so far and a user message asking for the rest. The reply so far is
+    sent without trailing whitespace, which the parts' join puts back unless the
+    continuation starts with its own (`chat.branches.joined_text`)."""
     preset = PRESETS.get(conversation.preset)
     effort = conversation.reasoning_effort or None
-    if preset is not None and model_takes_prefill(preset, conversation.model, effort):
-        return [*before, partial]
-    return [*before, partial, ChatMessage(Role.USER, CONTINUE_INSTRUCTION)]
+    prefill = preset is not None and model_takes_prefill(preset, conversation.model, effort)
+    return continuation.continuation_messages(history, prefill=prefill)
 
 
 def _turn_replies() -> QuerySet[Message]:

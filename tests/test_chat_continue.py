@@ -10,8 +10,8 @@ from chat import services, turns
 from chat.models import Conversation, Message
 from chat.selectors import conversation_branch, message_view
 from chat.services import IN_FLIGHT, ChatError
-from chat.turns import CONTINUE_INSTRUCTION
 from providers.catalog import PRESETS, model_takes_prefill
+from providers.continuation import CONTINUE_INSTRUCTION
 from tests.chat_helpers import (
     CHAT_PATHS,
     read_stream,

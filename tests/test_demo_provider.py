@@ -18,12 +18,14 @@ from byok_site.demo_provider import (
     quote_markdown,
 )
 from chat import turns
+from chat.branches import joined_text
 from chat.models import Message
 from chat.rendering import render_markdown
 from chat.selectors import conversation_branch, message_view
 from chat.services import conversation_create, message_send
 from keys.models import ProviderKey
 from keys.services import KeyVaultError, RequestInfo, _seal_secret, provider_key_create
+from providers.continuation import CONTINUE_INSTRUCTION
 from tests.opened import error_of
 from vault.services import OwnerCipher
 
@@ -112,10 +114,11 @@ def test_the_quote_of_an_empty_or_long_message():
     assert long.startswith("> x") and len(long) < 4010
 
 
-def _streamed(demo_server, model, *, until=None):
+def _streamed(demo_server, model, *, until=None, messages=None):
     """The text the demo streams for `model` (until `until` has arrived, then the
     connection is closed), and how many deltas that took."""
-    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    messages = messages or [{"role": "user", "content": "hi"}]
+    body = {"model": model, "stream": True, "messages": messages}
     text, deltas = "", 0
     with httpx.stream(
         "POST", f"{demo_server.url}/v1/chat/completions", json=body, timeout=60
@@ -177,3 +180,22 @@ def test_a_demo_turn_costs_nothing_and_says_so(alice, settings, demo_server):
     conversation.refresh_from_db()
     usage = conversation_branch(conversation)[-1].facts["usage"]
     assert " · $0.00" in usage and "price unknown" not in usage
+
+
+@pytest.mark.parametrize("model", ["byok-demo", SLOW_MODEL])
+def test_continue_gets_the_rest_of_the_reply(demo_server, model):
+    whole = SLOW_REPLY if model == SLOW_MODEL else DEMO_REPLY.format(quote="> hi")
+    partial = whole[:150].rstrip()
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": partial},
+        {"role": "user", "content": CONTINUE_INSTRUCTION},
+    ]
+    rest = whole[len(partial) :]
+    until = rest[:40] if model == SLOW_MODEL else None
+    text, _ = _streamed(demo_server, model, until=until, messages=messages)
+    if until is None:
+        assert text == rest
+        assert joined_text([partial, text]) == whole  # the page shows the whole reply
+    else:  # the slow one is read only as far as its first words
+        assert rest.startswith(text) and until in text
