@@ -79,3 +79,89 @@ def active_branch(conversation: Conversation) -> tuple[Tree, list[uuid.UUID]]:
     tree = Tree.of(conversation.pk)
     leaf = tree.leaf(conversation)
     return tree, tree.path_to(leaf) if leaf is not None else []
+
+
+# --- continued replies ----------------------------------------------------------------------
+#
+# "Continue" on a reply that was stopped or cut off at the length limit adds a new assistant
+# message whose parent is that reply: each provider call keeps its own row (its own usage
+# event, reservation, stream and stop flag, all keyed by the row's id). An assistant message
+# under an assistant message is a continuation of it, and nothing else makes one; the page
+# shows such a run of parts as one reply, and the provider is sent it as one message.
+
+
+def is_continuation(role: str, parent_role: str | None) -> bool:
+    """Whether a message of `role` under a parent of `parent_role` continues that parent."""
+    return role == Message.Role.ASSISTANT and parent_role == Message.Role.ASSISTANT
+
+
+def joined_text(parts: list[str]) -> str:
+    """The text of a reply written in parts. The model is shown each part without its
+    trailing whitespace (Anthropic refuses a prefill that ends in it), so where the next part
+    starts with whitespace of its own that part's is dropped; otherwise it is kept (a reply
+    stopped after a paragraph break keeps the break). `join_boundary` is the rule."""
+    text = ""
+    for part in parts:
+        text = join_boundary(text, part)
+    return text
+
+
+def join_boundary(before: str, after: str) -> str:
+    """`before` followed by the part that continues it (see `joined_text`)."""
+    if after[:1].isspace():
+        return before.rstrip() + after
+    return before + after
+
+
+def runs(messages: list[Message]) -> list[list[Message]]:
+    """A branch's messages (oldest first) grouped as the page shows them: each
+    continuation joins the reply it continues."""
+    grouped: list[list[Message]] = []
+    for message in messages:
+        previous = grouped[-1][-1] if grouped else None
+        if (
+            previous is not None
+            and message.parent_id == previous.pk
+            and is_continuation(message.role, previous.role)
+        ):
+            grouped[-1].append(message)
+        else:
+            grouped.append([message])
+    return grouped
+
+
+def ends_short(message: Message) -> bool:
+    """Whether a reply ended before it was complete, so it can be continued: stopped, or
+    done at the length limit (the provider's finish reason `length`)."""
+    return message.role == Message.Role.ASSISTANT and (
+        message.status == Message.Status.STOPPED
+        or (message.status == Message.Status.DONE and message.finish_reason == "length")
+    )
+
+
+def reply_parts(message: Message, tree: Tree | None = None) -> list[Message]:
+    """The parts of the reply `message` ends (itself and the replies it continues, oldest
+    first): the run of assistant messages up the tree from it."""
+    if message.role != Message.Role.ASSISTANT or message.parent_id is None:
+        return [message]
+    if tree is None:
+        continues = Message.objects.filter(pk=message.parent_id, role=Message.Role.ASSISTANT)
+        if not continues.exists():  # most replies: one part, no tree to read
+            return [message]
+        tree = Tree.of(message.conversation_id)
+    path = tree.path_to(message.pk)
+    replies = set(
+        Message.objects.filter(pk__in=path, role=Message.Role.ASSISTANT).values_list(
+            "pk", flat=True
+        )
+    )
+    run: list[uuid.UUID] = []
+    for pk in reversed(path):
+        if pk not in replies:
+            break
+        run.append(pk)
+    run.reverse()
+    rows = Message.objects.filter(pk__in=run).select_related("provider_key").in_bulk()
+    found = [rows[pk] for pk in run if pk in rows] or [message]
+    found[-1] = message  # the caller's row, as loaded
+    return found

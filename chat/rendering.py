@@ -40,6 +40,9 @@ from pygments.lexers import get_lexer_by_name
 from pygments.token import STANDARD_TYPES
 from pygments.util import ClassNotFound
 
+from usage.selectors import TurnCost
+from usage.services import format_cost
+
 _MATHML_TAGS = {
     "math",
     "semantics",
@@ -342,10 +345,13 @@ def turn_facts(
     max_output_tokens: int | None = None,
     reasoning_effort: str = "",
     default_max_output_tokens: int | None = None,
+    cost: TurnCost | None = None,
 ) -> dict[str, str]:
     """The small print of a finished reply, as plain text: the key that served it, and its
-    tokens (marked ≈ when estimated: the stream ended before the provider reported them)
-    and time to first token. The page renders it; the final event carries it, so a reply
+    tokens (marked ≈ when estimated: the stream ended before the provider reported them),
+    its cost by the usage ledger (`cost`, None when no usage event was read; `format_cost`
+    says how it reads: "≈" when estimated, "price unknown" without a price) and time to
+    first token. The page renders it; the final event carries it, so a reply
     that finishes live shows what a reload would.
 
     Then what the request was sent, where it was not the default: its temperature, its
@@ -354,6 +360,8 @@ def turn_facts(
     parts = []
     if output_tokens is not None:
         usage = f"{'≈ ' if estimated else ''}{input_tokens or 0} in · {output_tokens} out"
+        if cost is not None:
+            usage += " · " + format_cost(cost.micro, estimated=cost.estimated)
         if ttft_ms is not None:
             usage += f" · first token {ttft_ms} ms"
         parts.append(usage)

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from chat import streams, turns
-from chat.branches import Tree
+from chat.branches import Tree, ends_short, joined_text, reply_parts
 from chat.models import (
     MAX_OUTPUT_TOKENS_LIMIT,
     PURPOSE_MESSAGE,
@@ -614,12 +614,49 @@ def turn_regenerate(*, message: Message) -> Message:
         raise ChatError("Only a reply can be regenerated.")
     with _admitted(message.owner) as admit, transaction.atomic():
         locked = _lock_idle(message.conversation, message.owner)
-        question = message.parent
+        question = reply_parts(message)[0].parent  # a continued reply is regenerated whole
         if question is None:
             raise ChatError("This reply answers no message; send a new one instead.")
         reply_id = uuid.uuid4()
         admit(locked, reply_id)
         reply = _queue_reply(locked, parent=question, reply_id=reply_id, created_at=timezone.now())
+        locked.save(update_fields=["last_message_at", "active_leaf"])
+    return reply
+
+
+def turn_continue(*, message: Message, cipher: OwnerCipher | None = None) -> Message:
+    """Carry on a reply that ended short (stopped, or done at the length limit): a new
+    reply under it, queued, which the model writes on from where it ended and the page
+    shows joined to it (`chat.branches`). It is a provider call of its own: its own usage
+    event, admitted like a send (caps, limits, one reply in flight per conversation).
+
+    Only the end of the active branch can be continued, and only if it has text. Raises
+    ChatError, nothing changed, for a reply that is complete, failed, in flight or empty.
+    """
+    if message.role != Role.ASSISTANT:
+        raise ChatError("Only a reply can be continued.")
+    owner = message.owner
+    with _admitted(owner) as admit, transaction.atomic():
+        locked = _lock_idle(message.conversation, owner)
+        current = Message.objects.get(pk=message.pk)  # as it is now, under the lock
+        if current.status == Status.ERROR:
+            raise ChatError("This reply failed, so it cannot be continued; retry it instead.")
+        if not ends_short(current):
+            raise ChatError(
+                "This reply is complete. Only a reply that was stopped or cut off at the "
+                "length limit can be continued."
+            )
+        tree = Tree.of(locked.pk)
+        if tree.leaf(locked) != current.pk:
+            raise ChatError("Only the last reply of the conversation can be continued.")
+        cipher = _cipher_for(owner, cipher)
+        parts = reply_parts(current, tree)
+        texts = [cipher.open(PURPOSE_MESSAGE, part.pk, part.sealed_content) for part in parts]
+        if not joined_text(texts).strip():
+            raise ChatError("This reply has no text to continue; regenerate it instead.")
+        reply_id = uuid.uuid4()
+        admit(locked, reply_id)
+        reply = _queue_reply(locked, parent=current, reply_id=reply_id, created_at=timezone.now())
         locked.save(update_fields=["last_message_at", "active_leaf"])
     return reply
 

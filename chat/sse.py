@@ -65,18 +65,23 @@ def stored_events(message: Message) -> str:
         return sse(
             "error", {"message": selectors.UNSEALED_ERROR, "action": "", "html": ""}, "stored"
         )
-    view = selectors.message_view(message, cipher)
+    view = selectors.reply_view(message, cipher)  # a continued reply: every part, joined
     if message.status == Message.Status.ERROR:
         event, data = "error", {"message": view.error, "action": ""}
     else:
         event, data = "done", {"status": message.status, "notice": message.notice}
-    return sse(event, {**data, "html": view.html, **view.facts}, "stored")
+    continuable = "1" if view.continuable else ""
+    return sse(
+        event, {**data, "html": view.html, **view.facts, "continuable": continuable}, "stored"
+    )
 
 
 def _stored_events_of(message_id: Any) -> str:
     try:
         message = (
-            Message.objects.select_related("owner", "provider_key").filter(pk=message_id).first()
+            Message.objects.select_related("owner", "provider_key", "conversation")
+            .filter(pk=message_id)
+            .first()
         )
         return stored_events(message) if message is not None else ""
     finally:
@@ -153,6 +158,7 @@ class TurnEvents:
         "cipher",
         "closed",
         "final",
+        "held",
         "last_id",
         "markdown",
         "message_id",
@@ -161,7 +167,13 @@ class TurnEvents:
     )
 
     def __init__(
-        self, message_id: Any, last_id: str, *, final: bool, cipher: OwnerCipher | None
+        self,
+        message_id: Any,
+        last_id: str,
+        *,
+        final: bool,
+        cipher: OwnerCipher | None,
+        prefix: str = "",
     ) -> None:
         self.message_id = message_id
         self.cipher = cipher  # the owner's: the stream's entries are sealed with it
@@ -172,6 +184,11 @@ class TurnEvents:
         # The reply's Markdown so far, rendered as it grows (`LiveMarkdown`); `synced`
         # turns true once this connection has sent the page a whole rendering.
         self.markdown = LiveMarkdown()
+        # A continuation renders as part of the reply it continues: that text comes first
+        # (`selectors.continued_prefix`), so the page shows one reply growing; its trailing
+        # whitespace waits for the continuation's first text (`branches.join_boundary`).
+        self.markdown.add(prefix.rstrip())
+        self.held = prefix[len(prefix.rstrip()) :]
         self.synced = False
 
     def close(self) -> None:
@@ -248,7 +265,7 @@ class TurnEvents:
         resumes); the batch's rendering rides on its last."""
         for index, (entry_id, text) in enumerate(deltas):
             if index < len(deltas) - 1 or not render:
-                self.markdown.add(text)
+                self.markdown.add(self._joined(text))
                 chunk.append(sse(live.EVENT_DELTA, {"text": text}, entry_id))
             else:
                 chunk.append(self._delta(text, entry_id))
@@ -260,13 +277,20 @@ class TurnEvents:
         the HTML of blocks that are complete now (appended once), and `tail`, the last
         block's (replacing the one before)."""
         if not self.synced:
-            self.markdown.add(text)
+            self.markdown.add(self._joined(text))
             return self._rendered(entry_id, text)
         data = {"text": text}
-        rendered = self.markdown.feed(text)
+        rendered = self.markdown.feed(self._joined(text))
         if rendered is not None:
             data["commit"], data["tail"] = rendered
         return sse(live.EVENT_DELTA, data, entry_id)
+
+    def _joined(self, text: str) -> str:
+        """A delta's text as it joins the reply: the first one of a continuation takes the
+        held whitespace of the reply it continues, unless it brings its own."""
+        if self.held and text:
+            text, self.held = ("" if text[:1].isspace() else self.held) + text, ""
+        return text
 
     def _rendered(self, entry_id: str, text: str = "") -> str:
         """A `delta` event with the whole reply so far rendered, marked `reset` (the page
@@ -289,7 +313,7 @@ class TurnEvents:
             if fields.get("type") == live.EVENT_DELTA:
                 data = streams.open_entry(self.cipher, self.message_id, fields)
                 if data is not None:
-                    self.markdown.add(data.get("text", ""))
+                    self.markdown.add(self._joined(data.get("text", "")))
         self.markdown.stale = False  # the page shows that much; its next delta renders it
 
     async def _stream_exists(self) -> bool:
@@ -329,9 +353,17 @@ class EventStreamResponse(StreamingHttpResponse):
     context (`detach()`); any other handler streams it like a StreamingHttpResponse."""
 
     def __init__(
-        self, message_id: object, last_id: str, *, final: bool, cipher: OwnerCipher | None
+        self,
+        message_id: object,
+        last_id: str,
+        *,
+        final: bool,
+        cipher: OwnerCipher | None,
+        prefix: str = "",
     ) -> None:
-        self.turn_events = TurnEvents(message_id, last_id, final=final, cipher=cipher)
+        self.turn_events = TurnEvents(
+            message_id, last_id, final=final, cipher=cipher, prefix=prefix
+        )
         super().__init__(self.turn_events.events(), content_type="text/event-stream")
         self["Cache-Control"] = "no-cache, no-transform"
         self["X-Accel-Buffering"] = "no"

@@ -10,6 +10,7 @@ engine's (`completion.engine`).
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 from django.conf import settings
@@ -17,16 +18,20 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from chat import streams
-from chat.branches import Tree
+from chat.branches import Tree, is_continuation, joined_text
 from chat.models import PURPOSE_ERROR, PURPOSE_MESSAGE, Conversation, Message
 from chat.rendering import render_markdown, sent_facts, turn_facts
-from chat.selectors import conversation_system_prompt
+from chat.selectors import conversation_system_prompt, reply_view
 from completion import engine
 from completion.engine import Call, KeyChoice, Outcome, Prompt, Refused
+from providers import continuation
+from providers.catalog import PRESETS, model_takes_prefill
 from providers.errors import ProviderErrorKind
 from providers.types import ChatMessage, Role
 from usage.prices import TokenCounts
 from vault.services import OwnerCipher
+
+logger = logging.getLogger(__name__)
 
 Status = Message.Status
 
@@ -63,7 +68,10 @@ def build_history(reply: Message, cipher: OwnerCipher) -> tuple[list[ChatMessage
     """The branch before `reply` (its ancestors: other versions and branches are not part
     of its context), oldest turns dropped to fit BYOK_CONTEXT_MAX_CHARS.
 
-    Failed and empty replies are left out. Returns the messages and how many were dropped.
+    Failed and empty replies are left out; a reply written in parts (it was continued) is
+    one assistant message, its parts joined (`chat.branches.joined_text`). When `reply`
+    continues a reply, the history ends with that reply, which is never dropped, nor the
+    message it answers. Returns the messages and how many were dropped.
     """
     ancestors = Tree.of(reply.conversation_id).path_to(reply.pk)[:-1]
     rows = Message.objects.filter(
@@ -71,21 +79,57 @@ def build_history(reply: Message, cipher: OwnerCipher) -> tuple[list[ChatMessage
     ).in_bulk()
     earlier = [rows[pk] for pk in ancestors if pk in rows]
     history: list[ChatMessage] = []
+    parts: list[str] = []  # the texts of the reply being joined, while there is one
+    previous: Message | None = None
     for message in earlier:
         text = cipher.open(PURPOSE_MESSAGE, message.pk, message.sealed_content)
-        if text:
+        joins = (
+            bool(parts)
+            and previous is not None
+            and message.parent_id == previous.pk
+            and is_continuation(message.role, previous.role)
+        )
+        if joins:
+            if text:
+                parts.append(text)
+                history[-1] = ChatMessage(Role.ASSISTANT, joined_text(parts))
+        elif text:
             role = Role.USER if message.role == Message.Role.USER else Role.ASSISTANT
             history.append(ChatMessage(role, text))
+            parts = [text] if role == Role.ASSISTANT else []
+        else:
+            parts = []  # an empty message is left out, and ends the reply before it
+        previous = message
+    continuing = (
+        bool(earlier)
+        and earlier[-1].pk == reply.parent_id
+        and is_continuation(reply.role, earlier[-1].role)
+    )
+    keep = 2 if continuing else 1
     budget = settings.BYOK_CONTEXT_MAX_CHARS
     dropped = 0
-    while len(history) > 1 and sum(len(m.content) for m in history) > budget:
+    while len(history) > keep and sum(len(m.content) for m in history) > budget:
         history.pop(0)
         dropped += 1
     # Providers want the conversation to start with the user.
-    while len(history) > 1 and history[0].role != Role.USER:
+    while len(history) > keep and history[0].role != Role.USER:
         history.pop(0)
         dropped += 1
     return history, dropped
+
+
+def continuation_messages(
+    history: list[ChatMessage], conversation: Conversation
+) -> list[ChatMessage]:
+    """The request for the rest of the reply `history` ends with, as the conversation's
+    model takes it (`providers.continuation`): a prefill for the Anthropic models that take
+    one, else the reply so far and a user message asking for the rest. The reply so far is
+    sent without trailing whitespace, which the parts' join puts back unless the
+    continuation starts with its own (`chat.branches.joined_text`)."""
+    preset = PRESETS.get(conversation.preset)
+    effort = conversation.reasoning_effort or None
+    prefill = preset is not None and model_takes_prefill(preset, conversation.model, effort)
+    return continuation.continuation_messages(history, prefill=prefill)
 
 
 def _turn_replies() -> QuerySet[Message]:
@@ -167,6 +211,8 @@ class ChatTurn:
         history, dropped = build_history(reply, cipher)
         if not history:
             raise Refused("bad_request", "There is no message to answer.")
+        if history[-1].role == Role.ASSISTANT:  # only a continuation ends with a reply
+            history = continuation_messages(history, reply.conversation)
         notices: tuple[str, ...] = ()
         if dropped:
             notices = (
@@ -240,8 +286,7 @@ class ChatTurn:
     def published(self, outcome: Outcome, cipher: OwnerCipher | None) -> None:
         if self.publisher.cipher is None:
             self.publisher.cipher = cipher
-        html = render_markdown(outcome.text) if outcome.text else ""
-        facts = _facts(outcome)
+        html, facts = self._shown(outcome, cipher)
         if outcome.status == Status.ERROR:
             message, action = _error_display(outcome)
             self.publisher.error(message=message, action=action, html=html, facts=facts)
@@ -253,6 +298,25 @@ class ChatTurn:
     def _reply(self) -> Message:
         assert self.reply is not None, "claim the turn first"
         return self.reply
+
+    def _shown(self, outcome: Outcome, cipher: OwnerCipher | None) -> tuple[str, dict[str, str]]:
+        """The final event's HTML and small print: what a reload shows (the reply as stored,
+        its continued parts joined, its cost from the usage ledger, whether it can be
+        continued), or the outcome's own when that cannot be read."""
+        if cipher is not None:
+            try:
+                stored = Message.objects.select_related(
+                    "conversation", "owner", "provider_key"
+                ).get(pk=self.message_id)
+                view = reply_view(stored, cipher)
+            except Exception:  # the event must still go out
+                logger.warning(
+                    "turn %s: its stored view could not be read", self.message_id, exc_info=True
+                )
+            else:
+                return view.html, {**view.facts, "continuable": "1" if view.continuable else ""}
+        html = render_markdown(outcome.text) if outcome.text else ""
+        return html, {**_facts(outcome), "continuable": ""}
 
 
 def _sent_values(outcome: Outcome) -> dict[str, object]:

@@ -30,4 +30,5 @@ urlpatterns = [
     path("m/<uuid:message_id>/cancel/", views.turn_cancel, name="cancel"),
     path("m/<uuid:message_id>/markdown/", views.reply_markdown, name="markdown"),
     path("m/<uuid:message_id>/regenerate/", views.turn_regenerate, name="regenerate"),
+    path("m/<uuid:message_id>/continue/", views.turn_continue, name="continue"),
 ]

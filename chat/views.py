@@ -4,6 +4,7 @@ import contextlib
 import uuid
 from urllib.parse import urlsplit
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -22,6 +23,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.http import AuthenticatedRequest
 from chat import selectors, services
+from chat.branches import is_continuation
 from chat.forms import (
     ConversationSettingsForm,
     MessageForm,
@@ -268,6 +270,19 @@ def turn_regenerate(request: AuthenticatedRequest, message_id: object) -> HttpRe
     return _branch_changed(request, reply.conversation_id)
 
 
+@login_required
+@require_POST
+def turn_continue(request: AuthenticatedRequest, message_id: object) -> HttpResponse:
+    """Continue a reply that was stopped or cut off (htmx: the branch, with the reply
+    growing; without JS: back to the page, which follows it)."""
+    reply = _reply_for(request, message_id)
+    try:
+        services.turn_continue(message=reply, cipher=OwnerCipher(request.user))
+    except ChatError as error:
+        return _branch_error(request, reply.conversation_id, error.message)
+    return _branch_changed(request, reply.conversation_id)
+
+
 # --- branches: edit, versions ---------------------------------------------------------------
 
 
@@ -469,8 +484,18 @@ async def turn_stream(request: HttpRequest, message_id: object) -> HttpResponseB
         await Message.objects.for_owner(user)  # type: ignore[misc]
         .filter(pk=message_id, role=Message.Role.ASSISTANT)
         # The owner's data key in the same query: the stream's entries are sealed with it.
-        .select_related("owner__data_key")
-        .only("id", "status", "owner__id", "owner__data_key__wrapped", "owner__data_key__owner")
+        .select_related("owner__data_key", "parent")
+        .only(
+            "id",
+            "status",
+            "role",
+            "owner__id",
+            "owner__data_key__wrapped",
+            "owner__data_key__owner",
+            "parent__id",
+            "parent__role",
+            "parent__conversation_id",
+        )
         .afirst()
     )
     if message is None:
@@ -483,4 +508,10 @@ async def turn_stream(request: HttpRequest, message_id: object) -> HttpResponseB
     except DataKey.DoesNotExist:
         data_key = None
     cipher = owner_cipher_from(data_key)
-    return EventStreamResponse(message.pk, last_id, final=message.is_final, cipher=cipher)
+    prefix = ""
+    parent = message.parent
+    if cipher is not None and parent is not None and is_continuation(message.role, parent.role):
+        prefix = await sync_to_async(selectors.continued_prefix)(message, cipher)
+    return EventStreamResponse(
+        message.pk, last_id, final=message.is_final, cipher=cipher, prefix=prefix
+    )

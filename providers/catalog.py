@@ -20,7 +20,13 @@ from providers.errors import InvalidEndpoint
 from providers.gemini_generate import GeminiAdapter
 from providers.netguard import canonical_base_url
 from providers.openai_chat import OpenAIChatAdapter
-from providers.reasoning import Generation, ReasoningStyle, generation_for, reasoning_style
+from providers.reasoning import (
+    Generation,
+    ReasoningStyle,
+    generation_for,
+    reasoning_style,
+    takes_prefill,
+)
 from providers.reasoning import takes_temperature as protocol_takes_temperature
 from providers.types import ChatAdapter
 
@@ -143,7 +149,7 @@ _PRESET_LIST = (
         # Started by `make run` (byok_site.demo_provider); never reachable in production,
         # where private endpoints are refused and the preset is hidden.
         default_base_url="http://127.0.0.1:8765/v1",
-        popular_models=("byok-demo",),
+        popular_models=("byok-demo", "byok-demo-slow"),
         key_required=False,
         local=True,
     ),
@@ -220,6 +226,12 @@ def model_reasoning(preset: Preset, model: str) -> ReasoningStyle:
 def model_takes_temperature(preset: Preset, model: str) -> bool:
     """False for the models that only accept their default temperature."""
     return protocol_takes_temperature(preset.protocol.value, model)
+
+
+def model_takes_prefill(preset: Preset, model: str, effort: str | None) -> bool:
+    """Whether a request to `model` at `preset` may end with the assistant's partial reply
+    for the model to continue (`providers.reasoning.takes_prefill`)."""
+    return takes_prefill(preset.protocol.value, model, effort)
 
 
 def model_generation(

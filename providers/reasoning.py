@@ -113,6 +113,19 @@ def takes_temperature(protocol: str, model: str) -> bool:
     )
 
 
+def takes_prefill(protocol: str, model: str, effort: str | None) -> bool:
+    """Whether a request may end with the assistant's own words for the model to carry on
+    from (a prefill): Anthropic Messages only, and not for Claude 4.6 and later (which
+    refuse one) nor while Claude thinks (an effort on Claude 3.7 to 4.5), which refuses one
+    too. Elsewhere a reply is carried on by asking for it in a user message."""
+    if protocol != ANTHROPIC_MESSAGES:
+        return False
+    style = reasoning_style(protocol, model)
+    if style is ReasoningStyle.ANTHROPIC_ADAPTIVE:
+        return False
+    return not (effort and style is ReasoningStyle.ANTHROPIC_BUDGET)
+
+
 def _claude_version(name: str) -> tuple[int, int] | None:
     match = _CLAUDE.match(name)
     if match:

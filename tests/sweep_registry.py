@@ -77,6 +77,7 @@ URL_RULES: dict[str, str] = {
     "chat:cancel": OWNER,
     "chat:markdown": OWNER,
     "chat:regenerate": OWNER,
+    "chat:continue": OWNER,
     "chat:edit": OWNER,
     "chat:version": OWNER,
     # usage

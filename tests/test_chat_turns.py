@@ -74,7 +74,8 @@ def test_a_turn_streams_deltas_then_done_for_each_protocol(
     facts = {name: events[-1].data[name] for name in ("via", "usage")}
     assert facts == {
         "via": f"via {key.label}",
-        "usage": f"{reply.input_tokens} in · {reply.output_tokens} out · "
+        # No price for the test models: said so, never $0.00.
+        "usage": f"{reply.input_tokens} in · {reply.output_tokens} out · price unknown · "
         f"first token {reply.ttft_ms} ms",
     }
     from core.redis import get_redis
@@ -169,8 +170,9 @@ def test_stop_ends_the_turn_and_its_provider_call_and_keeps_the_partial_text(
     assert reply.output_tokens == max(1, len(kept) // 4)
     assert (reply.ttft_ms, reply.latency_ms) == (billed.ttft_ms, billed.latency_ms)
     assert rest[-1].data["usage"] == f"≈ {reply.input_tokens} in · {reply.output_tokens} out" + (
-        f" · first token {reply.ttft_ms} ms"
+        f" · price unknown · first token {reply.ttft_ms} ms"
     )
+    assert rest[-1].data["continuable"] == "1"  # a stopped reply with text can be continued
 
 
 def test_stopping_a_queued_turn_never_calls_the_provider(alice, fake_provider):

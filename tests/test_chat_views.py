@@ -19,7 +19,11 @@ CONVERSATION_VIEWS = [
     ("chat:temporary", {"POST"}),
     ("chat:delete", {"GET", "POST"}),
 ]
-MESSAGE_VIEWS = [("chat:cancel", {"POST"}), ("chat:regenerate", {"POST"})]
+MESSAGE_VIEWS = [
+    ("chat:cancel", {"POST"}),
+    ("chat:regenerate", {"POST"}),
+    ("chat:continue", {"POST"}),
+]
 
 
 @pytest.fixture

@@ -221,6 +221,40 @@ def rollup_stamp(*, owner: User) -> uuid.UUID | None:
     return RollupStamp.objects.filter(owner=owner).values_list("stamp", flat=True).first()
 
 
+@dataclass(frozen=True)
+class TurnCost:
+    """What a turn cost by the usage ledger: micro-dollars, None when its model had no price
+    (never $0 for "unknown"); `estimated` when its tokens were this server's estimate."""
+
+    micro: int | None
+    estimated: bool = False
+
+    @classmethod
+    def total(cls, costs: Iterable[TurnCost]) -> TurnCost:
+        """The cost of several calls shown as one (a reply and its continuations): unknown if
+        any part's price is unknown, estimated if any part's tokens were."""
+        costs = list(costs)
+        micros = [cost.micro for cost in costs]
+        return cls(
+            micro=None if any(m is None for m in micros) else sum(m or 0 for m in micros),
+            estimated=any(cost.estimated for cost in costs),
+        )
+
+
+def turn_costs(*, owner: User, message_ids: Iterable[Any]) -> dict[uuid.UUID, TurnCost]:
+    """The recorded cost of each of the owner's turns among `message_ids` (one usage event
+    per provider call); a turn with no event yet is left out."""
+    rows = (
+        UsageEvent.objects.for_owner(owner)
+        .filter(message_id__in=list(message_ids))
+        .values_list("message_id", "cost_micro", "tokens_estimated")
+    )
+    return {
+        message_id: TurnCost(micro=cost, estimated=estimated)
+        for message_id, cost, estimated in rows
+    }
+
+
 def day_events(*, owner: User, day: date) -> list[UsageEvent]:
     """The turns of one day (the drill-down), newest first."""
     return list(UsageEvent.objects.for_owner(owner).filter(day=day).order_by("-created_at")[:1000])

@@ -61,6 +61,13 @@ def format_usd(micro: int | None) -> str:
     return f"${dollars:,.2f}"
 
 
+def format_cost(micro: int | None, *, estimated: bool = False) -> str:
+    """A turn's cost as shown beside it: `format_usd`'s dollars ("price unknown" without a
+    price, never $0), after "≈ " when its tokens were estimated."""
+    shown = format_usd(micro)
+    return f"≈ {shown}" if estimated and micro is not None else shown
+
+
 # --- caps and reservations ---------------------------------------------------------------
 
 

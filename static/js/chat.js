@@ -130,7 +130,7 @@
     return form;
   }
 
-  function finish(article, source, state, label) {
+  function finish(article, source, state, label, continuable) {
     source.close();
     delete article.dataset.streamUrl;
     article.classList.remove("status-queued", "status-running");
@@ -141,6 +141,7 @@
     if (actions) {
       actions.textContent = "";
       actions.appendChild(regenerateForm(article, label));
+      if (continuable) actions.appendChild(continueForm(article));
     }
     updateComposer();
   }
@@ -164,7 +165,9 @@
     // as the final HTML, so the swap at `done` moves nothing.
     var tail = document.createElement("div");
     tail.className = "md-tail";
-    body.textContent = "";
+    // A continuation keeps the reply it continues on show until its first rendering,
+    // which is of the whole reply (`reset`).
+    if (!article.dataset.keepBody) body.textContent = "";
     body.appendChild(tail);
     var source = new EventSource(article.dataset.streamUrl);
 
@@ -188,7 +191,7 @@
       showFacts(article, data);
       var notice = article.querySelector("[data-role=notice]");
       if (notice) notice.textContent = data.notice || "";
-      finish(article, source, data.status || "done", "Regenerate");
+      finish(article, source, data.status || "done", "Regenerate", data.continuable === "1");
       decorateCode(article);
     });
     source.addEventListener("error", function (event) {
@@ -391,5 +394,18 @@
     if (input.value !== input.dataset.suggested || offered.indexOf(input.value) >= 0) return;
     input.value = offered.length ? offered[0] : "";
     input.dataset.suggested = input.value;
+  }
+
+  // Continue: a reply that was stopped or cut off at the length limit is written on. The
+  // form posts with htmx (the branch comes back, the reply growing) and without JS too.
+  function continueForm(article) {
+    var form = regenerateForm(article, "Continue");
+    form.action = article.dataset.continueUrl;
+    form.setAttribute("hx-post", article.dataset.continueUrl);
+    form.setAttribute("hx-target", "#messages");
+    form.setAttribute("hx-swap", "innerHTML");
+    form.querySelector("button").dataset.action = "continue";
+    if (window.htmx) window.htmx.process(form);
+    return form;
   }
 })();

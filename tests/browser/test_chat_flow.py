@@ -51,7 +51,7 @@ def test_text_arrives_in_pieces_survives_a_reload_and_finishes(chat_page, fake_p
     expect(page.get_by_label("Message")).to_be_enabled()
     assert Message.objects.filter(role="assistant", status="done").count() == 1
     expect(reply.locator("[data-role=via]")).to_have_text("via Fake")
-    expect(reply.locator("[data-role=usage]")).to_contain_text("out · first token")
+    expect(reply.locator("[data-role=usage]")).to_contain_text("out · price unknown · first token")
 
 
 def test_a_refused_message_says_why_next_to_the_composer_and_keeps_the_text(
