@@ -239,3 +239,48 @@ def test_a_new_chat_is_a_composer_and_the_first_message_creates_it(
     conversation = Conversation.objects.get(owner=user)
     assert conversation.provider_key_id == good.pk and conversation.model == "gpt-test"
     assert page.evaluate("document.documentElement.scrollWidth") <= width
+
+
+def test_the_model_switches_inside_a_conversation_and_each_reply_says_who_wrote_it(
+    chat_page, fake_provider
+):
+    from keys.models import ProviderKey
+
+    page = chat_page
+    user = User.objects.get(email="chatter@example.com")
+    other = add_key(user, fake_provider, label="Backup")
+    ProviderKey.objects.filter(pk=other.pk).update(status="valid")
+    page.reload()
+    fake_provider.script(text="First answer", path="/chat/completions")
+    page.get_by_label("Message").fill("One")
+    page.get_by_label("Message").press("Enter")
+    first = page.locator("article.message.assistant").first
+    expect(first.locator("[data-role=via]")).to_have_text("via Fake", timeout=15_000)
+
+    page.get_by_label("Key").select_option(value=str(other.pk))
+    page.get_by_label("Model").fill("gpt-other")
+    fake_provider.script(text="Second answer", path="/chat/completions")
+    page.get_by_label("Message").fill("Two")
+    page.get_by_label("Message").press("Enter")
+    second = page.locator("article.message.assistant").nth(1)
+    expect(second.locator("[data-role=via]")).to_have_text("via Backup", timeout=15_000)
+    expect(second.locator(".who")).to_have_text("gpt-other")
+    expect(first.locator(".who")).to_have_text("gpt-test")
+    expect(page.locator("#chat-model")).to_contain_text("gpt-other · Backup")
+    page.reload()  # the switch is the conversation's now
+    expect(page.get_by_label("Model")).to_have_value("gpt-other")
+    expect(page.get_by_label("Key")).to_have_value(str(other.pk))
+
+
+def test_copy_puts_the_whole_reply_on_the_clipboard_as_markdown(chat_page, fake_provider):
+    page = chat_page
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    markdown = "**Bold** answer\n\n- one\n- two\n\n```python\nx = 1\n```"
+    fake_provider.script(text=markdown, path="/chat/completions")
+    page.get_by_label("Message").fill("Format something")
+    page.get_by_label("Message").press("Enter")
+    reply = page.locator("article.message.assistant").last
+    expect(reply.get_by_role("button", name="Regenerate")).to_be_visible(timeout=15_000)
+    reply.get_by_role("button", name="Copy the reply as Markdown").click()
+    expect(reply.get_by_role("button", name="Copy the reply as Markdown")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == markdown
