@@ -49,8 +49,11 @@ INSTRUCTIONS = (
     "no Markdown, no full stop, nothing else."
 )
 
-# What a model puts around a title although asked not to.
-_LABEL = re.compile(r"^\s*(?:\*\*)?title(?:\*\*)?\s*:\s*", re.IGNORECASE)
+# What a model puts around a title although asked not to: "Title:", "**Title:**" or
+# "**Title**:" before it, quotes around it.
+_LABEL = re.compile(
+    r"^\s*(?:(\*\*|__)title\s*:\s*\1|(\*\*|__)title\2\s*:|title\s*:)\s*", re.IGNORECASE
+)
 _QUOTES = "\"'`\u201c\u201d\u2018\u2019\u00ab\u00bb\u201e"  # straight, curly, guillemets
 
 

@@ -7,15 +7,19 @@ import csv
 import io
 import json
 import uuid
+import zipfile
+from datetime import timedelta
 
 import pytest
 from celery.signals import before_task_publish
+from django.test import RequestFactory
 from django.urls import reverse
 from django.utils import timezone
 
 from chat import services, tasks, titles
 from chat.models import Conversation, Message, TitleCall, TitleSource
 from chat.selectors import conversation_title
+from privacy import exports
 from tests.chat_helpers import send, start_chat, wait_final
 from tests.usage_helpers import price
 from tests.waiting import wait_until
@@ -73,6 +77,10 @@ def first_turn(owner, fake, *, title_script=None, text=QUESTION):
     [
         ('**"Capital of France"**', "Capital of France"),
         ("Title: The capital of *France*.", "The capital of France"),
+        ("**Title:** Paris facts", "Paris facts"),
+        ("**Title**: Paris facts", "Paris facts"),
+        ("Title: **Paris facts**", "Paris facts"),
+        ("Weather in Paris.", "Weather in Paris"),
         ("“Paris, the capital”\nSecond line is ignored", "Paris, the capital"),
         ("# `Paris` facts", "Paris facts"),
         ("  \n\n", ""),
@@ -154,6 +162,16 @@ def test_the_model_writes_the_title_after_the_first_reply_billed_as_a_title(
     assert by_message[str(call.pk)]["purpose"] == "title"
     assert by_message[str(call.pk)]["output tokens"] == "9"
     assert by_message[str(reply.pk)]["purpose"] == "chat"
+    # The account export's usage.csv too.
+    export = exports.account_export_request(user=alice, request=RequestFactory().post("/"))
+    exports.account_export_build(export_id=str(export.pk))
+    archive = alice_client.get(reverse("privacy:export_download", args=[export.pk])).content
+    with zipfile.ZipFile(io.BytesIO(archive)) as files:
+        exported = list(csv.DictReader(io.StringIO(files.read("usage.csv").decode())))
+    assert {row["message"]: row["purpose"] for row in exported} == {
+        str(call.pk): "title",
+        str(reply.pk): "chat",
+    }
 
     # Nothing of the title call's text is stored: the title call's row holds none.
     assert {f.name for f in TitleCall._meta.concrete_fields} == {
@@ -212,7 +230,7 @@ def test_the_task_is_given_the_title_calls_id_only(alice, fake_provider, celery_
 def test_a_rename_before_the_title_lands_is_kept(alice, fake_provider, celery_worker):
     opt_in(alice)
     conversation, _, _ = first_turn(
-        alice, fake_provider, title_script={"text": "Model title", "response_delay": 1.0}
+        alice, fake_provider, title_script={"text": "Model title", "response_delay": 1.5}
     )
     wait_until(lambda: len(posts(fake_provider)) == 2, "the title call was not made")
     services.conversation_rename(
@@ -325,3 +343,68 @@ def test_the_setting_is_off_by_default_and_its_view_takes_only_a_post(client, al
     assert response.status_code == 302 and reverse("accounts:login") in response["Location"]
     alice.refresh_from_db()
     assert alice.model_titles is False
+
+
+# --- the reaper ------------------------------------------------------------------------------
+
+
+def _first_reply_run_here(owner, fake):
+    """A first reply done by `turns.run_turn` here (no worker, no title call queued)."""
+    from chat import turns
+
+    fake.script(text=ANSWER, path=CHAT)
+    conversation, _ = start_chat(owner, fake)
+    _, reply = send(conversation, QUESTION)
+    turns.run_turn(str(reply.pk))
+    return conversation, Message.objects.get(pk=reply.pk)
+
+
+def test_the_reaper_skips_a_title_call_no_worker_claimed(alice, fake_provider, settings):
+    from usage import ratelimits
+
+    opt_in(alice)
+    conversation, reply = _first_reply_run_here(alice, fake_provider)
+    long_ago = timezone.now() - timedelta(seconds=settings.BYOK_QUEUED_TURN_TIMEOUT + 1)
+    call = TitleCall.objects.create(
+        conversation=conversation, owner=alice, reply=reply, created_at=long_ago
+    )
+    ratelimits.turn_admit(user=alice, message_id=call.pk)  # what its admission took
+    assert ratelimits.running_turns(user_id=alice.pk) == 1
+    assert titles.title_calls_reap() == 1
+    call.refresh_from_db()
+    assert call.status == TitleCall.Status.SKIPPED
+    assert ratelimits.running_turns(user_id=alice.pk) == 0
+    assert not UsageEvent.objects.filter(purpose="title").exists()
+    assert title_of(conversation) == services._title_from(QUESTION)
+    tasks.write_title(str(call.pk))  # a late delivery does nothing
+    assert len(posts(fake_provider)) == 1
+
+
+def test_the_reaper_ends_a_title_call_whose_worker_was_lost(alice, fake_provider, settings):
+    opt_in(alice)
+    conversation, reply = _first_reply_run_here(alice, fake_provider)
+    hung = timezone.now() - timedelta(
+        seconds=settings.BYOK_TURN_HARD_LIMIT + settings.BYOK_TURN_STORE_RETRY_SECONDS + 60
+    )
+    call = TitleCall.objects.create(
+        conversation=conversation,
+        owner=alice,
+        reply=reply,
+        status=TitleCall.Status.RUNNING,
+        started_at=hung,
+    )
+    recent = TitleCall.objects.create(
+        conversation=start_chat(alice, fake_provider, label="Other")[0],
+        owner=alice,
+        reply=reply,
+        status=TitleCall.Status.RUNNING,
+        started_at=timezone.now(),
+    )
+    assert titles.title_calls_reap() == 1
+    call.refresh_from_db()
+    recent.refresh_from_db()
+    assert call.status == TitleCall.Status.FAILED
+    assert recent.status == TitleCall.Status.RUNNING  # its worker may still be at it
+    event = UsageEvent.objects.get(message_id=call.pk)
+    assert event.purpose == "title" and event.error_kind == "worker_lost"
+    assert title_of(conversation) == services._title_from(QUESTION)
