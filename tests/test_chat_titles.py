@@ -20,7 +20,7 @@ from chat import services, tasks, titles
 from chat.models import Conversation, Message, TitleCall, TitleSource
 from chat.selectors import conversation_title
 from privacy import exports
-from tests.chat_helpers import send, start_chat, wait_final
+from tests.chat_helpers import CHAT_PATHS, send, start_chat, vendor_chat, wait_final
 from tests.usage_helpers import price
 from tests.waiting import wait_until
 from usage.models import UsageEvent
@@ -408,3 +408,28 @@ def test_the_reaper_ends_a_title_call_whose_worker_was_lost(alice, fake_provider
     event = UsageEvent.objects.get(message_id=call.pk)
     assert event.purpose == "title" and event.error_kind == "worker_lost"
     assert title_of(conversation) == services._title_from(QUESTION)
+
+
+@pytest.mark.parametrize(
+    ("preset", "model", "limit"),
+    [
+        ("anthropic", "claude-test", lambda body: body["max_tokens"]),
+        ("gemini", "gemini-test", lambda body: body["generationConfig"]["maxOutputTokens"]),
+    ],
+)
+def test_each_protocol_writes_a_title_with_a_small_limit(
+    alice, fake_provider, celery_worker, preset, model, limit
+):
+    opt_in(alice)
+    path = CHAT_PATHS[preset]
+    fake_provider.script(text=ANSWER, path=path)
+    fake_provider.script(text="Paris, *briefly*", path=path)
+    conversation, _ = vendor_chat(alice, fake_provider, preset, model)
+    _, reply = send(conversation, QUESTION)
+    wait_final(reply)
+    call = title_call_ended(conversation)
+    assert call.status == TitleCall.Status.DONE
+    assert title_of(conversation) == "Paris, briefly"
+    title = posts(fake_provider)[-1]
+    assert limit(title.body) == 20 and model in (title.path + json.dumps(title.body))
+    assert UsageEvent.objects.get(message_id=call.pk).purpose == "title"
