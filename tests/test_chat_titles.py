@@ -20,6 +20,7 @@ from chat import services, tasks, titles
 from chat.models import Conversation, Message, TitleCall, TitleSource
 from chat.selectors import conversation_title
 from privacy import exports
+from privacy.models import AccountExport
 from tests.chat_helpers import CHAT_PATHS, send, start_chat, vendor_chat, wait_final
 from tests.usage_helpers import price
 from tests.waiting import wait_until
@@ -164,7 +165,9 @@ def test_the_model_writes_the_title_after_the_first_reply_billed_as_a_title(
     assert by_message[str(reply.pk)]["purpose"] == "chat"
     # The account export's usage.csv too.
     export = exports.account_export_request(user=alice, request=RequestFactory().post("/"))
-    exports.account_export_build(export_id=str(export.pk))
+    wait_until(  # the worker builds it
+        lambda: AccountExport.objects.get(pk=export.pk).status == "ready", "no export built"
+    )
     archive = alice_client.get(reverse("privacy:export_download", args=[export.pk])).content
     with zipfile.ZipFile(io.BytesIO(archive)) as files:
         exported = list(csv.DictReader(io.StringIO(files.read("usage.csv").decode())))
