@@ -89,6 +89,13 @@ class ProfileForm(forms.ModelForm):
         help_texts = {"display_name": "Shown in the header instead of your email address."}
 
 
+class ChatPreferencesForm(forms.ModelForm):
+    class Meta:
+        model = User
+        fields = ["model_titles"]
+        labels = {"model_titles": "Let the model write chat titles"}
+
+
 class OtpTokenField(forms.CharField):
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("label", "Authentication code")

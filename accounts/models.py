@@ -58,6 +58,16 @@ class User(AbstractBaseUser, PermissionsMixin):  # type: ignore[django-manager-m
         "operator", default=False, help_text="Can sign in to the operator site."
     )
     date_joined = models.DateTimeField(default=timezone.now)
+    # Opt-in: after a conversation's first reply, its model writes the title (chat.titles),
+    # with the user's own key, billed to them as a usage event of its own.
+    model_titles = models.BooleanField(
+        "let the model write chat titles",
+        default=False,
+        help_text=(
+            "After a conversation's first reply, its model writes a short title, with your "
+            "key: a few tokens each, shown on the Usage page as a title."
+        ),
+    )
 
     objects: ClassVar[UserManager] = UserManager()
 

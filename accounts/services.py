@@ -42,6 +42,14 @@ def user_update_profile(*, user: User, display_name: str) -> User:
     return user
 
 
+def user_update_chat_preferences(*, user: User, model_titles: bool) -> User:
+    """Save the user's chat preferences: whether a conversation's model writes its title
+    after the first reply (chat.titles; billed to the user's key)."""
+    user.model_titles = model_titles
+    user.save(update_fields=["model_titles"])
+    return user
+
+
 def audit_record(
     *,
     owner: User,

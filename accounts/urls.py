@@ -10,6 +10,7 @@ urlpatterns = [
     path("logout/", views.LogoutView.as_view(), name="logout"),
     path("login/verify/", views.login_verify, name="login_verify"),
     path("settings/", views.account_settings, name="settings"),
+    path("settings/chat/", views.chat_preferences, name="chat_preferences"),
     path("confirm/", views.sudo, name="sudo"),
     path("email/", views.email_change, name="email_change"),
     path("email/confirm/<str:token>/", views.email_confirm, name="email_change_confirm"),

@@ -30,6 +30,7 @@ from accounts import security, twofactor
 from accounts.forms import (
     RESET_EMAIL_TEMPLATE,
     RESET_SUBJECT_TEMPLATE,
+    ChatPreferencesForm,
     EmailAuthenticationForm,
     EmailChangeForm,
     OtpTokenForm,
@@ -59,6 +60,7 @@ from accounts.services import (
     session_list,
     sessions_end_others,
     user_create,
+    user_update_chat_preferences,
     user_update_profile,
 )
 from accounts.sudo import require_sudo, sudo_grant
@@ -302,12 +304,26 @@ def account_settings(request: AuthenticatedRequest) -> HttpResponse:
         "accounts/settings.html",
         {
             "form": form,
+            "chat_preferences": ChatPreferencesForm(instance=request.user),
             "two_factor": twofactor.has_two_factor(request.user),
             "recovery_left": recovery.remaining() if recovery else 0,
             "sessions": session_list(user=request.user),
             "current_session_key": request.session.session_key,
         },
     )
+
+
+@login_required
+@require_POST
+def chat_preferences(request: AuthenticatedRequest) -> HttpResponse:
+    """Save the chat preferences (a checkbox: absent means off, never an error)."""
+    form = ChatPreferencesForm(request.POST, instance=request.user)
+    if form.is_valid():
+        user_update_chat_preferences(
+            user=request.user, model_titles=form.cleaned_data["model_titles"]
+        )
+        messages.success(request, "Your chat preferences were saved.")
+    return redirect("accounts:settings")
 
 
 @sensitive_post_parameters("password", "token")

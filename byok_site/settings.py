@@ -105,6 +105,8 @@ BYOK_MAX_CONCURRENT_TURNS = env.int("BYOK_MAX_CONCURRENT_TURNS", default=4)
 BYOK_RATE_TURNS_PER_MINUTE = env.int("BYOK_RATE_TURNS_PER_MINUTE", default=20)
 BYOK_CONTEXT_MAX_CHARS = env.int("BYOK_CONTEXT_MAX_CHARS", default=400_000)
 BYOK_MAX_OUTPUT_TOKENS = env.int("BYOK_MAX_OUTPUT_TOKENS", default=4096)
+# The output limit of a title written by the model (chat.titles): six words and no more.
+BYOK_TITLE_MAX_OUTPUT_TOKENS = env.int("BYOK_TITLE_MAX_OUTPUT_TOKENS", default=20)
 BYOK_QUEUED_TURN_TIMEOUT = env.int("BYOK_QUEUED_TURN_TIMEOUT", default=120)
 # A running turn's lease: its worker renews it in Redis (every third of this); the reaper
 # ends a turn whose lease stayed expired (the worker died) with the text it had saved.

@@ -37,6 +37,12 @@ class ReasoningEffort(models.TextChoices):
     HIGH = "high", "High"
 
 
+class TitleSource(models.TextChoices):
+    MESSAGE = "message", "The first message"
+    USER = "user", "You"
+    MODEL = "model", "The model"
+
+
 class ConversationQuerySet(models.QuerySet["Conversation"]):
     def for_owner(self, user: User) -> ConversationQuerySet:
         return self.filter(owner=user)
@@ -68,6 +74,11 @@ class Conversation(models.Model):
     reasoning_effort = models.CharField(max_length=8, choices=ReasoningEffort.choices, blank=True)
     # Shown in the sidebar's "Pinned" group, above the groups by date.
     pinned = models.BooleanField(default=False)
+    # Who wrote the title: the first message's text (the default), the user (a rename), or
+    # the model (chat.titles, opt-in). A model's title replaces only the first message's.
+    title_source = models.CharField(
+        max_length=8, choices=TitleSource.choices, default=TitleSource.MESSAGE
+    )
     created_at = models.DateTimeField(default=timezone.now)
     last_message_at = models.DateTimeField(default=timezone.now, db_index=True)
     # The leaf of the branch the page shows and the next message is appended to (messages
@@ -218,3 +229,39 @@ class ConversationSearchIndex(models.Model):
 
     def __str__(self) -> str:
         return f"search index of conversation {self.pk}"
+
+
+class TitleCallQuerySet(models.QuerySet["TitleCall"]):
+    def for_owner(self, user: User) -> TitleCallQuerySet:
+        return self.filter(owner=user)
+
+
+class TitleCall(models.Model):
+    """The model's call for a conversation's title (chat.titles): at most one per
+    conversation, after its first reply. Its id is the call's id: its usage event (purpose
+    "title"), reservation and rate-limit slot. SECURITY: no text here; the title it writes is
+    sealed on the conversation, and nothing else of the call's text is stored."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Waiting for a worker"
+        RUNNING = "running", "Writing"
+        DONE = "done", "Done"
+        SKIPPED = "skipped", "Skipped"  # refused at admission (a cap, a rate limit), or moot
+        FAILED = "failed", "Failed"  # the provider's error: the first message's title stays
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    conversation = models.OneToOneField(
+        Conversation, on_delete=models.CASCADE, related_name="title_call"
+    )
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    # The first reply, whose start (and the message it answers) the title is written from.
+    reply = models.ForeignKey(Message, on_delete=models.SET_NULL, null=True, related_name="+")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects: ClassVar[TitleCallQuerySet] = TitleCallQuerySet.as_manager()  # type: ignore[assignment]
+
+    def __str__(self) -> str:
+        return f"title call {self.pk}"

@@ -30,6 +30,7 @@ from chat.models import (
     Conversation,
     Message,
     ReasoningEffort,
+    TitleSource,
 )
 from completion import admission, engine
 from completion.engine import Outcome, Refused
@@ -171,7 +172,9 @@ def conversation_rename(*, conversation: Conversation, title: str) -> Conversati
     conversation.sealed_title = OwnerCipher(conversation.owner).seal(
         PURPOSE_TITLE, conversation.pk, title
     )
-    conversation.save(update_fields=["sealed_title"])
+    # The user's title: a title the model is writing (chat.titles) no longer replaces it.
+    conversation.title_source = TitleSource.USER
+    conversation.save(update_fields=["sealed_title", "title_source"])
     return conversation
 
 

@@ -108,7 +108,8 @@ class Call:
     `max_output_tokens` is the most the surface wants; the limit sent is that or less, what
     the owner's caps afford (`budget_reserve`). `temperature` (None: the provider's
     default) and `reasoning_effort` (low / medium / high; None: the model's) are sent as
-    `providers.reasoning` applies them to the model (a model may take neither)."""
+    `providers.reasoning` applies them to the model (a model may take neither). `purpose` is
+    what its usage event says the call was for (`usage.models.UsageEvent.Purpose`)."""
 
     call_id: uuid.UUID
     owner: User
@@ -118,6 +119,7 @@ class Call:
     group_id: uuid.UUID | None = None
     temperature: float | None = None
     reasoning_effort: str | None = None
+    purpose: str = "chat"
 
 
 @dataclass(frozen=True)
@@ -838,4 +840,5 @@ def _usage(call: Call, outcome: Outcome, price: Price | None) -> TurnUsage:
         latency_ms=outcome.latency_ms,
         price=price,
         estimated=outcome.estimated,
+        purpose=call.purpose,
     )

@@ -29,6 +29,7 @@ URL_RULES: dict[str, str] = {
     "accounts:login_verify": ANON,
     "accounts:logout": LOGIN,
     "accounts:settings": LOGIN,
+    "accounts:chat_preferences": LOGIN,
     "accounts:sudo": LOGIN,
     "accounts:email_change": LOGIN,
     "accounts:email_change_confirm": LOGIN,

@@ -77,6 +77,10 @@ class UsageEvent(models.Model):
         STOPPED = "stopped", "Stopped"
         ERROR = "error", "Failed"
 
+    class Purpose(models.TextChoices):
+        CHAT = "chat", "Chat"
+        TITLE = "title", "Title"  # a conversation's title, written by its model (chat.titles)
+
     # Indexed by (owner, day) below; an index of its own would only cost every write.
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False
@@ -88,6 +92,8 @@ class UsageEvent(models.Model):
     preset = models.CharField(max_length=32)
     model = models.CharField(max_length=200)
     status = models.CharField(max_length=16, choices=Status.choices)
+    # What the call was for: a chat reply, or a conversation's title.
+    purpose = models.CharField(max_length=8, choices=Purpose.choices, default=Purpose.CHAT)
     error_kind = models.CharField(max_length=32, blank=True)
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)

@@ -79,6 +79,7 @@ class TurnUsage:
     latency_ms: int | None
     price: Price | None
     estimated: bool = False
+    purpose: str = "chat"  # UsageEvent.Purpose: a chat reply, or a conversation's title
 
     @property
     def cost_micro(self) -> int | None:
@@ -103,6 +104,7 @@ EVENT = Upsert(
         "preset": "preset",
         "model": "model",
         "status": "status",
+        "purpose": "purpose",
         "error_kind": "error_kind",
         "input_tokens": "input",
         "output_tokens": "output",
@@ -256,6 +258,7 @@ PARAM_TYPES = {
     "preset": "text",
     "model": "text",
     "status": "text",
+    "purpose": "text",
     "error_kind": "text",
     "error_class": "text",
     "errors": "integer",
@@ -301,6 +304,7 @@ def _params(turn: TurnUsage, day: date, cost: int | None) -> dict[str, Any]:
         "preset": turn.preset,
         "model": turn.model[:200],
         "status": turn.status,
+        "purpose": turn.purpose,
         "error_kind": turn.error_kind[:32],
         "error_class": turn.error_kind[:32] or "unknown",
         "errors": 1 if turn.status == UsageEvent.Status.ERROR else 0,

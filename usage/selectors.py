@@ -279,6 +279,9 @@ def usage_csv_rows(
         "cost (USD)",
         "time to first token (ms)",
         "total time (ms)",
+        # "chat" (a reply) or "title" (the conversation's title, written by its model; the
+        # message column is then the title call's id).
+        "purpose",
         "conversation",
         "message",
     ]
@@ -303,6 +306,7 @@ def usage_csv_rows(
             "" if event.cost_micro is None else f"{event.cost_micro / 1_000_000:.6f}",
             event.ttft_ms if event.ttft_ms is not None else "",
             event.latency_ms if event.latency_ms is not None else "",
+            event.purpose,
             event.conversation_id or "",
             event.message_id,
         ]

@@ -44,6 +44,7 @@ class Command(BaseCommand):
                     model=event.model,
                     status=event.status,
                     error_kind=event.error_kind,
+                    purpose=event.purpose,
                     tokens=TokenCounts(
                         input=event.input_tokens,
                         output=event.output_tokens,
