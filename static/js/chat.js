@@ -347,7 +347,9 @@
     if (!(details instanceof HTMLDetailsElement) || !details.matches(".edit-message")) return;
     if (!details.open) return;
     var textarea = details.querySelector("textarea");
-    if (!textarea) return;
+    // `toggle` comes a task after the click: if the box has focus by then, the user is
+    // typing or selecting in it already, and moving the caret would garble their edit.
+    if (!textarea || document.activeElement === textarea) return;
     textarea.focus();
     textarea.setSelectionRange(textarea.value.length, textarea.value.length);
   }

@@ -185,3 +185,27 @@ def test_edit_and_versions_work_without_javascript(
         expect(replies(page).last.locator("[data-role=body]")).to_have_text("Paris")
     finally:
         context.close()
+
+
+def test_text_typed_as_the_edit_box_opens_replaces_the_old_text(chat_page, fake_provider):
+    """The box's `toggle` handler runs a task after the click; by then the user (or a test's
+    `fill`) may have selected the old text to type over it: the caret must stay put."""
+    page = chat_page
+    fake_provider.script(text="A strawberry", path=CHAT)
+    page.get_by_label("Message").fill("Name a red fruit")
+    page.get_by_label("Message").press("Enter")
+    finished(replies(page).last)
+    # Open, focus and select all at once, before the toggle event is handled...
+    page.evaluate(
+        """() => {
+          const details = document.querySelector("article.message.user details.edit-message");
+          details.open = true;
+          const box = details.querySelector("textarea");
+          box.focus();
+          box.select();
+        }"""
+    )
+    page.keyboard.insert_text("Name a green fruit")  # ...then type over the selection.
+    expect(user_messages(page).first.get_by_label("Edited text")).to_have_value(
+        "Name a green fruit"
+    )
