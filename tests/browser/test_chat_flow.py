@@ -172,8 +172,12 @@ def test_a_new_chat_starts_with_the_key_s_first_model_and_keeps_a_typed_one(
     expect(model).to_have_value("claude-haiku-4-5")  # typed by the user: kept
 
 
-def test_a_message_sent_while_a_reply_streams_waits_for_it_and_esc_stops(chat_page, fake_provider):
+@pytest.mark.parametrize("width", [1280, 390])
+def test_a_message_sent_while_a_reply_streams_waits_for_it_and_esc_stops(
+    chat_page, fake_provider, width
+):
     page = chat_page
+    page.set_viewport_size({"width": width, "height": 844 if width == 390 else 800})
     fake_provider.script(
         text=" ".join(["slow"] * 400), tokens_per_second=15, path="/chat/completions"
     )
@@ -241,12 +245,14 @@ def test_a_new_chat_is_a_composer_and_the_first_message_creates_it(
     assert page.evaluate("document.documentElement.scrollWidth") <= width
 
 
+@pytest.mark.parametrize("width", [1280, 390])
 def test_the_model_switches_inside_a_conversation_and_each_reply_says_who_wrote_it(
-    chat_page, fake_provider
+    chat_page, fake_provider, width
 ):
     from keys.models import ProviderKey
 
     page = chat_page
+    page.set_viewport_size({"width": width, "height": 844 if width == 390 else 800})
     user = User.objects.get(email="chatter@example.com")
     other = add_key(user, fake_provider, label="Backup")
     ProviderKey.objects.filter(pk=other.pk).update(status="valid")
@@ -272,8 +278,10 @@ def test_the_model_switches_inside_a_conversation_and_each_reply_says_who_wrote_
     expect(page.get_by_label("Key")).to_have_value(str(other.pk))
 
 
-def test_copy_puts_the_whole_reply_on_the_clipboard_as_markdown(chat_page, fake_provider):
+@pytest.mark.parametrize("width", [1280, 390])
+def test_copy_puts_the_whole_reply_on_the_clipboard_as_markdown(chat_page, fake_provider, width):
     page = chat_page
+    page.set_viewport_size({"width": width, "height": 844 if width == 390 else 800})
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     markdown = "**Bold** answer\n\n- one\n- two\n\n```python\nx = 1\n```"
     fake_provider.script(text=markdown, path="/chat/completions")
