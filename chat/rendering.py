@@ -334,6 +334,17 @@ def pygments_css() -> str:
     )
 
 
+# The page a failed reply links to, by its error kind (a provider's `invalid_key` or
+# `no_credit`, the engine's `no_key` or `budget`): the same live (the error event's `link`)
+# and after a reload (`chat.selectors.MessageView.error_link`).
+_LINK_FOR_KIND = {"no_key": "keys", "invalid_key": "keys", "no_credit": "keys", "budget": "usage"}
+
+
+def error_link(error_kind: str) -> str:
+    """ "keys", "usage" or "": which page a reply that failed with `error_kind` links to."""
+    return _LINK_FOR_KIND.get(error_kind, "")
+
+
 def turn_facts(
     *,
     key_label: str,

@@ -28,7 +28,7 @@ from chat.models import (
     Conversation,
     Message,
 )
-from chat.rendering import render_markdown, sent_facts, turn_facts
+from chat.rendering import error_link, render_markdown, sent_facts, turn_facts
 from keys.models import ProviderKey
 from providers.catalog import PRESETS
 from usage.selectors import TurnCost, turn_costs
@@ -66,6 +66,13 @@ class MessageView:
     # The reply ended short (stopped, or at the length limit), has text, and is the end of
     # the branch: the page offers Continue.
     continuable: bool = False
+
+    @property
+    def error_link(self) -> str:
+        """The page a failed reply links to ("keys", "usage" or ""), as the live event did."""
+        if self.message.status != Message.Status.ERROR:
+            return ""
+        return error_link(self.message.error_kind)
 
     @property
     def head(self) -> Message:

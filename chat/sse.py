@@ -67,7 +67,7 @@ def stored_events(message: Message) -> str:
         )
     view = selectors.reply_view(message, cipher)  # a continued reply: every part, joined
     if message.status == Message.Status.ERROR:
-        event, data = "error", {"message": view.error, "action": ""}
+        event, data = "error", {"message": view.error, "action": "", "link": view.error_link}
     else:
         event, data = "done", {"status": message.status, "notice": message.notice}
     continuable = "1" if view.continuable else ""

@@ -20,7 +20,7 @@ from django.utils import timezone
 from chat import streams
 from chat.branches import Tree, is_continuation, joined_text
 from chat.models import PURPOSE_ERROR, PURPOSE_MESSAGE, Conversation, Message
-from chat.rendering import render_markdown, sent_facts, turn_facts
+from chat.rendering import error_link, render_markdown, sent_facts, turn_facts
 from chat.selectors import conversation_system_prompt, reply_view
 from completion import engine
 from completion.engine import Call, KeyChoice, Outcome, Prompt, Refused
@@ -289,6 +289,7 @@ class ChatTurn:
         html, facts = self._shown(outcome, cipher)
         if outcome.status == Status.ERROR:
             message, action = _error_display(outcome)
+            facts = {**facts, "link": error_link(outcome.error_kind)}
             self.publisher.error(message=message, action=action, html=html, facts=facts)
         else:
             self.publisher.done(

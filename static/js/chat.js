@@ -203,10 +203,11 @@
       if (error) {
         error.textContent = data.message;
         var links = {keys: ["/keys/", " Open your keys."], usage: ["/usage/caps/", " Open your spend caps."]};
-        if (links[data.action]) {
+        var code = data.link || data.action;  // the page it links to (chat.turns.error_link)
+        if (links[code]) {
           var link = document.createElement("a");
-          link.href = links[data.action][0];
-          link.textContent = links[data.action][1];
+          link.href = links[code][0];
+          link.textContent = links[code][1];
           error.appendChild(link);
         }
         error.hidden = false;

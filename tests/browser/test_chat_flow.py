@@ -105,6 +105,12 @@ def test_an_error_is_shown_in_words_with_a_retry(chat_page, fake_provider):
     reply = page.locator("article.message.assistant").last
     expect(reply.locator("[data-role=error]")).to_contain_text("rejected", timeout=10_000)
     expect(reply.get_by_role("button", name="Retry")).to_be_visible()
+    # The way to the fix: a link to the keys, live and after a reload alike.
+    expect(reply.get_by_role("link", name="Open your keys.")).to_have_attribute("href", "/keys/")
+    page.reload()
+    reply = page.locator("article.message.assistant").last
+    expect(reply.get_by_role("link", name="Open your keys.")).to_have_attribute("href", "/keys/")
+    expect(reply.locator("[data-role=error]")).to_contain_text("rejected")
 
 
 def in_view(page, locator) -> bool:
