@@ -349,6 +349,8 @@ def _error_display(outcome: Outcome) -> tuple[str, str]:
             text = f"The reply was cut off: {failed[0].lower()}{failed[1:]} What arrived is kept."
             text = f"{text} {engine.when_to_retry(error)}".strip()
         action = _ACTIONS.get(error.kind, "")
+        if engine.when_to_retry(error):
+            action = ""  # the message says when to try again already
     else:
         action = _ACTION_FOR_KIND.get(outcome.error_kind, "")
     message = text if not action or action in ACTION_CODES else f"{text} {action}"

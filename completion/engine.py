@@ -557,7 +557,8 @@ def what_failed(error: ProviderError) -> str:
 def when_to_retry(error: ProviderError) -> str:
     """The sentence "Try again in N seconds." when a rate-limiting provider said how long."""
     if error.kind == ProviderErrorKind.RATE_LIMITED and error.retry_after:
-        return f"Try again in {max(1, round(error.retry_after))} seconds."
+        seconds = max(1, round(error.retry_after))
+        return f"Try again in {seconds} second{'' if seconds == 1 else 's'}."
     return ""
 
 

@@ -268,7 +268,19 @@ def test_a_retry_after_beyond_the_budget_is_not_waited_for(alice, fake_provider)
     reply.refresh_from_db()
     assert reply.error_kind == "rate_limited"
     assert "60 seconds" in error_of(reply)
+    assert "Wait a moment" not in error_of(reply)  # when to retry is said once
     assert len(chat_calls(fake_provider)) == 1
+
+
+def test_a_one_second_retry_after_is_said_in_the_singular(alice, fake_provider):
+    conversation, _ = start_chat(alice, fake_provider)
+    for _ in range(3):  # the call and its two retries
+        fake_provider.script(error="rate_limited", retry_after=1, path="/chat/completions")
+    _, reply = send(conversation)
+    turns.run_turn(str(reply.pk))
+    reply.refresh_from_db()
+    assert reply.error_kind == "rate_limited"
+    assert "Try again in 1 second." in error_of(reply)
 
 
 @pytest.mark.parametrize(
