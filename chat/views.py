@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Callable
+from functools import partial
 from urllib.parse import urlsplit
 
 from asgiref.sync import sync_to_async
@@ -81,17 +83,18 @@ def _sidebar(request: AuthenticatedRequest) -> dict[str, object]:
     }
 
 
-def _composer_error(request: AuthenticatedRequest, error: str, fallback: str) -> HttpResponse:
-    """A refused message: next to the composer (htmx), or as a message on `fallback`; the
-    text stays in the box either way (htmx does not clear it; without htmx the page keeps
-    it from the session's flash)."""
+def _composer_error(
+    request: AuthenticatedRequest, error: str, page: Callable[..., HttpResponse]
+) -> HttpResponse:
+    """A refused message, said next to the composer with the text kept: htmx puts the error
+    beside the box (the box keeps its text); without htmx, `page` renders the page again
+    with the text in the box and the error under it (422)."""
     if request.headers.get("HX-Request"):
         response = render(request, "chat/_send_error.html", {"error": error}, status=422)
         response["HX-Retarget"] = "#composer-error"
         response["HX-Reswap"] = "innerHTML"
         return response
-    messages.error(request, error)
-    return redirect(fallback)
+    return page(draft=request.POST.get("text", ""), error=error, status=422)
 
 
 def _picked_key(request: AuthenticatedRequest, key_id: uuid.UUID | None) -> ProviderKey | None:
@@ -121,7 +124,7 @@ def chat_home(request: AuthenticatedRequest) -> HttpResponse:
     if request.method == "POST":
         form = StartForm(request.POST)
         if not form.is_valid():
-            return _composer_error(request, "Type a message first.", "chat:home")
+            return _composer_error(request, "Type a message first.", partial(_home_page, request))
         data = form.cleaned_data
         key = _picked_key(request, data["key"])
         try:
@@ -136,22 +139,30 @@ def chat_home(request: AuthenticatedRequest) -> HttpResponse:
                 temporary=data["temporary"],
             )
         except ChatError as error:
-            return _composer_error(request, error.message, "chat:home")
+            return _composer_error(request, error.message, partial(_home_page, request))
         url = reverse("chat:conversation", args=[reply.conversation_id])
         if request.headers.get("HX-Request"):
             response = HttpResponse(status=204)
             response["HX-Redirect"] = url
             return response
         return redirect(url)
+    return _home_page(request)
+
+
+def _home_page(
+    request: AuthenticatedRequest, *, draft: str = "", error: str = "", status: int = 200
+) -> HttpResponse:
     picker = selectors.model_picker(owner=request.user)
     context = {
         "picker": picker,
         "has_keys": bool(picker.options),
         "max_chars": settings.BYOK_MAX_MESSAGE_CHARS,
         "caps": cap_statuses(owner=request.user, key_id=picker.key.pk if picker.key else None),
+        "draft": draft,
+        "composer_error": error,
         **_sidebar(request),
     }
-    return render(request, "chat/home.html", context)
+    return render(request, "chat/home.html", context, status=status)
 
 
 def _uuid_or_none(value: str | None) -> uuid.UUID | None:
@@ -181,9 +192,21 @@ def model_options(request: AuthenticatedRequest) -> HttpResponse:
 @login_required
 @require_GET
 def conversation_detail(request: AuthenticatedRequest, conversation_id: object) -> HttpResponse:
-    conversation = _conversation_for(request, conversation_id)
+    return _conversation_page(request, _conversation_for(request, conversation_id))
+
+
+def _conversation_page(
+    request: AuthenticatedRequest,
+    conversation: Conversation,
+    *,
+    draft: str = "",
+    error: str = "",
+    status: int = 200,
+) -> HttpResponse:
     cipher = OwnerCipher(request.user)
     context = {
+        "draft": draft,
+        "composer_error": error,
         "conversation": conversation,
         "title": selectors.conversation_title(conversation, cipher),
         "system_prompt": selectors.conversation_system_prompt(conversation, cipher),
@@ -194,7 +217,7 @@ def conversation_detail(request: AuthenticatedRequest, conversation_id: object) 
         "caps": cap_statuses(owner=request.user, key_id=conversation.provider_key_id),
         **_sidebar(request),
     }
-    return render(request, "chat/conversation.html", context)
+    return render(request, "chat/conversation.html", context, status=status)
 
 
 @login_required
@@ -235,7 +258,7 @@ def message_send(request: AuthenticatedRequest, conversation_id: object) -> Http
             return redirect("chat:conversation", conversation_id=conversation.pk)
     else:
         error = "Type a message first."
-    return _composer_error(request, error, reverse("chat:conversation", args=[conversation.pk]))
+    return _composer_error(request, error, partial(_conversation_page, request, conversation))
 
 
 @login_required

@@ -168,3 +168,22 @@ def test_a_reply_copies_as_its_markdown_for_its_owner_only(alice_client, alice, 
     other = Client()
     other.force_login(bob)
     assert other.get(reverse("chat:markdown", args=[reply.pk])).status_code == 404
+
+
+def test_without_javascript_a_refused_message_comes_back_in_the_box_with_the_reason(
+    alice_client, alice, fake_provider, settings
+):
+    settings.BYOK_MAX_MESSAGE_CHARS = 20
+    key = keyed(alice, fake_provider, "Work", Status.VALID)
+    text = "A draft that is far too long <b>to send</b>"
+    home = alice_client.post(reverse("chat:home"), {"key": str(key.pk), "model": "m", "text": text})
+    assert home.status_code == 422
+    html = home.content.decode()
+    assert "A draft that is far too long &lt;b&gt;to send&lt;/b&gt;</textarea>" in html
+    assert "the limit is 20" in html and not Conversation.objects.exists()
+
+    conversation, _ = start_chat(alice, fake_provider)
+    sent = alice_client.post(reverse("chat:send", args=[conversation.pk]), {"text": text})
+    assert sent.status_code == 422
+    assert "far too long &lt;b&gt;to send&lt;/b&gt;</textarea>" in sent.content.decode()
+    assert not conversation.messages.exists()
