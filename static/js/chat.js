@@ -387,7 +387,9 @@
     if (!config || !config.elt || config.elt.id !== "composer-key") return;
     var list = document.getElementById("model-options");
     var input = document.getElementById("composer-model");
-    if (!list || !input) return;
+    // Never under the user's cursor: suggestions that arrive while they type in the box
+    // would mix with what they type.
+    if (!list || !input || document.activeElement === input) return;
     var offered = Array.prototype.map.call(list.querySelectorAll("option"), function (o) { return o.value; });
     if (!input.value && offered.length) {
       input.value = input.dataset.suggested = offered[0];

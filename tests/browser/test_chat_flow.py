@@ -298,3 +298,36 @@ def test_copy_puts_the_whole_reply_on_the_clipboard_as_markdown(chat_page, fake_
     reply.get_by_role("button", name="Copy the reply as Markdown").click()
     expect(reply.get_by_role("button", name="Copy the reply as Markdown")).to_have_text("Copied")
     assert page.evaluate("navigator.clipboard.readText()") == markdown
+
+
+def test_model_suggestions_never_land_in_the_box_while_one_types_in_it(
+    page, asgi_server, fake_provider
+):
+    """The key's suggestions come by htmx; one arriving while the user types in the model
+    box (an empty one, say) must leave it alone."""
+    user = User.objects.create_user(email="typist@example.com", password=PASSWORD)
+    work = add_key(user, fake_provider, label="Work", preset="openai", base_url=None)
+    page.goto(asgi_server.url + "/accounts/login/")
+    page.get_by_label("Email").fill(user.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(re.compile(r"/$"))
+    page.goto(asgi_server.url + "/chat/")
+    model = page.get_by_label("Model")
+    model.fill("")  # the box has focus, empty
+    page.evaluate(
+        """(id) => {
+          const key = document.getElementById("composer-key");
+          window.suggested = new Promise((done) => {
+            const settled = () => setTimeout(done);  // after chat.js's own handler
+            document.body.addEventListener("htmx:afterSettle", settled, {once: true});
+          });
+          key.value = id;
+          key.dispatchEvent(new Event("change", {bubbles: true}));  // focus stays put
+        }""",
+        str(work.pk),
+    )
+    page.evaluate("window.suggested")  # the suggestions have come and been handled
+    expect(page.locator("#model-options option").first).to_have_attribute("value", "gpt-5.4")
+    expect(model).to_be_focused()
+    expect(model).to_have_value("")
