@@ -113,6 +113,16 @@ def test_an_error_is_shown_in_words_with_a_retry(chat_page, fake_provider):
     expect(reply.locator("[data-role=error]")).to_contain_text("rejected")
 
 
+# Sets `window.suggested`: a promise kept once the next htmx swap has settled and chat.js's
+# own handlers have run (await it with page.evaluate("window.suggested")).
+SETTLED = """() => {
+  window.suggested = new Promise((done) => {
+    const settled = () => setTimeout(done);
+    document.body.addEventListener("htmx:afterSettle", settled, {once: true});
+  });
+}"""
+
+
 def in_view(page, locator) -> bool:
     box = locator.bounding_box()
     height = page.evaluate("window.innerHeight")
@@ -149,7 +159,12 @@ def test_the_page_follows_the_newest_message_unless_the_reader_scrolls_up(
     reply = replies.last
     expect(reply.locator("[data-role=body]")).to_contain_text("slow", timeout=10_000)
     page.evaluate("window.scrollTo(0, 0)")
-    page.wait_for_timeout(800)
+    # More of the reply arrives (each delta would scroll a reader who follows)...
+    page.wait_for_function(
+        """([id, seen]) => document.querySelector('#' + id + ' [data-role=body]')
+             .innerText.length > seen + 40""",
+        arg=[reply.get_attribute("id"), len(reply.locator("[data-role=body]").inner_text())],
+    )
     assert page.evaluate("window.scrollY") < 50, "the page pulled the reader back down"
 
 
@@ -173,8 +188,9 @@ def test_a_new_chat_starts_with_the_key_s_first_model_and_keeps_a_typed_one(
     key.select_option(value=claude)
     expect(model).to_have_value("claude-opus-4-7")  # still a suggestion: it follows the key
     model.fill("claude-haiku-4-5")
+    page.evaluate(SETTLED)
     key.select_option(value=work)
-    page.wait_for_timeout(300)  # the new suggestions have come by now
+    page.evaluate("window.suggested")  # the new suggestions have come and been handled
     expect(model).to_have_value("claude-haiku-4-5")  # typed by the user: kept
 
 
@@ -315,13 +331,10 @@ def test_model_suggestions_never_land_in_the_box_while_one_types_in_it(
     page.goto(asgi_server.url + "/chat/")
     model = page.get_by_label("Model")
     model.fill("")  # the box has focus, empty
+    page.evaluate(SETTLED)
     page.evaluate(
         """(id) => {
           const key = document.getElementById("composer-key");
-          window.suggested = new Promise((done) => {
-            const settled = () => setTimeout(done);  // after chat.js's own handler
-            document.body.addEventListener("htmx:afterSettle", settled, {once: true});
-          });
           key.value = id;
           key.dispatchEvent(new Event("change", {bubbles: true}));  // focus stays put
         }""",
