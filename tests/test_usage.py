@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import threading
 import uuid
 from datetime import timedelta
@@ -93,6 +94,42 @@ def test_an_unknown_price_stays_unknown_never_zero(alice_client, alice, fake_pro
     assert daily.unpriced_turns == 1 and daily.cost_micro == 0
     html = alice_client.get(reverse("usage:home")).content.decode()
     assert "price unknown" in html
+    # Unknown is never $0: every table and total of this period says "—", never "$0.00".
+    assert "$0.00" not in html
+    assert '— <span class="badge warn cost-note">price unknown</span>' in html
+    day = alice_client.get(reverse("usage:day", args=[timezone.localdate().isoformat()]))
+    assert '— <span class="small muted cost-note">price unknown</span>' in day.content.decode()
+    assert "$0.00" not in day.content.decode()
+
+
+def test_a_total_with_some_turns_of_unknown_price_says_how_many(alice_client, alice, fake_provider):
+    price("custom", "gpt-test", input=10.0, output=10.0)
+    known, _ = start_chat(alice, fake_provider)
+    run(known, fake_provider, text="Priced.", usage=USAGE)
+    unknown, _ = start_chat(alice, fake_provider, model="mystery-model", label="Other")
+    run(unknown, fake_provider, text="Unpriced.", usage=USAGE)
+    html = alice_client.get(reverse("usage:home")).content.decode()
+    assert re.search(
+        r'\$0\.\d+ <span class="small muted cost-note">\+ 1 turn of unknown price</span>', html
+    )
+    home = alice_client.get(reverse("home")).content.decode()
+    assert "+ 1 turn of unknown price" in home
+
+
+@pytest.mark.parametrize(
+    ("cost", "turns", "unpriced", "shown"),
+    [
+        (0, 2, 2, ("—", "price unknown")),
+        (None, 1, 1, ("—", "price unknown")),
+        (1_600, 3, 1, ("$0.0016", "+ 1 turn of unknown price")),
+        (2_000_000, 5, 2, ("$2.00", "+ 2 turns of unknown price")),
+        (0, 4, 0, ("$0.00", "")),  # priced turns that cost nothing (the demo provider)
+    ],
+)
+def test_cost_summary_never_shows_unknown_as_zero(cost, turns, unpriced, shown):
+    from usage.services import cost_summary
+
+    assert cost_summary(cost, turns=turns, unpriced_turns=unpriced) == shown
 
 
 def test_operator_price_changes_apply_to_new_turns_only(alice, fake_provider):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
@@ -144,6 +144,10 @@ class DaySeries:
     models: list[str]
     cost: dict[str, list[int]]
     tokens: dict[str, list[int]]
+    # Turns, and turns of unknown price: a day's cost of a model none of whose turns had a
+    # price is unknown, not $0 (`usage.services.cost_summary`).
+    turns: dict[str, list[int]] = field(default_factory=dict)
+    unpriced: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,8 @@ def usage_summary(*, owner: User, period: Period) -> UsageSummary:
     index = {day: i for i, day in enumerate(days)}
     cost: dict[str, list[int]] = defaultdict(lambda: [0] * len(days))
     tokens: dict[str, list[int]] = defaultdict(lambda: [0] * len(days))
+    turns: dict[str, list[int]] = defaultdict(lambda: [0] * len(days))
+    unpriced: dict[str, list[int]] = defaultdict(lambda: [0] * len(days))
     for day, preset, model, key_id, key_label, *values in rows:
         counts = dict(zip(_SUMMARY_FIELDS, values, strict=True))
         for name, value in counts.items():
@@ -195,6 +201,8 @@ def usage_summary(*, owner: User, period: Period) -> UsageSummary:
                 row[name] += value
         cost[model][index[day]] += counts["cost_micro"]
         tokens[model][index[day]] += counts["input_tokens"] + counts["output_tokens"]
+        turns[model][index[day]] += counts["turns"]
+        unpriced[model][index[day]] += counts["unpriced_turns"]
     for row in by_key.values():
         if row["key_id"] == NO_KEY:
             row["key_label"] = "No key (failed before a call)"
@@ -203,7 +211,7 @@ def usage_summary(*, owner: User, period: Period) -> UsageSummary:
         totals=totals,
         by_model=_biggest_first(by_model.values()),
         by_key=_biggest_first(by_key.values()),
-        series=DaySeries(days, models, dict(cost), dict(tokens)),
+        series=DaySeries(days, models, dict(cost), dict(tokens), dict(turns), dict(unpriced)),
     )
 
 

@@ -61,6 +61,18 @@ def format_usd(micro: int | None) -> str:
     return f"${dollars:,.2f}"
 
 
+def cost_summary(cost_micro: int | None, *, turns: int, unpriced_turns: int) -> tuple[str, str]:
+    """How a sum of turns' costs is shown, as (figure, note). Unknown is never $0: with no
+    turn priced, "—" and "price unknown"; with some unpriced, the dollars of the priced ones
+    and "+ N turns of unknown price"; else the dollars alone."""
+    if cost_micro is None or (unpriced_turns and unpriced_turns >= turns):
+        return "—", "price unknown"
+    if unpriced_turns:
+        plural = "" if unpriced_turns == 1 else "s"
+        return format_usd(cost_micro), f"+ {unpriced_turns} turn{plural} of unknown price"
+    return format_usd(cost_micro), ""
+
+
 def format_cost(micro: int | None, *, estimated: bool = False) -> str:
     """A turn's cost as shown beside it: `format_usd`'s dollars ("price unknown" without a
     price, never $0), after "≈ " when its tokens were estimated."""

@@ -87,9 +87,18 @@ def _summary(owner: User, period: selectors.Period) -> tuple[str, list[dict[str,
         url = day_url(day)
         for model in series.models:
             cost, tokens = series.cost[model][index], series.tokens[model][index]
-            if cost or tokens:
+            turns, unpriced = series.turns[model][index], series.unpriced[model][index]
+            if cost or tokens or turns:
                 daily_rows.append(
-                    {"day": day, "model": model, "cost": cost, "tokens": tokens, "url": url}
+                    {
+                        "day": day,
+                        "model": model,
+                        "cost": cost,
+                        "turns": turns,
+                        "unpriced_turns": unpriced,
+                        "tokens": tokens,
+                        "url": url,
+                    }
                 )
     for row in summary.by_key:
         row["url"] = key_url(row["key_id"]) if row["key_id"] != NO_KEY else ""
