@@ -21,7 +21,7 @@ def home(request: HttpRequest) -> HttpResponse:
     context = {
         "key_count": keys.usable().count(),
         "problem_keys": keys.filter(status__in=["invalid", "no_credit", "expired"]).count(),
-        "recent": conversation_list(owner=user)[:5],
+        "recent": conversation_list(owner=user, limit=5),
         "month": usage_totals(owner=user, period=parse_period("month")),
         "caps": cap_statuses(owner=user),
     }

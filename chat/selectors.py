@@ -109,21 +109,19 @@ class MessageView:
 
 
 def conversation_list(
-    *, owner: User, query: str = "", archived: bool = False
+    *, owner: User, archived: bool = False, limit: int | None = None
 ) -> list[ConversationItem]:
-    """The owner's conversations, newest first, titles opened; `query` filters by title.
-
-    Titles are sealed, so the search runs here rather than in SQL.
-    """
+    """The owner's newest conversations (all, or the first `limit`), titles opened. Search
+    is `conversation_search`; the sidebar's groups are `conversation_groups`."""
     cipher = OwnerCipher(owner)
-    items = []
-    needle = query.strip().lower()
-    for conversation in Conversation.objects.for_owner(owner).filter(archived=archived):
-        title = cipher.open(PURPOSE_TITLE, conversation.pk, conversation.sealed_title) or "New chat"
-        if needle and needle not in title.lower():
-            continue
-        items.append(ConversationItem(conversation, title))
-    return items
+    conversations = Conversation.objects.for_owner(owner).filter(archived=archived)
+    return [
+        ConversationItem(
+            conversation,
+            cipher.open(PURPOSE_TITLE, conversation.pk, conversation.sealed_title) or "New chat",
+        )
+        for conversation in conversations[:limit]
+    ]
 
 
 def conversation_title(conversation: Conversation, cipher: OwnerCipher | None = None) -> str:

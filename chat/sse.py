@@ -32,6 +32,7 @@ from django.http import StreamingHttpResponse
 
 from chat import selectors, streams
 from chat.models import Message
+from chat.branches import join_boundary
 from chat.rendering import LiveMarkdown
 from core import streams as live
 from vault.services import OwnerCipher, VaultError
@@ -289,7 +290,7 @@ class TurnEvents:
         """A delta's text as it joins the reply: the first one of a continuation takes the
         held whitespace of the reply it continues, unless it brings its own."""
         if self.held and text:
-            text, self.held = ("" if text[:1].isspace() else self.held) + text, ""
+            text, self.held = join_boundary(self.held, text), ""
         return text
 
     def _rendered(self, entry_id: str, text: str = "") -> str:

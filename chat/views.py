@@ -90,11 +90,16 @@ def _composer_error(
     beside the box (the box keeps its text); without htmx, `page` renders the page again
     with the text in the box and the error under it (422)."""
     if request.headers.get("HX-Request"):
-        response = render(request, "chat/_send_error.html", {"error": error}, status=422)
-        response["HX-Retarget"] = "#composer-error"
-        response["HX-Reswap"] = "innerHTML"
-        return response
+        return _error_beside(request, error, "#composer-error")
     return page(draft=request.POST.get("text", ""), error=error, status=422)
+
+
+def _error_beside(request: AuthenticatedRequest, error: str, target: str) -> HttpResponse:
+    """htmx: `error` put into the element `target` (422), in place of the swap asked for."""
+    response = render(request, "chat/_send_error.html", {"error": error}, status=422)
+    response["HX-Retarget"] = target
+    response["HX-Reswap"] = "innerHTML"
+    return response
 
 
 def _picked_key(request: AuthenticatedRequest, key_id: uuid.UUID | None) -> ProviderKey | None:
@@ -328,10 +333,7 @@ def _branch_error(
     request: AuthenticatedRequest, conversation_id: object, error: str, *, target: str = ""
 ) -> HttpResponse:
     if request.headers.get("HX-Request"):
-        response = render(request, "chat/_send_error.html", {"error": error}, status=422)
-        response["HX-Retarget"] = target or "#composer-error"
-        response["HX-Reswap"] = "innerHTML"
-        return response
+        return _error_beside(request, error, target or "#composer-error")
     messages.error(request, error)
     return redirect("chat:conversation", conversation_id=conversation_id)
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from playwright.sync_api import expect
 
 from accounts.models import User
 from chat.models import Message
 from chat.services import conversation_create
+from tests.browser.helpers import chat_of, log_in
 from tests.conftest import PASSWORD
 from tests.keys_helpers import add_key
 
@@ -21,16 +20,7 @@ CHAT = "/chat/completions"
 @pytest.fixture(params=[1280, 390], ids=["desktop", "phone"])
 def chat_page(request, page, asgi_server, fake_provider, celery_worker):
     page.set_viewport_size({"width": request.param, "height": 900})
-    user = User.objects.create_user(email="brancher@example.com", password=PASSWORD)
-    key = add_key(user, fake_provider, label="Fake")
-    conversation = conversation_create(owner=user, key=key, model="gpt-test")
-    page.goto(asgi_server.url + "/accounts/login/")
-    page.get_by_label("Email").fill(user.email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(re.compile(r"/$"))
-    page.goto(f"{asgi_server.url}/chat/c/{conversation.pk}/")
-    return page
+    return chat_of(page, asgi_server.url, fake_provider, "brancher@example.com")
 
 
 def user_messages(page):
@@ -163,11 +153,7 @@ def test_edit_and_versions_work_without_javascript(
     context.set_default_timeout(15_000)
     page = context.new_page()
     try:
-        page.goto(asgi_server.url + "/accounts/login/")
-        page.get_by_label("Email").fill(user.email)
-        page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name="Log in").click()
-        page.wait_for_url(re.compile(r"/$"))
+        log_in(page, asgi_server.url, user.email)
         page.goto(f"{asgi_server.url}/chat/c/{conversation.pk}/")
 
         fake_provider.script(text="Rome", path=CHAT)

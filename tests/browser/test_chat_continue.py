@@ -3,16 +3,11 @@ until it is done (desktop and phone widths)."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from playwright.sync_api import expect
 
-from accounts.models import User
 from chat.models import Message
-from chat.services import conversation_create
-from tests.conftest import PASSWORD
-from tests.keys_helpers import add_key
+from tests.browser.helpers import chat_of
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -23,16 +18,7 @@ CHAT = "/chat/completions"
 def chat_page(request, page, asgi_server, fake_provider, celery_worker):
     width = request.param
     page.set_viewport_size({"width": width, "height": 844 if width == 390 else 800})
-    user = User.objects.create_user(email="continuer@example.com", password=PASSWORD)
-    key = add_key(user, fake_provider, label="Fake")
-    conversation = conversation_create(owner=user, key=key, model="gpt-test")
-    page.goto(asgi_server.url + "/accounts/login/")
-    page.get_by_label("Email").fill(user.email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(re.compile(r"/$"))
-    page.goto(f"{asgi_server.url}/chat/c/{conversation.pk}/")
-    return page
+    return chat_of(page, asgi_server.url, fake_provider, "continuer@example.com")
 
 
 def test_a_stopped_reply_continues_as_the_same_reply(chat_page, fake_provider):

@@ -7,7 +7,7 @@ from playwright.sync_api import expect
 
 from accounts.models import User
 from chat.models import Message
-from chat.services import conversation_create
+from tests.browser.helpers import chat_of, log_in
 from tests.conftest import PASSWORD
 from tests.keys_helpers import add_key
 
@@ -16,16 +16,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 @pytest.fixture
 def chat_page(page, asgi_server, fake_provider, celery_worker):
-    user = User.objects.create_user(email="chatter@example.com", password=PASSWORD)
-    key = add_key(user, fake_provider, label="Fake")
-    conversation = conversation_create(owner=user, key=key, model="gpt-test")
-    page.goto(asgi_server.url + "/accounts/login/")
-    page.get_by_label("Email").fill(user.email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(re.compile(r"/$"))
-    page.goto(f"{asgi_server.url}/chat/c/{conversation.pk}/")
-    return page
+    return chat_of(page, asgi_server.url, fake_provider, "chatter@example.com")
 
 
 def test_text_arrives_in_pieces_survives_a_reload_and_finishes(chat_page, fake_provider):
@@ -174,11 +165,7 @@ def test_a_new_chat_starts_with_the_key_s_first_model_and_keeps_a_typed_one(
     user = User.objects.create_user(email="newchat@example.com", password=PASSWORD)
     work = str(add_key(user, fake_provider, label="Work", preset="openai", base_url=None).pk)
     claude = str(add_key(user, fake_provider, label="Claude", preset="anthropic", base_url=None).pk)
-    page.goto(asgi_server.url + "/accounts/login/")
-    page.get_by_label("Email").fill(user.email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(re.compile(r"/$"))
+    log_in(page, asgi_server.url, user.email)
     page.goto(asgi_server.url + "/chat/")
 
     model = page.get_by_label("Model")
@@ -241,11 +228,7 @@ def test_a_new_chat_is_a_composer_and_the_first_message_creates_it(
     good = wait_for_status(add_key(user, fake_provider, label="Good"))  # its check is over
     ProviderKey.objects.filter(pk=wrong.pk).update(status="invalid")
     ProviderKey.objects.filter(pk=good.pk).update(status="valid")
-    page.goto(asgi_server.url + "/accounts/login/")
-    page.get_by_label("Email").fill(user.email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(re.compile(r"/$"))
+    log_in(page, asgi_server.url, user.email)
     page.goto(asgi_server.url + "/chat/")
 
     key = page.get_by_label("Key")
@@ -323,11 +306,7 @@ def test_model_suggestions_never_land_in_the_box_while_one_types_in_it(
     box (an empty one, say) must leave it alone."""
     user = User.objects.create_user(email="typist@example.com", password=PASSWORD)
     work = add_key(user, fake_provider, label="Work", preset="openai", base_url=None)
-    page.goto(asgi_server.url + "/accounts/login/")
-    page.get_by_label("Email").fill(user.email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(re.compile(r"/$"))
+    log_in(page, asgi_server.url, user.email)
     page.goto(asgi_server.url + "/chat/")
     model = page.get_by_label("Model")
     model.fill("")  # the box has focus, empty

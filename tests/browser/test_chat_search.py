@@ -9,6 +9,7 @@ from playwright.sync_api import expect
 
 from accounts.models import User
 from chat.models import PURPOSE_MESSAGE, PURPOSE_TITLE, Conversation, Message
+from tests.browser.helpers import log_in
 from tests.conftest import PASSWORD
 from vault.services import OwnerCipher
 
@@ -48,11 +49,7 @@ def test_typing_a_word_from_a_reply_shows_it_and_a_click_opens_the_message(
     )
     reply = made[-1]
     current, _ = _chat(user, "Open chat", "Something else", "Another answer")
-    page.goto(asgi_server.url + "/accounts/login/")
-    page.get_by_label("Email").fill(user.email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(re.compile(r"/$"))
+    log_in(page, asgi_server.url, user.email)
     page.goto(f"{asgi_server.url}/chat/c/{current.pk}/")
     expect(page.locator(".sidebar-group").first).to_have_text("Today")
     if width < 760:  # the list is a drawer on a phone
@@ -85,11 +82,7 @@ def test_the_row_menu_pins_and_renames_inline(page, asgi_server):
     page.set_viewport_size({"width": 390, "height": 900})
     user = User.objects.create_user(email="pinner@example.com", password=PASSWORD)
     conversation, _ = _chat(user, "Pin me", "hello", "hi")
-    page.goto(asgi_server.url + "/accounts/login/")
-    page.get_by_label("Email").fill(user.email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(re.compile(r"/$"))
+    log_in(page, asgi_server.url, user.email)
     page.goto(f"{asgi_server.url}/chat/")
     page.get_by_role("link", name="Chats").click()  # the list is a drawer on a phone
     menu = page.get_by_label("Options for Pin me")

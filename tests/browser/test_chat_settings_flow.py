@@ -8,6 +8,7 @@ from playwright.sync_api import expect
 from accounts.models import User
 from chat.models import Conversation
 from chat.services import conversation_create
+from tests.browser.helpers import log_in
 from tests.conftest import PASSWORD
 from tests.keys_helpers import add_key
 
@@ -22,11 +23,7 @@ def test_settings_are_changed_from_the_options_menu_on_a_phone_and_shown_on_the_
     # gpt-oss takes a temperature and a reasoning effort.
     conversation = conversation_create(owner=user, key=key, model="gpt-oss-20b")
     page.set_viewport_size({"width": 390, "height": 844})
-    page.goto(asgi_server.url + "/accounts/login/")
-    page.get_by_label("Email").fill(user.email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(re.compile(r"/$"))
+    log_in(page, asgi_server.url, user.email)
     page.goto(f"{asgi_server.url}/chat/c/{conversation.pk}/")
 
     page.get_by_text("Options").click()
