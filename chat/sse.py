@@ -31,8 +31,8 @@ from django.db import close_old_connections
 from django.http import StreamingHttpResponse
 
 from chat import selectors, streams
-from chat.models import Message
 from chat.branches import join_boundary
+from chat.models import Message
 from chat.rendering import LiveMarkdown
 from core import streams as live
 from vault.services import OwnerCipher, VaultError
